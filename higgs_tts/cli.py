@@ -1,0 +1,146 @@
+"""The `higgs-tts` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .settings import Settings
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-path", help="model folder or Hugging Face repo id (default: $MODEL_PATH)")
+    parser.add_argument("--tokenizer-path", help="codec folder or repo id (default: $TOKENIZER_PATH)")
+    parser.add_argument("--voices-dir", help="voices folder (default: $VOICE_PROMPTS_PATH)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: automatic)")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    overrides = {
+        "model_path": getattr(args, "model_path", None),
+        "tokenizer_path": getattr(args, "tokenizer_path", None),
+        "voice_prompts_path": Path(args.voices_dir) if getattr(args, "voices_dir", None) else None,
+        "device": getattr(args, "device", None),
+    }
+    return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _speak(args: argparse.Namespace) -> int:
+    from .core.audio import write_audio
+    from .core.generation import SamplingParams
+    from .core.synthesizer import SynthesisRequest, Synthesizer
+
+    text = args.text if args.text is not None else Path(args.text_file).read_text(encoding="utf-8")
+    request = SynthesisRequest(
+        text=text,
+        voices=args.voice,
+        scene=args.scene,
+        chunk_method=args.chunk_method,
+        chunk_max_word_num=args.chunk_max_word_num,
+        chunk_max_num_turns=args.chunk_max_num_turns,
+        generation_chunk_buffer_size=args.chunk_buffer_size,
+        ref_audio_in_system_message=args.voice_in_system,
+        sampling=SamplingParams(
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens,
+            ras_win_len=args.ras_win_len,
+            ras_win_max_num_repeat=args.ras_win_max_num_repeat,
+        ),
+        seed=args.seed,
+    )
+    synthesizer = Synthesizer(_settings(args))
+    if args.print_prompt:
+        sys.stdout.write(synthesizer.render_prompt(request) + "\n")
+        return 0
+    if not args.out:
+        raise ValueError("--out is required unless --print-prompt is given")
+    result = synthesizer.synthesize(request)
+    write_audio(args.out, result.audio, result.sample_rate)
+    logging.getLogger("higgs_tts").info(
+        "wrote %s: %.2f s of audio, %d chunk(s), seed %d, generation %.2f s, decode %.2f s",
+        args.out, result.duration_seconds, len(result.chunks), result.seed,
+        result.generation_seconds, result.decode_seconds,
+    )
+    return 0
+
+
+def _voices(args: argparse.Namespace) -> int:
+    from .core.voices import VoiceLibrary
+
+    for voice in VoiceLibrary(_settings(args).voice_prompts_path).list():
+        print(f"{voice.name}\t{voice.kind}\t{voice.description}")
+    return 0
+
+
+def _tiny_checkpoint(args: argparse.Namespace) -> int:
+    from .core.tiny_checkpoint import write_tiny_checkpoint
+
+    model_dir, codec_dir = write_tiny_checkpoint(args.dir, seed=args.seed)
+    print(f"MODEL_PATH={model_dir}")
+    print(f"TOKENIZER_PATH={codec_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="higgs-tts", description="Higgs Audio V2 text-to-speech")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    speak = commands.add_parser("speak", help="synthesize speech to an audio file")
+    source = speak.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="text to speak")
+    source.add_argument("--text-file", help="file with the text to speak")
+    speak.add_argument("--voice", help="voice name(s), comma-separated for several speakers")
+    speak.add_argument("--scene", help="scene description (default: a quiet room; '' for none)")
+    speak.add_argument("--voice-in-system", action="store_true",
+                       help="put reference voices in the system block instead of as examples")
+    speak.add_argument("--chunk-method", choices=["speaker", "word", "sentence"], default=None)
+    speak.add_argument("--chunk-max-word-num", type=int, default=200)
+    speak.add_argument("--chunk-max-num-turns", type=int, default=1)
+    speak.add_argument("--chunk-buffer-size", type=int, default=None,
+                       help="earlier chunks kept as context (default: all)")
+    speak.add_argument("--seed", type=int, default=None)
+    speak.add_argument("--temperature", type=float, default=0.8)
+    speak.add_argument("--top-k", type=int, default=50)
+    speak.add_argument("--top-p", type=float, default=0.95)
+    speak.add_argument("--max-new-tokens", type=int, default=2048, help="per chunk; 25 tokens = 1 s")
+    speak.add_argument("--ras-win-len", type=int, default=7)
+    speak.add_argument("--ras-win-max-num-repeat", type=int, default=2)
+    speak.add_argument("--print-prompt", action="store_true", help="print the rendered prompt and exit")
+    speak.add_argument("--out", help="output audio file (.wav, .flac, .ogg)")
+    _add_model_options(speak)
+    speak.set_defaults(run=_speak)
+
+    voices = commands.add_parser("voices", help="list voices (name, kind, description)")
+    voices.add_argument("--voices-dir", help="voices folder (default: $VOICE_PROMPTS_PATH)")
+    voices.set_defaults(run=_voices)
+
+    tiny = commands.add_parser("tiny-checkpoint", help="write a tiny random checkpoint for tests")
+    tiny.add_argument("dir", help="output folder (gets model/ and audio_tokenizer/)")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(run=_tiny_checkpoint)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.run(args)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"higgs-tts: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

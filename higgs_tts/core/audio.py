@@ -1,0 +1,51 @@
+"""Reading reference audio of any common format and writing results."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+SAMPLE_RATE = 24000
+
+
+class AudioError(ValueError):
+    """Audio that cannot be read or is unusable as a reference."""
+
+
+def to_mono_24k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Mix to mono and resample to 24 kHz; returns float32 in [-1, 1]."""
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1)
+    samples = np.asarray(samples, dtype=np.float32)
+    if sample_rate != SAMPLE_RATE:
+        import torchaudio.functional as F
+
+        samples = F.resample(torch.from_numpy(samples), sample_rate, SAMPLE_RATE).numpy()
+    return np.clip(samples, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def read_audio(source: str | Path | bytes) -> np.ndarray:
+    """Decode WAV/FLAC/OGG/MP3 (anything libsndfile reads) from a path or bytes to 24 kHz mono."""
+    handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+    try:
+        samples, sample_rate = sf.read(handle, dtype="float32", always_2d=False)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioError(f"cannot decode audio: {exc}") from exc
+    if samples.size == 0:
+        raise AudioError("audio is empty")
+    return to_mono_24k(samples, sample_rate)
+
+
+def duration_seconds(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
+    return len(samples) / float(sample_rate)
+
+
+def write_audio(path: str | Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write float samples; the format follows the file suffix (.wav is 16-bit PCM)."""
+    path = Path(path)
+    subtype = "PCM_16" if path.suffix.lower() == ".wav" else None
+    sf.write(path, samples, sample_rate, subtype=subtype)

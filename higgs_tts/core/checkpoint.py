@@ -1,0 +1,229 @@
+"""Locate, check and load a Higgs Audio V2 checkpoint on transformers' native classes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+NATIVE_MODEL_TYPE = "higgs_audio_v2"
+NATIVE_CODEC_TYPE = "higgs_audio_v2_tokenizer"
+LEGACY_MODEL_TYPE = "higgs_audio"
+CONVERT_COMMAND = "higgs-tts convert-checkpoint"
+
+
+class CheckpointError(RuntimeError):
+    """The checkpoint cannot be found or is not in a format this package loads."""
+
+
+def resolve_path(path_or_repo: str, revision: str | None = None) -> Path:
+    """A local folder as is; otherwise a Hugging Face repo id, resolved through the HF cache."""
+    local = Path(path_or_repo).expanduser()
+    if local.is_dir():
+        return local
+    if local.exists():
+        raise CheckpointError(f"{path_or_repo} is a file; expected a checkpoint folder or a repo id")
+    if path_or_repo.startswith(("/", ".", "~")) or path_or_repo.count("/") != 1:
+        raise CheckpointError(f"checkpoint folder {path_or_repo} does not exist")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=path_or_repo, revision=revision))
+    except Exception as exc:  # network, auth, or missing from an offline cache
+        raise CheckpointError(
+            f"cannot get {path_or_repo} from the Hugging Face Hub or its cache ({type(exc).__name__}: {exc}); "
+            "download it first or point the path at a local folder"
+        ) from exc
+
+
+def read_config(folder: Path) -> dict:
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{folder} has no config.json; not a Higgs Audio V2 checkpoint")
+    try:
+        return json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_file} is not valid JSON: {exc}") from exc
+
+
+def check_model_format(folder: Path) -> None:
+    model_type = read_config(folder).get("model_type")
+    if model_type == NATIVE_MODEL_TYPE:
+        return
+    if model_type == LEGACY_MODEL_TYPE:
+        raise CheckpointError(
+            f"{folder} holds the legacy Higgs Audio release (model_type '{LEGACY_MODEL_TYPE}'); convert it to "
+            f"the native layout with `{CONVERT_COMMAND}` or use a native checkpoint"
+        )
+    raise CheckpointError(
+        f"{folder} has model_type {model_type!r}; expected '{NATIVE_MODEL_TYPE}' (Higgs Audio V2, native layout)"
+    )
+
+
+def check_codec_format(folder: Path) -> None:
+    config_file = folder / "config.json"
+    if not config_file.is_file() and (folder / "model.pth").is_file():
+        raise CheckpointError(
+            f"{folder} holds the legacy audio tokenizer (model.pth); convert it with `{CONVERT_COMMAND}`"
+        )
+    model_type = read_config(folder).get("model_type")
+    if model_type != NATIVE_CODEC_TYPE:
+        raise CheckpointError(
+            f"{folder} has model_type {model_type!r}; expected '{NATIVE_CODEC_TYPE}' (the Higgs Audio V2 codec)"
+        )
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested:
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise CheckpointError(f"device {requested!r} requested but CUDA is not available")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
+    if requested:
+        names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+                 "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
+        if requested not in names:
+            raise CheckpointError(f"dtype {requested!r} is not one of {sorted(names)}")
+        return names[requested]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+@dataclass
+class LoadedModel:
+    """The generation model, its processor (text tokenizer, chat template, codec) and where they run."""
+
+    model: object  # HiggsAudioV2ForConditionalGeneration
+    processor: object  # HiggsAudioV2Processor
+    device: torch.device
+    dtype: torch.dtype
+    model_path: str
+    load_seconds: float
+
+    @property
+    def codec(self):
+        return self.processor.audio_tokenizer
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.codec.config.sample_rate)
+
+    @property
+    def hop_length(self) -> int:
+        return int(self.codec.config.hop_length)
+
+
+def _build_processor(model_dir: Path, codec):
+    """The checkpoint's own processor, but with the codec from TOKENIZER_PATH.
+
+    `HiggsAudioV2Processor.from_pretrained` would load the codec named inside processor_config.json
+    (a Hub id for released checkpoints), so the parts are assembled from the same files here.
+    """
+    from transformers import AutoTokenizer, DacFeatureExtractor, HiggsAudioV2Processor
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    config_file = model_dir / "processor_config.json"
+    processor_config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    feature_config = dict(processor_config.pop("feature_extractor", None) or {})
+    feature_config.pop("feature_extractor_type", None)
+    feature_extractor = (
+        DacFeatureExtractor(**feature_config) if feature_config else DacFeatureExtractor.from_pretrained(model_dir)
+    )
+
+    template_file = model_dir / "chat_template.jinja"
+    chat_template = (
+        template_file.read_text() if template_file.is_file()
+        else processor_config.get("chat_template") or tokenizer.chat_template
+    )
+    if not chat_template:
+        raise CheckpointError(f"{model_dir} has no chat template (chat_template.jinja)")
+
+    token_kwargs = {
+        key: processor_config[key]
+        for key in ("audio_token", "audio_bos_token", "audio_eos_token", "audio_delay_token",
+                    "audio_stream_bos_id", "audio_stream_eos_id")
+        if key in processor_config
+    }
+    return HiggsAudioV2Processor(
+        feature_extractor=feature_extractor,
+        tokenizer=tokenizer,
+        audio_tokenizer=codec,
+        chat_template=chat_template,
+        **token_kwargs,
+    )
+
+
+def locate(settings: Settings) -> tuple[Path, Path]:
+    """The model and codec folders, checked to be in the native format."""
+    model_dir = resolve_path(settings.model_path, settings.model_revision)
+    codec_dir = resolve_path(settings.tokenizer_path, settings.tokenizer_revision)
+    check_model_format(model_dir)
+    check_codec_format(codec_dir)
+    return model_dir, codec_dir
+
+
+def _load_codec(codec_dir: Path, device: torch.device):
+    from transformers import HiggsAudioV2TokenizerModel
+
+    # The codec stays in float32: it is small, and its decode quality suffers in bf16.
+    return HiggsAudioV2TokenizerModel.from_pretrained(codec_dir, dtype=torch.float32).to(device).eval()
+
+
+def load_processor(settings: Settings):
+    """The processor alone (tokenizer, chat template, codec on CPU): enough to render prompts."""
+    model_dir, codec_dir = locate(settings)
+    return _build_processor(model_dir, _load_codec(codec_dir, torch.device("cpu")))
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    from transformers import HiggsAudioV2ForConditionalGeneration
+
+    started = time.perf_counter()
+    model_dir, codec_dir = locate(settings)
+    device = pick_device(settings.device)
+    dtype = pick_dtype(settings.dtype, device)
+    log.info("loading model from %s on %s (%s)", model_dir, device, dtype)
+
+    model = HiggsAudioV2ForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    processor = _build_processor(model_dir, _load_codec(codec_dir, device))
+    return LoadedModel(
+        model=model,
+        processor=processor,
+        device=device,
+        dtype=dtype,
+        model_path=settings.model_path,
+        load_seconds=time.perf_counter() - started,
+    )
+
+
+class ModelCache:
+    """Loads the model once per settings and hands the same instance to every caller."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded: dict[Settings, LoadedModel] = {}
+
+    def get(self, settings: Settings) -> tuple[LoadedModel, bool]:
+        """The loaded model and whether this call loaded it."""
+        with self._lock:
+            if settings in self._loaded:
+                return self._loaded[settings], False
+            loaded = load_model(settings)
+            self._loaded[settings] = loaded
+            return loaded, True

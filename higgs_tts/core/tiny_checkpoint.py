@@ -1,0 +1,215 @@
+"""Write a tiny random Higgs Audio V2 checkpoint in the native layout.
+
+It speaks noise, but it has the real token ids, the real audio geometry (24 kHz, 960 samples
+per frame, 8 codebooks of 1024 + stream BOS/EOS) and is saved with transformers' own
+`save_pretrained`, so it loads through exactly the code path a downloaded checkpoint takes.
+Tests and smoke runs use it because no machine here can download the real weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Llama-3 special tokens with the ids Higgs Audio V2 uses (facts sheet, section 2).
+SPECIAL_TOKENS = {
+    128000: "<|begin_of_text|>",
+    128001: "<|end_of_text|>",
+    128006: "<|start_header_id|>",
+    128007: "<|end_header_id|>",
+    128008: "<|eom_id|>",
+    128009: "<|eot_id|>",
+    128011: "<|audio_bos|>",
+    128012: "<|audio_eos|>",
+    128013: "<|audio_out_bos|>",
+    128014: "<|reserved_special_token_6|>",
+    128015: "<|AUDIO|>",
+    128016: "<|AUDIO_OUT|>",
+    128017: "<|scene_desc_start|>",
+    128018: "<|scene_desc_end|>",
+}
+VOCAB_SIZE = 128256
+FIRST_SPECIAL_ID = 128000
+
+# The native chat template's rendering, written from the facts sheet (section 4): a required
+# system turn, an optional `scene` turn folded into it, audio-only assistant turns, and a
+# generation prompt that opens an audio-out stream.
+CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if not messages or messages[0]['role'] != 'system' %}"
+    "{{- raise_exception('A system message is required but not provided!') }}"
+    "{%- endif %}"
+    "{%- macro text_of(content) %}"
+    "{%- if content is string %}{{- content | trim }}"
+    "{%- else %}{%- for item in content if item['type'] == 'text' %}{{- item['text'] | trim }}{%- endfor %}"
+    "{%- endif %}"
+    "{%- endmacro %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}{{- text_of(messages[0]['content']) }}"
+    "{%- set rest = messages[1:] %}"
+    "{%- if rest and rest[0]['role'] == 'scene' %}"
+    "{{- '\\n\\n<|scene_desc_start|>\\n' }}"
+    "{%- if rest[0]['content'] is string %}{{- rest[0]['content'] | trim }}"
+    "{%- else %}"
+    "{%- for item in rest[0]['content'] %}"
+    "{%- if item['type'] == 'text' %}"
+    "{{- item['text'] | trim }}"
+    "{%- if loop.first and not loop.last %}{{- '\\n\\n' }}"
+    "{%- elif not loop.first and not loop.last and rest[0]['content'][loop.index]['type'] != 'audio' %}"
+    "{{- '\\n' }}{%- endif %}"
+    "{%- elif item['type'] == 'audio' %}"
+    "{{- ' <|audio_out_bos|><|AUDIO_OUT|><|audio_eos|>' }}{%- if not loop.last %}{{- '\\n' }}{%- endif %}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- endif %}"
+    "{{- '\\n<|scene_desc_end|>' }}"
+    "{%- set rest = rest[1:] %}"
+    "{%- endif %}"
+    "{{- '<|eot_id|>' }}"
+    "{%- for message in rest %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{%- if message['content'] is string or message['content'][0]['type'] != 'audio' %}"
+    "{{- raise_exception('Assistant messages must contain audio content only!') }}"
+    "{%- endif %}"
+    "{{- '<|audio_out_bos|><|AUDIO_OUT|><|audio_eos|>' }}"
+    "{%- else %}{{- text_of(message['content']) }}"
+    "{%- endif %}"
+    "{{- '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n<|audio_out_bos|>' }}"
+    "{%- endif %}"
+)
+
+
+def _text_tokenizer():
+    """A byte-level BPE tokenizer whose special tokens sit at Llama-3's ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {symbol: i for i, symbol in enumerate(sorted(alphabet))}
+    # Unreachable filler entries push the special tokens to their real ids.
+    for i in range(len(vocab), FIRST_SPECIAL_ID):
+        vocab[f"<|filler_{i}|>"] = i
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+
+    specials = [SPECIAL_TOKENS.get(i, f"<|reserved_special_token_{i}|>") for i in range(FIRST_SPECIAL_ID, VOCAB_SIZE)]
+    backend.add_special_tokens(specials)
+    for token_id, token in SPECIAL_TOKENS.items():
+        assert backend.token_to_id(token) == token_id, (token, backend.token_to_id(token))
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|end_of_text|>",
+        model_max_length=131072,
+    )
+
+
+def _audio_tokenizer(seed: int):
+    """The codec with its real geometry (hop 960 at 24 kHz, 8 quantizers) and tiny widths."""
+    import torch
+    from transformers import DacConfig, HiggsAudioV2TokenizerConfig, HiggsAudioV2TokenizerModel, HubertConfig
+
+    acoustic = DacConfig(
+        encoder_hidden_size=4,
+        downsampling_ratios=[8, 5, 4, 2, 3],
+        decoder_hidden_size=32,
+        upsampling_ratios=[8, 5, 4, 2, 3],
+        hidden_size=16,
+        codebook_size=1024,
+        sampling_rate=24000,
+    )
+    semantic = HubertConfig(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8, 8, 8, 8, 8, 8, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        mask_time_prob=0.0,
+    )
+    config = HiggsAudioV2TokenizerConfig(
+        acoustic_model_config=acoustic.to_dict(),
+        semantic_model_config=semantic.to_dict(),
+        target_bandwidths=[0.5, 1, 1.5, 2],
+        codebook_size=1024,
+        codebook_dim=8,
+        sample_rate=24000,
+    )
+    torch.manual_seed(seed)
+    model = HiggsAudioV2TokenizerModel(config).eval()
+    # Codebooks start as zeros; random ones make the codes depend on the audio, as real ones do.
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith("codebook.embed"):
+                buffer.copy_(torch.randn_like(buffer))
+    assert model.config.num_quantizers == 8 and model.config.hop_length == 960
+    return model
+
+
+def _generation_model(seed: int):
+    import torch
+    from transformers import GenerationConfig, HiggsAudioV2Config, HiggsAudioV2ForConditionalGeneration
+
+    config = HiggsAudioV2Config(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=8192,
+        num_codebooks=8,
+        codebook_size=1026,
+    )
+    torch.manual_seed(seed)
+    model = HiggsAudioV2ForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=1,
+        eos_token_id=128009,
+        pad_token_id=128001,
+        ras_win_len=7,
+        ras_win_max_num_repeat=2,
+    )
+    return model
+
+
+def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> tuple[Path, Path]:
+    """Write `out_dir/model` and `out_dir/audio_tokenizer`; return both paths."""
+    from transformers import DacFeatureExtractor, HiggsAudioV2Processor
+
+    out_dir = Path(out_dir)
+    model_dir, codec_dir = out_dir / "model", out_dir / "audio_tokenizer"
+
+    codec = _audio_tokenizer(seed)
+    codec.save_pretrained(codec_dir)
+
+    model = _generation_model(seed)
+    model.save_pretrained(model_dir)
+
+    feature_extractor = DacFeatureExtractor(
+        feature_size=1, hop_length=1, padding_side="right", padding_value=0.0, sampling_rate=24000
+    )
+    processor = HiggsAudioV2Processor(
+        feature_extractor=feature_extractor,
+        tokenizer=_text_tokenizer(),
+        audio_tokenizer=codec,
+        chat_template=CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(model_dir)
+    # The saved processor points at the codec by path; make it the portable relative form the
+    # loader ignores anyway (TOKENIZER_PATH decides which codec is used).
+    config_file = model_dir / "processor_config.json"
+    if config_file.exists():
+        data = json.loads(config_file.read_text())
+        if isinstance(data.get("audio_tokenizer"), dict):
+            data["audio_tokenizer"]["audio_tokenizer_name_or_path"] = "../audio_tokenizer"
+            config_file.write_text(json.dumps(data, indent=2) + "\n")
+    return model_dir, codec_dir

@@ -1,0 +1,148 @@
+"""The voice library: clone voices (audio + transcript) and described voices (text only).
+
+Layout of the voices folder (`VOICE_PROMPTS_PATH`):
+- `NAME.wav` (or .flac/.mp3/.ogg) with `NAME.txt`, the clip's transcript: a clone voice;
+- `profile.yaml` with `profiles: {NAME: description}`: described voices.
+The documented catalog names always exist: with audio they clone it, without they are described.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .audio import read_audio
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+PROFILE_PREFIX = "profile:"  # the reference CLI's spelling for a described voice
+
+# The product documentation's voices and their descriptions.
+CATALOG = {
+    "belinda": "Female voice with warm tone",
+    "chadwick": "Male voice with deep tone",
+    "daffy": "Animated character voice",
+    "elsa": "Female voice with clear articulation",
+    "jorts": "Male voice with casual tone",
+}
+
+
+class VoiceError(ValueError):
+    """A voice name that is invalid or unknown; carries suggestions for the caller."""
+
+    def __init__(self, message: str, suggestions: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.suggestions = suggestions or []
+
+
+@dataclass(frozen=True)
+class Voice:
+    name: str
+    description: str
+    audio_path: Path | None = None
+    transcript: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "clone" if self.audio_path is not None else "described"
+
+    def load_audio(self) -> np.ndarray:
+        if self.audio_path is None:
+            raise VoiceError(f"voice {self.name!r} has no audio")
+        return read_audio(self.audio_path)
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise VoiceError(
+            f"invalid voice name {name!r}: use 1 to 64 letters, digits, '_' or '-'"
+        )
+    return name
+
+
+class VoiceLibrary:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def _inside(self, path: Path) -> bool:
+        """True when the path, with every symlink followed, stays inside the voices folder."""
+        try:
+            return path.resolve(strict=True).is_relative_to(self.root.resolve(strict=True))
+        except (OSError, RuntimeError):
+            return False
+
+    def _profiles(self) -> dict[str, str]:
+        path = self.root / "profile.yaml"
+        if not path.is_file() or not self._inside(path):
+            return {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        profiles = data.get("profiles", {}) if isinstance(data, dict) else {}
+        return {
+            str(name): " ".join(str(text).split())
+            for name, text in (profiles or {}).items()
+            if NAME_PATTERN.match(str(name)) and str(text).strip()
+        }
+
+    def _audio_file(self, name: str) -> Path | None:
+        for suffix in AUDIO_SUFFIXES:
+            path = self.root / f"{name}{suffix}"
+            if path.is_file() and (self.root / f"{name}.txt").is_file():
+                return path
+        return None
+
+    def _clone_voice(self, name: str, profiles: dict[str, str]) -> Voice | None:
+        audio = self._audio_file(name)
+        if audio is None:
+            return None
+        transcript_file = self.root / f"{name}.txt"
+        if not (self._inside(audio) and self._inside(transcript_file)):
+            return None
+        transcript = transcript_file.read_text(encoding="utf-8").strip()
+        description = CATALOG.get(name) or profiles.get(name) or f"Voice cloned from {audio.name}"
+        return Voice(name=name, description=description, audio_path=audio, transcript=transcript)
+
+    def get(self, name: str) -> Voice:
+        """One voice by name (or `profile:NAME` for a described voice from profile.yaml)."""
+        described_only = isinstance(name, str) and name.startswith(PROFILE_PREFIX)
+        if described_only:
+            name = name[len(PROFILE_PREFIX):]
+        validate_name(name)
+        profiles = self._profiles()
+        if not described_only and (voice := self._clone_voice(name, profiles)):
+            return voice
+        if name in profiles:
+            return Voice(name=name, description=profiles[name])
+        if name in CATALOG:
+            return Voice(name=name, description=CATALOG[name])
+        raise VoiceError(
+            f"unknown voice {name!r}; available: {', '.join(v.name for v in self.list())}",
+            suggestions=self.suggestions(),
+        )
+
+    def resolve(self, names: str | list[str] | None) -> list[Voice]:
+        """`"belinda,chadwick"` (or a list) to voices in speaker order; empty for none."""
+        if names is None:
+            return []
+        parts = names.split(",") if isinstance(names, str) else list(names)
+        parts = [p.strip() for p in parts if isinstance(p, str) and p.strip()]
+        return [self.get(p) for p in parts]
+
+    def list(self) -> list[Voice]:
+        profiles = self._profiles()
+        voices: dict[str, Voice] = {}
+        if self.root.is_dir():
+            for path in sorted(self.root.iterdir()):
+                if path.suffix.lower() in AUDIO_SUFFIXES and NAME_PATTERN.match(path.stem):
+                    voice = self._clone_voice(path.stem, profiles)
+                    if voice:
+                        voices.setdefault(voice.name, voice)
+        for name, description in {**CATALOG, **profiles}.items():
+            voices.setdefault(name, Voice(name=name, description=description))
+        return sorted(voices.values(), key=lambda v: v.name)
+
+    def suggestions(self) -> list[dict]:
+        return [{"name": v.name, "description": v.description} for v in self.list()]

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install what is needed, lint, and run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+.venv/bin/ruff check higgs_tts tests
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,119 @@
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from higgs_tts.core.audio import SAMPLE_RATE
+from higgs_tts.core.voices import CATALOG, VoiceError, VoiceLibrary, validate_name
+
+
+@pytest.fixture
+def library(tmp_path, voice_prompts):
+    root = tmp_path / "voices"
+    shutil.copytree(voice_prompts, root)
+    return VoiceLibrary(root)
+
+
+def test_clone_voice_has_audio_and_transcript(library):
+    voice = library.get("belinda")
+    assert voice.kind == "clone"
+    assert voice.description == "Female voice with warm tone"
+    assert voice.transcript.startswith("Twas the night before my birthday.")
+    audio = voice.load_audio()
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert 1.0 < len(audio) / SAMPLE_RATE < 30.0
+
+
+def test_stereo_44k_reference_becomes_24k_mono(library, voice_prompts):
+    import soundfile as sf
+
+    info = sf.info(voice_prompts / "broom_salesman.wav")
+    assert info.channels == 2 and info.samplerate == 44100
+    audio = library.get("broom_salesman").load_audio()
+    assert audio.ndim == 1
+    assert abs(len(audio) / SAMPLE_RATE - info.duration) < 0.01
+
+
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_all_documented_voices_exist(library, name):
+    voice = library.get(name)
+    assert voice.description == CATALOG[name]
+
+
+def test_catalog_voice_without_audio_is_described(library):
+    assert library.get("daffy").kind == "described"
+    assert library.get("daffy").audio_path is None
+
+
+def test_catalog_voice_with_audio_added_clones_it(library, voice_prompts):
+    shutil.copy(voice_prompts / "en_man.wav", library.root / "jorts.wav")
+    (library.root / "jorts.txt").write_text("Some words.")
+    voice = library.get("jorts")
+    assert voice.kind == "clone" and voice.description == "Male voice with casual tone"
+
+
+def test_profile_entries_are_described_voices(library):
+    voice = library.get("male_en")
+    assert voice.kind == "described"
+    assert voice.description.startswith("Male, American accent")
+    assert library.get("profile:female_en_story").kind == "described"
+
+
+def test_audio_without_transcript_is_not_a_clone(library):
+    (library.root / "belinda.txt").unlink()
+    assert library.get("belinda").kind == "described"
+
+
+def test_several_voices_in_order(library):
+    assert [v.name for v in library.resolve("belinda, chadwick")] == ["belinda", "chadwick"]
+    assert library.resolve(None) == []
+
+
+def test_listing_has_kinds_and_descriptions(library):
+    listed = {v.name: v for v in library.list()}
+    assert {"belinda", "chadwick", "daffy", "elsa", "jorts", "male_en", "zh_man_sichuan"} <= set(listed)
+    assert listed["chadwick"].kind == "clone" and listed["elsa"].kind == "described"
+    assert all(s["description"] for s in library.suggestions())
+
+
+def test_unknown_voice_lists_suggestions(library):
+    with pytest.raises(VoiceError, match="unknown voice 'nobody'") as err:
+        library.get("nobody")
+    assert {"name": "belinda", "description": "Female voice with warm tone"} in err.value.suggestions
+
+
+@pytest.mark.parametrize(
+    "name", ["../belinda", "a/b", "..", "", "x" * 65, "bel inda", "belinda.wav", "/etc/passwd", "名字", None]
+)
+def test_invalid_names_are_rejected(library, name):
+    with pytest.raises(VoiceError, match="invalid voice name"):
+        library.get(name)
+
+
+def test_name_limit_is_64_characters():
+    assert validate_name("a" * 64) == "a" * 64
+
+
+def test_symlink_out_of_the_folder_is_not_followed(library, tmp_path, voice_prompts):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(voice_prompts / "en_man.wav", outside / "secret.wav")
+    (outside / "secret.txt").write_text("private transcript")
+    os.symlink(outside / "secret.wav", library.root / "leak.wav")
+    os.symlink(outside / "secret.txt", library.root / "leak.txt")
+    with pytest.raises(VoiceError, match="unknown voice"):
+        library.get("leak")
+    assert "leak" not in {v.name for v in library.list()}
+
+
+def test_symlinked_voices_folder_itself_works(tmp_path, voice_prompts):
+    link = tmp_path / "linked"
+    os.symlink(voice_prompts, link)
+    assert VoiceLibrary(link).get("belinda").kind == "clone"
+
+
+def test_missing_folder_still_has_the_catalog(tmp_path):
+    library = VoiceLibrary(tmp_path / "absent")
+    assert {v.name for v in library.list()} == set(CATALOG)
+    assert library.get("belinda").kind == "described"
