@@ -16,6 +16,21 @@ def _optional(name: str) -> str | None:
     return value or None
 
 
+def _number(name: str, default: float, kind: type = int) -> float:
+    value = _optional(name)
+    if value is None:
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be a {kind.__name__}; got {value!r}") from None
+
+
+def _flag(name: str, default: bool = False) -> bool:
+    value = _optional(name)
+    return default if value is None else value.lower() in ("1", "true", "yes", "on")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where the model, codec and voices live, and where to run them.
@@ -42,4 +57,33 @@ class Settings:
             voice_prompts_path=Path(_optional("VOICE_PROMPTS_PATH") or DEFAULT_VOICE_PROMPTS),
             device=_optional("DEVICE"),
             dtype=_optional("DTYPE"),
+        )
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Limits and delivery settings of the API (RunPod worker and HTTP server)."""
+
+    max_transcript_chars: int = 20_000
+    max_reference_bytes: int = 10 * 1024 * 1024
+    max_reference_seconds: float = 60.0
+    max_inline_audio_bytes: int = 14 * 1024 * 1024  # RunPod results above ~14 MB of audio do not fit
+    presign_seconds: int = 3600
+    default_bucket: str | None = None
+    idle_cleanup_seconds: float = 300.0
+    unload_after_idle: bool = False
+    max_concurrency: int = 1
+
+    @classmethod
+    def from_env(cls) -> ServiceSettings:
+        return cls(
+            max_transcript_chars=_number("MAX_TRANSCRIPT_CHARS", 20_000),
+            max_reference_bytes=_number("MAX_REFERENCE_BYTES", 10 * 1024 * 1024),
+            max_reference_seconds=_number("MAX_REFERENCE_SECONDS", 60.0, float),
+            max_inline_audio_bytes=_number("MAX_INLINE_AUDIO_BYTES", 14 * 1024 * 1024),
+            presign_seconds=_number("S3_PRESIGN_SECONDS", 3600),
+            default_bucket=_optional("S3_BUCKET"),
+            idle_cleanup_seconds=_number("IDLE_CLEANUP_SECONDS", 300.0, float),
+            unload_after_idle=_flag("UNLOAD_AFTER_IDLE"),
+            max_concurrency=_number("MAX_CONCURRENCY", 1),
         )

@@ -25,6 +25,26 @@ class CheckpointError(RuntimeError):
     """The checkpoint cannot be found or is not in a format this package loads."""
 
 
+def _looks_like_repo_id(path_or_repo: str) -> bool:
+    return not path_or_repo.startswith(("/", ".", "~")) and path_or_repo.count("/") == 1
+
+
+def unavailable_reason(path_or_repo: str, revision: str | None = None) -> str | None:
+    """None when the checkpoint loads without a download; otherwise why it would not."""
+    local = Path(path_or_repo).expanduser()
+    if local.is_dir():
+        return None if (local / "config.json").is_file() else f"{path_or_repo} has no config.json"
+    if not _looks_like_repo_id(path_or_repo):
+        return f"{path_or_repo} does not exist"
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(path_or_repo, "config.json", revision=revision)
+    except ValueError:  # not a valid repo id
+        return f"{path_or_repo} is neither a folder nor a Hugging Face repo id"
+    return None if isinstance(cached, str) else f"{path_or_repo} is not in the Hugging Face cache yet"
+
+
 def resolve_path(path_or_repo: str, revision: str | None = None) -> Path:
     """A local folder as is; otherwise a Hugging Face repo id, resolved through the HF cache."""
     local = Path(path_or_repo).expanduser()
@@ -32,7 +52,7 @@ def resolve_path(path_or_repo: str, revision: str | None = None) -> Path:
         return local
     if local.exists():
         raise CheckpointError(f"{path_or_repo} is a file; expected a checkpoint folder or a repo id")
-    if path_or_repo.startswith(("/", ".", "~")) or path_or_repo.count("/") != 1:
+    if not _looks_like_repo_id(path_or_repo):
         raise CheckpointError(f"checkpoint folder {path_or_repo} does not exist")
     from huggingface_hub import snapshot_download
 
@@ -227,3 +247,15 @@ class ModelCache:
             loaded = load_model(settings)
             self._loaded[settings] = loaded
             return loaded, True
+
+    def peek(self, settings: Settings) -> LoadedModel | None:
+        """The loaded model if it is loaded; never loads."""
+        with self._lock:
+            return self._loaded.get(settings)
+
+    def unload(self) -> bool:
+        """Drop every loaded model (the next request loads again); True if something was loaded."""
+        with self._lock:
+            had = bool(self._loaded)
+            self._loaded.clear()
+            return had

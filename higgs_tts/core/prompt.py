@@ -69,8 +69,10 @@ def build_prompt(
 ) -> Prompt:
     """The conversation that asks the model to speak `chunk`.
 
-    `transcript` is the whole normalized text (speaker tags are counted over all of it), `scene`
-    the scene text ("" for none), `history` the earlier chunks' (text, frames) kept as context.
+    Voices go into the system block when asked to, or when any of them is only a description or a
+    clip without a transcript. `transcript` is the whole normalized text (speaker tags are counted
+    over all of it), `scene` the scene text ("" for none), `history` the earlier chunks'
+    (text, frames) kept as context.
     """
     clips: list[torch.Tensor | None] = []
     turns: list[dict] = []
@@ -82,7 +84,7 @@ def build_prompt(
             system = MULTISPEAKER_SYSTEM + scene_block(scene, lines)
         else:
             system = DEFAULT_SYSTEM + scene_block(scene, [])
-    elif voices_in_system or any(not v.is_clone for v in voices):
+    elif voices_in_system or any(not (v.is_clone and v.transcript) for v in voices):
         lines = []
         for i, voice in enumerate(voices):
             if voice.is_clone:

@@ -31,6 +31,19 @@ MAX_SEED = 2**31 - 1
 
 
 @dataclass(frozen=True)
+class ReferenceClip:
+    """A voice sent with the request: 24 kHz mono audio, and its transcript when known.
+
+    With a transcript it is an in-context example like a library voice; without one it goes into
+    the system block.
+    """
+
+    audio: np.ndarray
+    transcript: str | None = None
+    name: str = "uploaded"
+
+
+@dataclass(frozen=True)
 class SynthesisRequest:
     text: str
     voices: str | list[str] | None = None  # "belinda,chadwick" = SPEAKER0, SPEAKER1
@@ -42,6 +55,7 @@ class SynthesisRequest:
     ref_audio_in_system_message: bool = False
     sampling: SamplingParams = field(default_factory=SamplingParams)
     seed: int | None = None  # None: a random seed, reported in the result
+    reference: ReferenceClip | None = None  # spoken by the speaker after the named voices
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str) or not self.text.strip():
@@ -116,6 +130,15 @@ class Synthesizer:
         """The loaded model and whether this call loaded it."""
         return self._models.get(self.settings)
 
+    def loaded_model(self) -> LoadedModel | None:
+        """The model if it is loaded; never loads."""
+        return self._models.peek(self.settings)
+
+    def unload(self) -> bool:
+        """Free the model (after a long idle time); the next request loads it again."""
+        with self._lock:
+            return self._models.unload()
+
     # -- prompts -----------------------------------------------------------------------------
 
     def _plan(self, request: SynthesisRequest) -> tuple[str, list[str], list[Voice], str]:
@@ -171,6 +194,11 @@ class Synthesizer:
         frames = self.encode_reference(voice.load_audio())
         return PromptVoice(description=voice.description, transcript=voice.transcript, frames=frames, is_clone=True)
 
+    def _reference_voice(self, clip: ReferenceClip) -> PromptVoice:
+        frames = self.encode_reference(clip.audio)
+        transcript = (clip.transcript or "").strip() or None
+        return PromptVoice(description=clip.name, transcript=transcript, frames=frames, is_clone=True)
+
     @torch.inference_mode()
     def decode(self, frames: torch.Tensor) -> np.ndarray:
         """Waveform of `[T, num_codebooks]` frames: exactly T * hop samples."""
@@ -188,7 +216,10 @@ class Synthesizer:
             return self._synthesize(request)
 
     def _synthesize(self, request: SynthesisRequest) -> SynthesisResult:
-        loaded, loaded_now = self.model()
+        # Time spent getting the model: its loading, or waiting for a load already under way.
+        started = time.perf_counter()
+        loaded, _ = self.model()
+        model_load_seconds = time.perf_counter() - started
         text, chunks, voices, scene = self._plan(request)
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         renderer = PromptRenderer(loaded.processor)
@@ -196,6 +227,8 @@ class Synthesizer:
 
         started = time.perf_counter()
         prompt_voices = [self._prompt_voice(v) for v in voices]
+        if request.reference is not None:
+            prompt_voices.append(self._reference_voice(request.reference))
         history: list[tuple[str, torch.Tensor]] = []
         buffer = request.generation_chunk_buffer_size
         for chunk in chunks:
@@ -218,8 +251,8 @@ class Synthesizer:
             text=text,
             chunks=chunks,
             seed=seed,
-            voices=[v.name for v in voices],
-            model_load_seconds=loaded.load_seconds if loaded_now else 0.0,
+            voices=[v.name for v in voices] + ([request.reference.name] if request.reference else []),
+            model_load_seconds=model_load_seconds if model_load_seconds >= 0.001 else 0.0,
             generation_seconds=generation_seconds,
             decode_seconds=decode_seconds,
         )

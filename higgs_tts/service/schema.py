@@ -1,0 +1,182 @@
+"""The job `input` of the documented API, validated field by field.
+
+Field names and defaults are fixed by the product documentation; extensions are added, never
+renamed. Every error names the field and the rule it broke.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import unicodedata
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from ..core.voices import NAME_PATTERN
+from .storage import validate_bucket, validate_key
+
+ACTIONS = ("generate", "health", "list_voices", "add_voice")
+MAX_SEED = 2**31 - 1
+
+
+class InputError(ValueError):
+    """A request that breaks a rule; `field` names the offending input field."""
+
+    def __init__(self, message: str, field: str | None = None, code: str = "invalid_input") -> None:
+        super().__init__(message)
+        self.field = field
+        self.code = code
+
+
+def _has_control_characters(text: str) -> bool:
+    return any(unicodedata.category(c) == "Cc" and c not in "\n\r\t" for c in text)
+
+
+def decode_base64(value: str, field: str, max_bytes: int) -> bytes:
+    """Strict base64 (a `data:...;base64,` prefix is allowed), at most `max_bytes` decoded."""
+    if "," in value[:100] and value.startswith("data:"):
+        value = value.split(",", 1)[1]
+    if len(value) > (max_bytes * 4) // 3 + 8:
+        raise InputError(f"{field} must decode to at most {max_bytes} bytes", field, "too_large")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"{field} is not valid base64", field) from None
+    if not data:
+        raise InputError(f"{field} is empty", field)
+    if len(data) > max_bytes:
+        raise InputError(f"{field} must decode to at most {max_bytes} bytes", field, "too_large")
+    return data
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class GenerateInput(_Input):
+    action: Literal["generate"] = "generate"
+    transcript: str
+    ref_audio: str | None = None
+    scene_prompt: str | None = None
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    top_k: int = Field(50, ge=0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(2048, ge=1, le=8192)
+    chunk_method: Literal["speaker", "word", "sentence"] | None = None
+    chunk_max_word_num: int = Field(200, ge=1, le=10_000)
+    chunk_max_num_turns: int = Field(1, ge=1, le=1000)
+    ras_win_len: int = Field(7, ge=0, le=1000)
+    ras_win_max_num_repeat: int = Field(2, ge=0, le=1000)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    s3_bucket: str | None = None
+    s3_key: str | None = None
+    # Extensions.
+    output_format: Literal["wav", "flac", "mp3", "opus", "pcm"] = "wav"
+    generation_chunk_buffer_size: int | None = Field(None, ge=0, le=1000)
+    ref_audio_in_system_message: bool = False
+    ref_audio_base64: str | None = None
+    ref_audio_transcript: str | None = Field(None, max_length=5000)
+
+    @field_validator("transcript")
+    @classmethod
+    def _transcript(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        if _has_control_characters(value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("scene_prompt", "ref_audio_transcript")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        if value is not None and _has_control_characters(value):
+            raise ValueError("must not contain control characters")
+        if value is not None and len(value) > 5000:
+            raise ValueError("must be at most 5000 characters")
+        return value
+
+    @field_validator("ref_audio")
+    @classmethod
+    def _voices(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        names = [n.strip() for n in value.split(",")]
+        if len(names) > 10:
+            raise ValueError("names at most 10 voices")
+        for name in names:
+            bare = name.removeprefix("profile:")
+            if not NAME_PATTERN.match(bare):
+                raise ValueError(f"voice name {name!r} is invalid: use 1 to 64 letters, digits, '_' or '-'")
+        return ",".join(names)
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _bucket(cls, value: str | None) -> str | None:
+        return None if value is None else validate_bucket(value)
+
+    @field_validator("s3_key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        return None if value is None else validate_key(value)
+
+
+class HealthInput(_Input):
+    action: Literal["health"]
+
+
+class ListVoicesInput(_Input):
+    action: Literal["list_voices"]
+
+
+class AddVoiceInput(_Input):
+    action: Literal["add_voice"]
+    voice_name: Annotated[str, StringConstraints(pattern=NAME_PATTERN.pattern)]
+    ref_audio_base64: str
+    ref_audio_transcript: str = Field(min_length=1, max_length=5000)
+    description: str | None = Field(None, max_length=500)
+    overwrite: bool = False
+
+    @field_validator("ref_audio_transcript", "description")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        if value is not None and _has_control_characters(value):
+            raise ValueError("must not contain control characters")
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
+_MODELS = {
+    "generate": GenerateInput,
+    "health": HealthInput,
+    "list_voices": ListVoicesInput,
+    "add_voice": AddVoiceInput,
+}
+
+
+def _describe(error: dict) -> tuple[str, str]:
+    field = ".".join(str(p) for p in error["loc"]) or "input"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return field, f"unknown field '{field}'"
+    if kind == "missing":
+        return field, f"{field} is required"
+    message = error["msg"].removeprefix("Value error, ")
+    got = error.get("input")
+    shown = "" if isinstance(got, dict | list) or got is None else f" (got {str(got)[:60]!r})"
+    return field, f"{field}: {message}{shown}"
+
+
+def parse_input(raw: object) -> GenerateInput | HealthInput | ListVoicesInput | AddVoiceInput:
+    """The validated input; raises InputError naming the first broken field (all listed)."""
+    if not isinstance(raw, dict):
+        raise InputError("input must be a JSON object", "input")
+    action = raw.get("action", "generate")
+    if action not in _MODELS:
+        raise InputError(f"action must be one of {', '.join(ACTIONS)}; got {action!r}", "action")
+    try:
+        return _MODELS[action].model_validate(raw)
+    except ValidationError as exc:
+        described = [_describe(e) for e in exc.errors()]
+        raise InputError("; ".join(m for _, m in described), described[0][0]) from None

@@ -1,0 +1,343 @@
+"""The speech service: one validated job in, the documented response out.
+
+It adapts nothing to a transport: the RunPod handler and the HTTP server both call `handle`.
+Errors come back as `{"success": False, "error": ...}` naming the field and the rule, never as a
+traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from ..core.audio import AudioError, duration_seconds, read_audio, write_audio
+from ..core.checkpoint import CheckpointError, unavailable_reason
+from ..core.generation import SamplingParams
+from ..core.synthesizer import ReferenceClip, SynthesisRequest, SynthesisResult, Synthesizer
+from ..core.voices import AUDIO_SUFFIXES, VoiceError
+from ..settings import ServiceSettings, Settings
+from . import formats
+from .audit import AuditRecord
+from .schema import AddVoiceInput, GenerateInput, InputError, decode_base64, parse_input
+from .storage import S3Storage, S3Target, StorageError, generated_key
+
+log = logging.getLogger(__name__)
+
+
+class JobError(RuntimeError):
+    """A job that failed for a reason the caller should see (not their input)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class SpeechService:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        service: ServiceSettings | None = None,
+        synthesizer: Synthesizer | None = None,
+        storage: S3Storage | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.service = service or ServiceSettings.from_env()
+        self.synthesizer = synthesizer or Synthesizer(self.settings)
+        self.storage = storage or S3Storage(presign_seconds=self.service.presign_seconds)
+
+    # -- entry point ---------------------------------------------------------------------------
+
+    def handle(self, raw: object, job_id: str = "local", s3_config: dict | None = None) -> dict:
+        """Run one job; always returns a response dict (never raises for a job's failure)."""
+        started = time.perf_counter()
+        audit = AuditRecord(job_id=job_id, raw=raw)
+        try:
+            request = parse_input(raw)
+            audit.action = request.action
+            if request.action == "health":
+                response = self.health()
+            elif request.action == "list_voices":
+                response = self.list_voices()
+            elif request.action == "add_voice":
+                response = self.add_voice(request)
+            else:
+                response = self.generate(request, s3_config, started)
+            audit.succeed(response)
+            return response
+        except InputError as exc:
+            audit.fail(exc.code)
+            return self._error(str(exc), exc.code, exc.field)
+        except VoiceError as exc:
+            audit.fail("unknown_voice")
+            return self._error(f"ref_audio: {exc}", "unknown_voice", "ref_audio", exc.suggestions)
+        except JobError as exc:
+            audit.fail(exc.code)
+            return self._error(str(exc), exc.code)
+        except Exception as exc:  # the worker must survive anything one job does
+            log.exception("job %s failed", job_id)
+            audit.fail("internal_error")
+            return self._error(f"internal error ({type(exc).__name__}); the job was not completed", "internal_error")
+        finally:
+            audit.emit(time.perf_counter() - started)
+
+    def _error(self, message: str, code: str, field: str | None = None, suggestions: list | None = None) -> dict:
+        response = {"success": False, "error": message, "error_code": code}
+        if field:
+            response["error_field"] = field
+        if suggestions is not None:
+            response["voice_suggestions"] = suggestions
+        return response
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def health(self) -> dict:
+        loaded = self.synthesizer.loaded_model()
+        voices_dir = self.settings.voice_prompts_path
+        if loaded is not None:
+            status, device = "healthy", str(loaded.device)
+        else:
+            status, device = self._loadable(), self.settings.device or self._default_device()
+        return {
+            "success": True,
+            "status": status,
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+            "model_info": {
+                "model_path": self.settings.model_path,
+                "device": device,
+                "models_loaded": loaded is not None,
+                "voice_prompts_available": voices_dir.is_dir() and any(
+                    p.suffix.lower() in AUDIO_SUFFIXES for p in voices_dir.iterdir()
+                ),
+            },
+            "voice_suggestions": self.synthesizer.voices.suggestions(),
+        }
+
+    @staticmethod
+    def _default_device() -> str:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def _loadable(self) -> str:
+        """'healthy' when the checkpoint can be loaded without downloading; else the reason."""
+        for label, path, revision in (
+            ("model", self.settings.model_path, self.settings.model_revision),
+            ("tokenizer", self.settings.tokenizer_path, self.settings.tokenizer_revision),
+        ):
+            reason = unavailable_reason(path, revision)
+            if reason:
+                return f"unhealthy: {label} {reason}"
+        return "healthy"
+
+    def list_voices(self) -> dict:
+        voices = self.synthesizer.voices.list()
+        return {
+            "success": True,
+            "voices": [{"name": v.name, "kind": v.kind, "description": v.description} for v in voices],
+            "voice_suggestions": [{"name": v.name, "description": v.description} for v in voices],
+        }
+
+    def _reference_audio(self, encoded: str, field: str) -> np.ndarray:
+        data = decode_base64(encoded, field, self.service.max_reference_bytes)
+        try:
+            audio = read_audio(data)
+        except AudioError as exc:
+            raise InputError(f"{field}: {exc} (send WAV, FLAC, MP3 or OGG)", field) from None
+        seconds = duration_seconds(audio)
+        if seconds > self.service.max_reference_seconds:
+            raise InputError(
+                f"{field}: audio is {seconds:.1f} s long; the limit is {self.service.max_reference_seconds:g} s",
+                field, "too_long",
+            )
+        if seconds < 0.5:
+            raise InputError(f"{field}: audio is {seconds:.2f} s long; at least 0.5 s is needed", field)
+        return audio
+
+    def add_voice(self, request: AddVoiceInput) -> dict:
+        library = self.synthesizer.voices
+        root = library.root
+        name = request.voice_name
+        audio = self._reference_audio(request.ref_audio_base64, "ref_audio_base64")
+        existing = [root / f"{name}{s}" for s in AUDIO_SUFFIXES if (root / f"{name}{s}").exists()]
+        if existing and not request.overwrite:
+            raise InputError(
+                f"voice_name: voice {name!r} already exists; set overwrite to true to replace it",
+                "voice_name", "voice_exists",
+            )
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            for path in existing:
+                path.unlink()
+            self._atomic_write(root, f"{name}.txt", lambda p: p.write_text(request.ref_audio_transcript.strip() + "\n"))
+            self._atomic_write(root, f"{name}.wav", lambda p: write_audio(p, audio))
+        except OSError as exc:
+            raise JobError(f"cannot write to the voices folder ({exc.strerror or type(exc).__name__})",
+                           "storage_error") from None
+        voice = library.get(name)
+        return {
+            "success": True,
+            "voice": {"name": voice.name, "kind": voice.kind, "description": voice.description},
+            "duration_seconds": round(duration_seconds(audio), 3),
+            "voice_suggestions": library.suggestions(),
+        }
+
+    @staticmethod
+    def _atomic_write(folder: Path, filename: str, write) -> None:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=Path(filename).suffix)
+        os.close(fd)
+        try:
+            write(Path(tmp))
+            os.replace(tmp, folder / filename)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def _synthesis_request(self, request: GenerateInput) -> SynthesisRequest:
+        if len(request.transcript) > self.service.max_transcript_chars:
+            raise InputError(
+                f"transcript: {len(request.transcript)} characters is above the limit of "
+                f"{self.service.max_transcript_chars}; split the text or raise MAX_TRANSCRIPT_CHARS",
+                "transcript", "too_long",
+            )
+        if request.ref_audio_transcript and not request.ref_audio_base64:
+            raise InputError("ref_audio_transcript: needs ref_audio_base64", "ref_audio_transcript")
+        reference = None
+        if request.ref_audio_base64:
+            audio = self._reference_audio(request.ref_audio_base64, "ref_audio_base64")
+            reference = ReferenceClip(audio=audio, transcript=request.ref_audio_transcript)
+        self.synthesizer.voices.resolve(request.ref_audio)  # unknown names fail before any work
+        return SynthesisRequest(
+            text=request.transcript,
+            voices=request.ref_audio,
+            scene=request.scene_prompt,
+            chunk_method=request.chunk_method,
+            chunk_max_word_num=request.chunk_max_word_num,
+            chunk_max_num_turns=request.chunk_max_num_turns,
+            generation_chunk_buffer_size=request.generation_chunk_buffer_size,
+            ref_audio_in_system_message=request.ref_audio_in_system_message,
+            sampling=SamplingParams(
+                temperature=request.temperature,
+                top_k=request.top_k,
+                top_p=request.top_p,
+                max_new_tokens=request.max_new_tokens,
+                ras_win_len=request.ras_win_len,
+                ras_win_max_num_repeat=request.ras_win_max_num_repeat,
+            ),
+            seed=request.seed,
+            reference=reference,
+        )
+
+    def _synthesize(self, request: SynthesisRequest) -> SynthesisResult:
+        try:
+            return self.synthesizer.synthesize(request)
+        except CheckpointError as exc:
+            raise JobError(f"model unavailable: {exc}", "model_unavailable") from None
+        except (RuntimeError, MemoryError) as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            _free_accelerator_memory()
+            raise JobError(
+                "out of GPU memory for this request; retry with a shorter text, chunk_method 'sentence' "
+                "or fewer max_new_tokens",
+                "out_of_memory",
+            ) from None
+
+    def _s3_target(self, request: GenerateInput, s3_config: dict | None) -> S3Target | None:
+        if s3_config and (request.s3_bucket or s3_config.get("bucketName")):
+            return S3Target.from_runpod(s3_config, request.s3_bucket)
+        bucket = request.s3_bucket or self.service.default_bucket
+        return S3Target(bucket=bucket) if bucket else None
+
+    def generate(self, request: GenerateInput, s3_config: dict | None = None, started: float | None = None) -> dict:
+        started = started if started is not None else time.perf_counter()
+        result = self._synthesize(self._synthesis_request(request))
+        data = formats.encode(result.audio, result.sample_rate, request.output_format)
+        content_type = formats.content_type(request.output_format)
+
+        response: dict = {"success": True}
+        upload_seconds = 0.0
+        target = self._s3_target(request, s3_config)
+        inline = target is None
+        if target is not None:
+            key = request.s3_key or generated_key(formats.extension(request.output_format))
+            try:
+                upload = self.storage.upload(target, key, data, content_type)
+                upload_seconds = upload.seconds
+                response.update(audio_url=upload.url, presigned_url=upload.presigned_url,
+                                s3_bucket=upload.bucket, s3_key=upload.key)
+            except StorageError as exc:
+                # Keep the audio: hand it back inline when it fits, and say what failed.
+                log.warning("upload failed; returning audio inline: %s", exc)
+                response["s3_upload_error"] = str(exc)
+                inline = True
+        if inline:
+            if len(data) > self.service.max_inline_audio_bytes:
+                reason = response.get("s3_upload_error", "no s3_bucket was given")
+                raise JobError(
+                    f"audio is {len(data) / 1e6:.1f} MB as {request.output_format}, above the "
+                    f"{self.service.max_inline_audio_bytes / 1e6:.1f} MB that fits in a response ({reason}); "
+                    "set s3_bucket or use output_format 'mp3' or 'opus'",
+                    "result_too_large",
+                )
+            response["audio_base64"] = base64.b64encode(data).decode("ascii")
+
+        audio_seconds = result.duration_seconds
+        compute_seconds = result.generation_seconds + result.decode_seconds
+        response.update(
+            content_type=content_type,
+            output_format=request.output_format,
+            duration_seconds=round(audio_seconds, 3),
+            sample_rate=result.sample_rate,
+            text_output=result.text,
+            metadata={
+                "model_used": self.settings.model_path,
+                "voice_clone": result.voices or None,
+                "generation_parameters": {
+                    "temperature": request.temperature,
+                    "top_k": request.top_k,
+                    "top_p": request.top_p,
+                    "max_new_tokens": request.max_new_tokens,
+                    "seed": result.seed,
+                    "generation_time": round(result.generation_seconds, 3),
+                    "chunks_processed": len(result.chunks),
+                },
+            },
+            generation_metrics={
+                "total_request_time": round(time.perf_counter() - started, 3),
+                "model_loading_time": round(result.model_load_seconds, 3),
+                "generation_time": round(result.generation_seconds, 3),
+                "decode_time": round(result.decode_seconds, 3),
+                "s3_upload_time": round(upload_seconds, 3),
+                "audio_duration": round(audio_seconds, 3),
+                "chunks_processed": len(result.chunks),
+                # compute seconds per second of audio: below 1 is faster than real time
+                "real_time_factor": round(compute_seconds / audio_seconds, 4) if audio_seconds else None,
+            },
+            voice_suggestions=self.synthesizer.voices.suggestions(),
+        )
+        return response

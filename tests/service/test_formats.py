@@ -1,0 +1,39 @@
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from higgs_tts.service import formats
+
+
+@pytest.fixture
+def tone():
+    t = np.arange(24000) / 24000
+    return (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus"])
+def test_container_formats_decode_back(tone, fmt):
+    data = formats.encode(tone, 24000, fmt)
+    decoded, rate = sf.read(io.BytesIO(data), dtype="float32")
+    assert rate == 24000
+    assert abs(len(decoded) - len(tone)) < 2400
+    assert formats.content_type(fmt).startswith("audio/")
+
+
+def test_wav_is_lossless_16_bit(tone):
+    decoded, _ = sf.read(io.BytesIO(formats.encode(tone, 24000, "wav")), dtype="float32")
+    assert np.abs(decoded - tone).max() < 1e-4
+
+
+def test_pcm_is_raw_s16le(tone):
+    data = formats.encode(tone, 24000, "pcm")
+    assert len(data) == 2 * len(tone)
+    samples = np.frombuffer(data, dtype="<i2")
+    assert np.abs(samples / 32767.0 - tone).max() < 1e-4
+
+
+def test_unknown_format():
+    with pytest.raises(ValueError, match="output_format"):
+        formats.encode(np.zeros(10, dtype=np.float32), 24000, "aiff")

@@ -1,0 +1,74 @@
+import base64
+
+import pytest
+
+from higgs_tts.service.schema import GenerateInput, InputError, decode_base64, parse_input
+
+
+def test_defaults_match_the_documented_api():
+    request = parse_input({"transcript": "Hello."})
+    assert isinstance(request, GenerateInput)
+    assert (request.temperature, request.top_k, request.top_p, request.max_new_tokens) == (0.8, 50, 0.95, 2048)
+    assert (request.chunk_method, request.chunk_max_word_num, request.chunk_max_num_turns) == (None, 200, 1)
+    assert (request.ras_win_len, request.ras_win_max_num_repeat) == (7, 2)
+    assert request.seed is None and request.ref_audio is None and request.scene_prompt is None
+    assert request.output_format == "wav" and request.ref_audio_in_system_message is False
+
+
+def test_actions():
+    assert parse_input({"action": "health"}).action == "health"
+    assert parse_input({"action": "list_voices"}).action == "list_voices"
+
+
+BAD_INPUTS = [
+    ({}, "transcript", "transcript is required"),
+    ({"transcript": ""}, "transcript", "must not be empty"),
+    ({"transcript": "   \n"}, "transcript", "must not be empty"),
+    ({"transcript": "hi\x00there"}, "transcript", "control characters"),
+    ({"transcript": 42}, "transcript", "valid string"),
+    ({"transcript": "x", "temperature": 2.5}, "temperature", "less than or equal to 2"),
+    ({"transcript": "x", "temperature": -0.1}, "temperature", "greater than or equal to 0"),
+    ({"transcript": "x", "top_p": 0}, "top_p", "greater than 0"),
+    ({"transcript": "x", "top_p": 1.5}, "top_p", "less than or equal to 1"),
+    ({"transcript": "x", "top_k": -1}, "top_k", "greater than or equal to 0"),
+    ({"transcript": "x", "max_new_tokens": 0}, "max_new_tokens", "greater than or equal to 1"),
+    ({"transcript": "x", "max_new_tokens": 8193}, "max_new_tokens", "less than or equal to 8192"),
+    ({"transcript": "x", "chunk_method": "paragraph"}, "chunk_method", "'speaker', 'word' or 'sentence'"),
+    ({"transcript": "x", "chunk_max_word_num": 0}, "chunk_max_word_num", "greater than or equal to 1"),
+    ({"transcript": "x", "seed": -5}, "seed", "greater than or equal to 0"),
+    ({"transcript": "x", "seed": 2**31}, "seed", "less than or equal to 2147483647"),
+    ({"transcript": "x", "output_format": "aiff"}, "output_format", "'wav', 'flac', 'mp3', 'opus' or 'pcm'"),
+    ({"transcript": "x", "ref_audio": "../../etc/passwd"}, "ref_audio", "invalid"),
+    ({"transcript": "x", "s3_bucket": "Bad_Bucket"}, "s3_bucket", "valid bucket name"),
+    ({"transcript": "x", "s3_key": "../escape.wav"}, "s3_key", "'..'"),
+    ({"transcript": "x", "s3_key": "/abs.wav"}, "s3_key", "must not start with '/'"),
+    ({"transcript": "x", "s3_key": "k" * 1025}, "s3_key", "at most 1024 bytes"),
+    ({"transcript": "x", "voice": "belinda"}, "voice", "unknown field 'voice'"),
+    ({"transcript": "x", "action": "dance"}, "action", "action must be one of"),
+    ({"action": "add_voice", "voice_name": "../x", "ref_audio_base64": "AA==", "ref_audio_transcript": "t"},
+     "voice_name", "pattern"),
+    ({"action": "add_voice", "voice_name": "ok"}, "ref_audio_base64", "required"),
+]
+
+
+@pytest.mark.parametrize(("raw", "field", "message"), BAD_INPUTS, ids=[b[1] + "-" + b[2][:20] for b in BAD_INPUTS])
+def test_bad_inputs_name_the_field_and_rule(raw, field, message):
+    with pytest.raises(InputError) as err:
+        parse_input(raw)
+    assert err.value.field == field
+    assert field in str(err.value) and message in str(err.value)
+
+
+def test_input_must_be_an_object():
+    with pytest.raises(InputError, match="input must be a JSON object"):
+        parse_input("just text")
+
+
+def test_base64_limits():
+    data = b"\x01" * 100
+    assert decode_base64(base64.b64encode(data).decode(), "f", 100) == data
+    assert decode_base64("data:audio/wav;base64," + base64.b64encode(data).decode(), "f", 100) == data
+    with pytest.raises(InputError, match="at most 99 bytes"):
+        decode_base64(base64.b64encode(data).decode(), "f", 99)
+    with pytest.raises(InputError, match="not valid base64"):
+        decode_base64("not base64!!", "f", 100)

@@ -1,0 +1,235 @@
+"""The speech service on the tiny checkpoint, real S3 server and real audio files."""
+
+import base64
+import dataclasses
+import io
+import json
+import shutil
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import make_bucket
+
+from higgs_tts.core.checkpoint import ModelCache
+from higgs_tts.core.synthesizer import Synthesizer
+from higgs_tts.service.speech import SpeechService
+from higgs_tts.settings import ServiceSettings
+
+MODELS = ModelCache()
+
+
+@pytest.fixture
+def service(settings, tmp_path):
+    voices = tmp_path / "voices"
+    shutil.copytree(settings.voice_prompts_path, voices)
+    local = dataclasses.replace(settings, voice_prompts_path=voices)
+    return SpeechService(local, ServiceSettings(), Synthesizer(local, MODELS))
+
+
+def b64_file(path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def b64_audio(seconds: float, rate: int = 16000, fmt: str = "FLAC") -> str:
+    t = np.arange(int(seconds * rate)) / rate
+    buffer = io.BytesIO()
+    sf.write(buffer, 0.3 * np.sin(2 * np.pi * 200 * t), rate, format=fmt)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def decoded_audio(response):
+    return sf.read(io.BytesIO(base64.b64decode(response["audio_base64"])), dtype="float32")
+
+
+BASE = {"max_new_tokens": 40, "seed": 3}
+
+
+def test_generate_inline_has_every_documented_field(service):
+    response = service.handle({"transcript": "Hello there", "ref_audio": "belinda", **BASE}, "job-1")
+    assert response["success"] is True
+    audio, rate = decoded_audio(response)
+    assert rate == 24000 == response["sample_rate"]
+    assert response["content_type"] == "audio/wav"
+    assert response["duration_seconds"] == pytest.approx(len(audio) / 24000, abs=1e-3)
+    assert response["text_output"] == "Hello there."
+    metadata = response["metadata"]
+    assert metadata["voice_clone"] == ["belinda"]
+    params = metadata["generation_parameters"]
+    assert (params["temperature"], params["top_k"], params["top_p"], params["max_new_tokens"], params["seed"]) == (
+        0.8, 50, 0.95, 40, 3)
+    assert params["chunks_processed"] == 1 and params["generation_time"] > 0
+    metrics = response["generation_metrics"]
+    for key in ("total_request_time", "model_loading_time", "generation_time", "s3_upload_time",
+                "audio_duration", "chunks_processed", "real_time_factor"):
+        assert key in metrics
+    assert metrics["s3_upload_time"] == 0 and metrics["total_request_time"] >= metrics["generation_time"]
+    assert {"name": "daffy", "description": "Animated character voice"} in response["voice_suggestions"]
+    assert "audio_url" not in response
+
+
+def test_no_voice_reports_null_voice_clone(service):
+    response = service.handle({"transcript": "Anyone speaks.", **BASE})
+    assert response["success"] and response["metadata"]["voice_clone"] is None
+
+
+@pytest.mark.parametrize("fmt", ["flac", "mp3", "opus", "pcm"])
+def test_output_formats(service, fmt):
+    response = service.handle({"transcript": "Format test.", "output_format": fmt, **BASE})
+    assert response["success"], response
+    data = base64.b64decode(response["audio_base64"])
+    if fmt == "pcm":
+        assert len(data) == 2 * round(response["duration_seconds"] * 24000)
+    else:
+        assert sf.read(io.BytesIO(data))[1] == 24000
+
+
+def test_clone_from_base64_with_and_without_transcript(service, voice_prompts):
+    clip = b64_file(voice_prompts / "en_man.wav")
+    with_text = service.handle({"transcript": "Cloned.", "ref_audio_base64": clip,
+                                "ref_audio_transcript": "Maintaining your ability to learn.", **BASE})
+    without = service.handle({"transcript": "Cloned.", "ref_audio_base64": clip, **BASE})
+    assert with_text["success"] and without["success"]
+    assert with_text["metadata"]["voice_clone"] == ["uploaded"]
+
+
+def test_add_voice_then_use_it_by_name(service):
+    added = service.handle({"action": "add_voice", "voice_name": "narrator_1", "ref_audio_base64": b64_audio(2.0),
+                            "ref_audio_transcript": "A steady narrator voice."})
+    assert added["success"], added
+    assert added["voice"] == {"name": "narrator_1", "kind": "clone", "description": "Voice cloned from narrator_1.wav"}
+    stored, rate = sf.read(service.settings.voice_prompts_path / "narrator_1.wav")
+    assert rate == 24000 and stored.ndim == 1
+    used = service.handle({"transcript": "Now by name.", "ref_audio": "narrator_1", **BASE})
+    assert used["success"] and used["metadata"]["voice_clone"] == ["narrator_1"]
+    again = service.handle({"action": "add_voice", "voice_name": "narrator_1", "ref_audio_base64": b64_audio(1.0),
+                            "ref_audio_transcript": "Other."})
+    assert not again["success"] and again["error_code"] == "voice_exists" and "overwrite" in again["error"]
+    replaced = service.handle({"action": "add_voice", "voice_name": "narrator_1", "ref_audio_base64": b64_audio(1.0),
+                               "ref_audio_transcript": "Other.", "overwrite": True})
+    assert replaced["success"] and replaced["duration_seconds"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_add_voice_gives_a_documented_voice_its_audio(service):
+    added = service.handle({"action": "add_voice", "voice_name": "jorts", "ref_audio_base64": b64_audio(1.5),
+                            "ref_audio_transcript": "Hey, what's up."})
+    assert added["voice"] == {"name": "jorts", "kind": "clone", "description": "Male voice with casual tone"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "code", "message"),
+    [
+        ({"ref_audio": "nobody"}, "ref_audio", "unknown_voice", "unknown voice 'nobody'"),
+        ({"ref_audio_base64": "bm90IGF1ZGlv"}, "ref_audio_base64", "invalid_input", "cannot decode audio"),
+        ({"ref_audio_base64": b64_audio(61.0, rate=8000)}, "ref_audio_base64", "too_long", "limit is 60 s"),
+        ({"ref_audio_transcript": "words"}, "ref_audio_transcript", "invalid_input", "needs ref_audio_base64"),
+        ({"transcript": "x" * 20_001}, "transcript", "too_long", "limit of 20000"),
+    ],
+)
+def test_bad_requests_fail_clearly(service, extra, field, code, message):
+    response = service.handle({"transcript": "Hi.", **BASE, **extra})
+    assert response["success"] is False
+    assert (response["error_field"], response["error_code"]) == (field, code)
+    assert message in response["error"]
+    if code == "unknown_voice":
+        assert any(s["name"] == "belinda" for s in response["voice_suggestions"])
+
+
+def test_oversized_reference_is_refused_before_decoding(service):
+    small = dataclasses.replace(service.service, max_reference_bytes=1000)
+    limited = SpeechService(service.settings, small, service.synthesizer)
+    response = limited.handle({"transcript": "Hi.", "ref_audio_base64": b64_audio(1.0), **BASE})
+    assert response["error_code"] == "too_large" and "at most 1000 bytes" in response["error"]
+
+
+def test_s3_upload_object_and_presigned_url(service, s3_env):
+    make_bucket(s3_env, "speech-out")
+    response = service.handle({"transcript": "Upload me.", "s3_bucket": "speech-out", "s3_key": "jobs/one.flac",
+                               "output_format": "flac", **BASE})
+    assert response["success"], response
+    assert response["audio_url"] == "s3://speech-out/jobs/one.flac"
+    assert "audio_base64" not in response
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1")
+    stored = client.get_object(Bucket="speech-out", Key="jobs/one.flac")
+    body = stored["Body"].read()
+    assert stored["ContentType"] == "audio/flac"
+    assert sf.read(io.BytesIO(body))[1] == 24000
+    assert httpx.get(response["presigned_url"]).content == body
+    assert response["generation_metrics"]["s3_upload_time"] > 0
+    assert s3_env["AWS_SECRET_ACCESS_KEY"] not in json.dumps(response)
+
+
+def test_s3_without_key_generates_one(service, s3_env):
+    make_bucket(s3_env, "speech-auto")
+    response = service.handle({"transcript": "Auto key.", "s3_bucket": "speech-auto", **BASE})
+    assert response["audio_url"].startswith("s3://speech-auto/higgs-tts/") and response["audio_url"].endswith(".wav")
+
+
+def test_failed_upload_keeps_the_audio_inline(service, s3_env, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    service.storage.timeout_seconds = 2
+    response = service.handle({"transcript": "Keep me.", "s3_bucket": "speech-out", **BASE})
+    assert response["success"] is True
+    assert "s3_upload_error" in response and "audio_url" not in response
+    assert decoded_audio(response)[1] == 24000
+
+
+def test_result_too_large_for_inline_suggests_s3(service):
+    tiny_limit = dataclasses.replace(service.service, max_inline_audio_bytes=100)
+    limited = SpeechService(service.settings, tiny_limit, service.synthesizer)
+    response = limited.handle({"transcript": "Too big.", **BASE})
+    assert response["success"] is False and response["error_code"] == "result_too_large"
+    assert "s3_bucket" in response["error"] and "'mp3'" in response["error"]
+
+
+def test_health_and_voice_list(service):
+    health = service.handle({"action": "health"})
+    assert health["status"] == "healthy"
+    assert set(health["model_info"]) == {"model_path", "device", "models_loaded", "voice_prompts_available"}
+    assert health["model_info"]["voice_prompts_available"] is True
+    assert health["timestamp"].endswith("+00:00")
+    listed = service.handle({"action": "list_voices"})
+    kinds = {v["name"]: v["kind"] for v in listed["voices"]}
+    assert kinds["belinda"] == "clone" and kinds["elsa"] == "described"
+
+
+def test_health_reports_a_missing_model(service, tmp_path):
+    broken = dataclasses.replace(service.settings, model_path=str(tmp_path / "absent"))
+    unhealthy = SpeechService(broken, service.service, Synthesizer(broken, ModelCache()))
+    health = unhealthy.handle({"action": "health"})
+    assert health["status"].startswith("unhealthy") and health["model_info"]["models_loaded"] is False
+
+
+class OutOfMemoryOnce(Synthesizer):
+    """CUDA out-of-memory cannot happen on a CPU machine; this raises the real exception type once."""
+
+    raised = False
+
+    def synthesize(self, request):
+        if not self.raised:
+            self.raised = True
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().synthesize(request)
+
+
+def test_out_of_memory_fails_the_job_and_the_worker_goes_on(service):
+    flaky = SpeechService(service.settings, service.service,
+                          OutOfMemoryOnce(service.settings, MODELS))
+    first = flaky.handle({"transcript": "Big.", **BASE})
+    assert first["success"] is False and first["error_code"] == "out_of_memory"
+    assert flaky.handle({"transcript": "Small.", **BASE})["success"] is True
+
+
+def test_audit_line_has_no_transcript(service, caplog):
+    secret = "my secret sentence about the merger"
+    with caplog.at_level("INFO", logger="higgs_tts.audit"):
+        service.handle({"transcript": secret, **BASE}, "job-audit")
+    lines = [r.getMessage() for r in caplog.records if r.name == "higgs_tts.audit"]
+    record = json.loads(lines[-1])
+    assert record["job_id"] == "job-audit" and record["status"] == "ok"
+    assert record["transcript_chars"] == len(secret) and len(record["transcript_sha256"]) == 16
+    assert all(secret not in r.getMessage() for r in caplog.records)

@@ -1,0 +1,170 @@
+"""The RunPod worker through the real SDK: `python handler.py --rp_serve_api` and HTTP requests."""
+
+import base64
+import io
+import os
+import shutil
+import subprocess
+import sys
+
+import httpx
+import pytest
+import soundfile as sf
+from conftest import REPO, free_port, make_bucket, wait_for_http
+
+from higgs_tts.client import HiggsTTSClient, HiggsTTSError
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory):
+    model_dir, codec_dir = tiny_checkpoint
+    voices = tmp_path_factory.mktemp("worker") / "voices"
+    shutil.copytree(voice_prompts, voices)
+    port = free_port()
+    env = {
+        **os.environ,
+        **s3_server,
+        "MODEL_PATH": str(model_dir),
+        "TOKENIZER_PATH": str(codec_dir),
+        "VOICE_PROMPTS_PATH": str(voices),
+    }
+    env.pop("RUNPOD_LOG_LEVEL", None)
+    log = open(tmp_path_factory.mktemp("logs") / "worker.log", "w+")
+    process = subprocess.Popen(
+        [sys.executable, "-u", "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
+         "--rp_api_port", str(port)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(url + "/docs", process)
+        yield {"url": url, "voices": voices, "log": log, "s3": s3_server}
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
+
+
+def runsync(worker, job_input, timeout=300):
+    reply = httpx.post(worker["url"] + "/runsync", json={"input": job_input}, timeout=timeout)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def completed(worker, job_input):
+    reply = runsync(worker, job_input)
+    assert reply["status"] == "COMPLETED", reply
+    assert reply["output"]["success"] is True
+    return reply["output"]
+
+
+def wav_of(output):
+    return sf.read(io.BytesIO(base64.b64decode(output["audio_base64"])), dtype="float32")
+
+
+QUICK = {"max_new_tokens": 40, "seed": 5}
+
+
+def test_basic_speech(worker):
+    output = completed(worker, {"transcript": "Hello, this is a basic request.", **QUICK})
+    audio, rate = wav_of(output)
+    assert rate == 24000 and len(audio) % 960 == 0 and len(audio) > 0
+    assert output["metadata"]["voice_clone"] is None
+
+
+def test_voice_clone_with_scene_prompt(worker):
+    output = completed(worker, {"transcript": "Cloned with a scene.", "ref_audio": "belinda",
+                                "scene_prompt": "Audio is recorded in a large cathedral.", **QUICK})
+    assert output["metadata"]["voice_clone"] == ["belinda"]
+    assert wav_of(output)[1] == 24000
+
+
+def test_s3_upload(worker):
+    make_bucket(worker["s3"], "worker-bucket")
+    output = completed(worker, {"transcript": "To the bucket.", "s3_bucket": "worker-bucket",
+                                "s3_key": "out/speech.mp3", "output_format": "mp3", **QUICK})
+    assert output["audio_url"] == "s3://worker-bucket/out/speech.mp3"
+    download = httpx.get(output["presigned_url"])
+    assert download.status_code == 200 and download.headers["content-type"] == "audio/mpeg"
+    assert sf.read(io.BytesIO(download.content))[1] == 24000
+
+
+def test_long_text_with_word_chunking(worker):
+    text = " ".join(f"Word{i}" for i in range(30)) + "."
+    output = completed(worker, {"transcript": text, "chunk_method": "word", "chunk_max_word_num": 10,
+                                "ref_audio": "en_woman", **QUICK})
+    assert output["generation_metrics"]["chunks_processed"] == 3
+    assert output["metadata"]["generation_parameters"]["chunks_processed"] == 3
+
+
+def test_same_seed_same_audio_through_the_api(worker):
+    job = {"transcript": "Determinism.", "ref_audio": "chadwick", **QUICK}
+    assert completed(worker, job)["audio_base64"] == completed(worker, job)["audio_base64"]
+
+
+def test_health_and_list_voices(worker):
+    health = completed(worker, {"action": "health"})
+    assert health["status"] == "healthy"
+    assert health["model_info"]["voice_prompts_available"] is True
+    names = {v["name"] for v in completed(worker, {"action": "list_voices"})["voices"]}
+    assert {"belinda", "chadwick", "daffy", "elsa", "jorts"} <= names
+
+
+def test_clone_from_base64_and_add_voice(worker, voice_prompts):
+    clip = base64.b64encode((voice_prompts / "en_man.wav").read_bytes()).decode()
+    output = completed(worker, {"transcript": "Sent along.", "ref_audio_base64": clip,
+                                "ref_audio_transcript": "Maintaining your ability to learn.", **QUICK})
+    assert output["metadata"]["voice_clone"] == ["uploaded"]
+    added = completed(worker, {"action": "add_voice", "voice_name": "guest_voice", "ref_audio_base64": clip,
+                               "ref_audio_transcript": "Maintaining your ability to learn."})
+    assert added["voice"]["kind"] == "clone"
+    assert (worker["voices"] / "guest_voice.wav").is_file()
+    used = completed(worker, {"transcript": "By name now.", "ref_audio": "guest_voice", **QUICK})
+    assert used["metadata"]["voice_clone"] == ["guest_voice"]
+
+
+BAD = [
+    ({"transcript": ""}, "transcript: must not be empty"),
+    ({"transcript": "x", "temperature": 3}, "temperature"),
+    ({"transcript": "x", "top_p": 0}, "top_p"),
+    ({"transcript": "x", "max_new_tokens": 100000}, "max_new_tokens"),
+    ({"transcript": "x", "ref_audio": "nobody"}, "unknown voice 'nobody'"),
+    ({"transcript": "x", "ref_audio": "../secret"}, "ref_audio"),
+    ({"transcript": "x", "s3_key": "../../etc/passwd"}, "s3_key"),
+    ({"transcript": "x", "colour": "blue"}, "unknown field 'colour'"),
+    ({"transcript": "x", "output_format": "aac"}, "output_format"),
+    ({"transcript": "x", "ref_audio_base64": "%%%"}, "ref_audio_base64 is not valid base64"),
+    ({"action": "explode"}, "action must be one of"),
+    ({"action": "add_voice", "voice_name": "a/b", "ref_audio_base64": "AA==", "ref_audio_transcript": "x"},
+     "voice_name"),
+]
+
+
+@pytest.mark.parametrize(("job_input", "message"), BAD, ids=[m[:30] for _, m in BAD])
+def test_bad_inputs_fail_with_a_clear_error(worker, job_input, message):
+    reply = runsync(worker, job_input)
+    assert reply["status"] == "FAILED"
+    assert message in reply["error"]
+    assert "Traceback" not in reply["error"]
+
+
+def test_python_client_against_the_local_server(worker, tmp_path):
+    client = HiggsTTSClient(worker["url"])
+    result = client.generate_audio("Hello from the client.", voice="belinda", scene_prompt=None,
+                                   s3_bucket=None, **QUICK)
+    path = client.save_audio(result, tmp_path / "client.wav")
+    assert sf.info(path).samplerate == 24000
+    assert client.health()["status"] == "healthy"
+    assert any(v["name"] == "elsa" for v in client.list_voices())
+    with pytest.raises(HiggsTTSError, match="unknown voice"):
+        client.generate_audio("x", voice="nobody")
+
+
+def test_worker_log_has_no_transcripts(worker):
+    secret = "the password is swordfish"
+    completed(worker, {"transcript": secret, **QUICK})
+    worker["log"].flush()
+    worker["log"].seek(0)
+    text = worker["log"].read()
+    assert '"event": "job"' in text
+    assert secret not in text and worker["s3"]["AWS_SECRET_ACCESS_KEY"] not in text
