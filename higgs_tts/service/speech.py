@@ -21,6 +21,7 @@ from ..core.audio import AudioError, duration_seconds, read_audio, write_audio
 from ..core.checkpoint import CheckpointError, unavailable_reason
 from ..core.generation import SamplingParams
 from ..core.synthesizer import ReferenceClip, SynthesisRequest, SynthesisResult, Synthesizer
+from ..core.text import normalize_transcript
 from ..core.voices import AUDIO_SUFFIXES, VoiceError
 from ..settings import ServiceSettings, Settings
 from . import formats
@@ -224,6 +225,8 @@ class SpeechService:
                 f"{self.service.max_transcript_chars}; split the text or raise MAX_TRANSCRIPT_CHARS",
                 "transcript", "too_long",
             )
+        if not normalize_transcript(request.transcript):
+            raise InputError("transcript: has nothing to speak after normalization", "transcript")
         if request.ref_audio_transcript and not request.ref_audio_base64:
             raise InputError("ref_audio_transcript: needs ref_audio_base64", "ref_audio_transcript")
         reference = None

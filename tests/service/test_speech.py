@@ -126,6 +126,7 @@ def test_add_voice_gives_a_documented_voice_its_audio(service):
         ({"ref_audio_base64": b64_audio(61.0, rate=8000)}, "ref_audio_base64", "too_long", "limit is 60 s"),
         ({"ref_audio_transcript": "words"}, "ref_audio_transcript", "invalid_input", "needs ref_audio_base64"),
         ({"transcript": "x" * 20_001}, "transcript", "too_long", "limit of 20000"),
+        ({"transcript": "( )"}, "transcript", "invalid_input", "nothing to speak"),
     ],
 )
 def test_bad_requests_fail_clearly(service, extra, field, code, message):
