@@ -44,14 +44,7 @@ def _speak(args: argparse.Namespace) -> int:
         chunk_max_num_turns=args.chunk_max_num_turns,
         generation_chunk_buffer_size=args.chunk_buffer_size,
         ref_audio_in_system_message=args.voice_in_system,
-        sampling=SamplingParams(
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            max_new_tokens=args.max_new_tokens,
-            ras_win_len=args.ras_win_len,
-            ras_win_max_num_repeat=args.ras_win_max_num_repeat,
-        ),
+        sampling=SamplingParams.from_fields(args),
         seed=args.seed,
     )
     synthesizer = Synthesizer(_settings(args))

@@ -7,6 +7,7 @@ engine is not available.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,11 @@ class SamplingParams:
         for name, ok, rule in checks:
             if not ok:
                 raise ValueError(f"{name} {rule}; got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_fields(cls, source: object) -> SamplingParams:
+        """Read the same-named attributes of `source` (parsed CLI arguments, an API request)."""
+        return cls(**{f.name: getattr(source, f.name) for f in dataclasses.fields(cls)})
 
     @property
     def greedy(self) -> bool:

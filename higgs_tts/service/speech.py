@@ -243,14 +243,7 @@ class SpeechService:
             chunk_max_num_turns=request.chunk_max_num_turns,
             generation_chunk_buffer_size=request.generation_chunk_buffer_size,
             ref_audio_in_system_message=request.ref_audio_in_system_message,
-            sampling=SamplingParams(
-                temperature=request.temperature,
-                top_k=request.top_k,
-                top_p=request.top_p,
-                max_new_tokens=request.max_new_tokens,
-                ras_win_len=request.ras_win_len,
-                ras_win_max_num_repeat=request.ras_win_max_num_repeat,
-            ),
+            sampling=SamplingParams.from_fields(request),
             seed=request.seed,
             reference=reference,
         )
