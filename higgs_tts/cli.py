@@ -16,6 +16,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer-path", help="codec folder or repo id (default: $TOKENIZER_PATH)")
     parser.add_argument("--voices-dir", help="voices folder (default: $VOICE_PROMPTS_PATH)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: automatic)")
+    parser.add_argument("--engine", choices=["auto", "fast", "reference"],
+                        help="decode loop: fast (ours), reference (transformers' generate()); "
+                             "default $ENGINE or auto = fast on CUDA")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -25,6 +28,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "tokenizer_path": getattr(args, "tokenizer_path", None),
         "voice_prompts_path": Path(args.voices_dir) if getattr(args, "voices_dir", None) else None,
         "device": getattr(args, "device", None),
+        "engine": getattr(args, "engine", None),
     }
     return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 

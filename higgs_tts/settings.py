@@ -9,6 +9,7 @@ from pathlib import Path
 DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
 DEFAULT_TOKENIZER = "bosonai/higgs-audio-v2-tokenizer"
 DEFAULT_VOICE_PROMPTS = "voice_prompts"
+ENGINES = ("auto", "fast", "reference")
 
 
 def _optional(name: str) -> str | None:
@@ -46,6 +47,11 @@ class Settings:
     voice_prompts_path: Path = field(default_factory=lambda: Path(DEFAULT_VOICE_PROMPTS))
     device: str | None = None
     dtype: str | None = None
+    engine: str = "auto"  # "fast" (our decode loop), "reference" (transformers' generate()), "auto"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {self.engine!r}")
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -57,6 +63,7 @@ class Settings:
             voice_prompts_path=Path(_optional("VOICE_PROMPTS_PATH") or DEFAULT_VOICE_PROMPTS),
             device=_optional("DEVICE"),
             dtype=_optional("DTYPE"),
+            engine=_optional("ENGINE") or "auto",
         )
 
 

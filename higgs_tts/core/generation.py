@@ -59,11 +59,19 @@ def generation_config_for(model, params: SamplingParams):
     config.max_new_tokens = params.max_new_tokens
     config.return_dict_in_generate = True
     config.do_sample = not params.greedy
-    config.temperature = None if params.greedy else params.temperature
-    config.top_k = None if params.greedy or params.top_k == 0 else params.top_k
-    config.top_p = None if params.greedy or params.top_p >= 1.0 else params.top_p
-    config.ras_win_len = params.ras_win_len if params.ras_enabled else None
-    config.ras_win_max_num_repeat = params.ras_win_max_num_repeat if params.ras_enabled else None
+    # Explicit values throughout: generate() would fill None from the checkpoint's defaults.
+    # top_k 0 and top_p 1.0 are how transformers itself spells "off".
+    config.temperature = 1.0 if params.greedy else params.temperature
+    config.top_k = params.top_k
+    config.top_p = 1.0 if params.greedy else params.top_p
+    if params.ras_enabled:
+        config.ras_win_len = params.ras_win_len
+        config.ras_win_max_num_repeat = params.ras_win_max_num_repeat
+    else:
+        # generate() fills None from the checkpoint's defaults (RAS on), and a window of 0 would
+        # mean the whole stream; a threshold no window can reach turns RAS off.
+        config.ras_win_len = 1
+        config.ras_win_max_num_repeat = 2**31
     return config
 
 

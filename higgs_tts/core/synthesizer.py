@@ -125,6 +125,22 @@ class Synthesizer:
         self._models = models or ModelCache()
         self._voice_codes = VoiceCodeCache()
         self._lock = threading.Lock()
+        self._engine = None  # (model, FastEngine) for the loaded model
+
+    def engine_name(self, loaded: LoadedModel) -> str:
+        """'fast' or 'reference': the setting, with 'auto' meaning fast on CUDA."""
+        if self.settings.engine != "auto":
+            return self.settings.engine
+        return "fast" if loaded.device.type == "cuda" else "reference"
+
+    def _generate(self, loaded: LoadedModel, inputs: dict, params: SamplingParams, seed: int) -> torch.Tensor:
+        if self.engine_name(loaded) == "reference":
+            return generate_reference(loaded.model, inputs, params, seed)
+        from ..engine.engine import EngineRequest, FastEngine
+
+        if self._engine is None or self._engine[0] is not loaded.model:
+            self._engine = (loaded.model, FastEngine(loaded.model))
+        return self._engine[1].generate([EngineRequest(inputs, params, seed)])[0]
 
     def model(self) -> tuple[LoadedModel, bool]:
         """The loaded model and whether this call loaded it."""
@@ -137,6 +153,7 @@ class Synthesizer:
     def unload(self) -> bool:
         """Free the model (after a long idle time); the next request loads it again."""
         with self._lock:
+            self._engine = None
             return self._models.unload()
 
     # -- prompts -----------------------------------------------------------------------------
@@ -235,7 +252,7 @@ class Synthesizer:
             context = history if buffer is None else history[-buffer:] if buffer else []
             prompt = self._prompt(request, text, chunk, prompt_voices, scene, context)
             inputs = renderer.inputs(prompt, loaded.device)
-            columns = generate_reference(loaded.model, inputs, request.sampling, seed)
+            columns = self._generate(loaded, inputs, request.sampling, seed)
             history.append((chunk, generated_frames(columns.cpu())))
         generation_seconds = time.perf_counter() - started
 

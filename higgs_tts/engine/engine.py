@@ -1,0 +1,102 @@
+"""The fast engine: prefill each prompt, then decode every sequence of the batch together.
+
+    prefill (model's forward, per prompt, into its cache slot)
+    loop:  sample column on the device -> decode_one_token -> logits
+           every `check_every` steps: one host sync to see whether all rows are done
+
+Output per request: the generated columns `[L, K]`, first the all-BOS column, last the all-EOS
+column (when the stream ended before `max_new_tokens`): the same as the reference path returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from ..core.codes import STREAM_BOS
+from ..core.generation import SamplingParams
+from .graphs import StepGraphs
+from .model_runner import ModelRunner
+from .sampler import DelayPattern, SamplingTensors, sample
+
+log = logging.getLogger(__name__)
+
+CACHE_BUCKET = 256  # cache lengths are rounded up to this, so graphs are reused across requests
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    inputs: dict[str, torch.Tensor]  # from PromptRenderer.inputs (batch of one)
+    params: SamplingParams
+    seed: int
+
+
+class FastEngine:
+    def __init__(self, model, check_every: int = 16, use_cuda_graphs: bool | None = None) -> None:
+        self.model = model
+        self.check_every = check_every
+        self.device = model.device
+        self.use_cuda_graphs = self.device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
+        self._runners: dict[int, ModelRunner] = {}
+        self._graphs: dict[int, StepGraphs] = {}
+
+    def _runner(self, max_len: int) -> ModelRunner:
+        if max_len not in self._runners:
+            self._runners[max_len] = ModelRunner(self.model, max_len)
+        return self._runners[max_len]
+
+    @torch.inference_mode()
+    def generate(self, requests: list[EngineRequest]) -> list[torch.Tensor]:
+        batch = len(requests)
+        num_codebooks = self.model.config.num_codebooks
+        prompt_lens = [int(r.inputs["input_ids"].shape[1]) for r in requests]
+        longest = max(p + r.params.max_new_tokens for p, r in zip(prompt_lens, requests, strict=True))
+        max_len = -(-(longest + self.check_every) // CACHE_BUCKET) * CACHE_BUCKET
+        runner = self._runner(max_len)
+        cache = runner.cache(batch)
+
+        window = max([r.params.ras_win_len for r in requests] + [1])
+        history = torch.full((batch, window, num_codebooks), STREAM_BOS, dtype=torch.long, device=self.device)
+        logits = torch.empty((batch, num_codebooks, runner.codebook_size), device=self.device)
+        for slot, request in enumerate(requests):
+            logits[slot] = runner.prefill(request.inputs, cache, slot)
+            prompt_audio = request.inputs.get("audio_input_ids")
+            if prompt_audio is not None:  # RAS looks back into the prompt's audio, as the reference does
+                tail = prompt_audio[0, -window:]
+                history[slot, window - tail.shape[0]:] = tail
+
+        params = SamplingTensors.build([r.params for r in requests], [r.seed for r in requests],
+                                       runner.codebook_size, self.device)
+        pattern = DelayPattern(batch, num_codebooks, self.device)
+        limits = torch.tensor([r.params.max_new_tokens for r in requests], device=self.device)
+        positions = torch.tensor(prompt_lens, device=self.device)
+        steps = torch.zeros(batch, dtype=torch.long, device=self.device)
+        done = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        lengths = torch.zeros(batch, dtype=torch.long, device=self.device)
+        max_steps = max(r.params.max_new_tokens for r in requests)
+        columns = torch.empty((batch, max_steps, num_codebooks), dtype=torch.long, device=self.device)
+        step_fn = self._step_fn(runner, batch)
+
+        for step in range(max_steps):
+            column = sample(logits, pattern, params, steps, history)
+            live = ~done
+            columns[:, step] = column
+            lengths += live.long()
+            steps += 1
+            done |= (pattern.observe(column) | (steps >= limits)) & live
+            history = torch.cat([history[:, 1:], column[:, None]], dim=1)
+            if (step + 1) % self.check_every == 0 and bool(done.all()):
+                break
+            if step + 1 < max_steps:
+                logits = step_fn(column, positions.clamp(max=max_len - 1))
+                positions += 1
+        return [columns[b, : int(lengths[b])].clone() for b in range(batch)]
+
+    def _step_fn(self, runner: ModelRunner, batch: int):
+        if not self.use_cuda_graphs:
+            cache = runner.cache(batch)
+            return lambda column, positions: runner.decode_one_token(cache, column, positions)
+        graphs = self._graphs.setdefault(runner.max_len, StepGraphs(runner))
+        return graphs.step(batch)

@@ -1,0 +1,122 @@
+"""The fast engine against transformers' generate() on the tiny checkpoint (CPU, no graphs)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from higgs_tts.core.checkpoint import ModelCache, load_model
+from higgs_tts.core.generation import SamplingParams, generate_reference
+from higgs_tts.core.prompt import PromptRenderer, PromptVoice, build_prompt
+from higgs_tts.core.synthesizer import SynthesisRequest, Synthesizer
+from higgs_tts.engine.engine import EngineRequest, FastEngine
+
+GREEDY = SamplingParams(temperature=0.0, ras_win_len=0, max_new_tokens=64)
+
+
+@pytest.fixture(scope="module")
+def loaded(settings):
+    return load_model(settings)
+
+
+@pytest.fixture(scope="module")
+def engine(loaded):
+    return FastEngine(loaded.model)
+
+
+@pytest.fixture(scope="module")
+def renderer(loaded):
+    return PromptRenderer(loaded.processor)
+
+
+@pytest.fixture(scope="module")
+def voice_frames(loaded, settings):
+    synthesizer = Synthesizer(settings, ModelCache())
+    library = synthesizer.voices
+    return {name: synthesizer.encode_reference(library.get(name).load_audio()) for name in ("belinda", "chadwick")}
+
+
+def clone(frames, transcript):
+    return PromptVoice(description="d", transcript=transcript, frames=frames, is_clone=True)
+
+
+def prompts(voice_frames):
+    belinda = clone(voice_frames["belinda"], "Twas the night before my birthday.")
+    chadwick = clone(voice_frames["chadwick"], "Oh dear, who left all this junk lying around?")
+    return {
+        "no_voice": build_prompt("Hello there.", transcript="Hello there.", voices=[], scene="A quiet room."),
+        "cloned": build_prompt("Cloned speech.", transcript="Cloned speech.", voices=[belinda], scene=""),
+        "two_voices": build_prompt("[SPEAKER0] Hi.\n[SPEAKER1] Hey.", transcript="[SPEAKER0] Hi.\n[SPEAKER1] Hey.",
+                                   voices=[belinda, chadwick], scene=""),
+        "in_system": build_prompt("System voice.", transcript="System voice.", voices=[belinda], scene="Hall.",
+                                  voices_in_system=True),
+    }
+
+
+@pytest.mark.parametrize("case", ["no_voice", "cloned", "two_voices", "in_system"])
+def test_greedy_codes_equal_the_reference(engine, loaded, renderer, voice_frames, case):
+    inputs = renderer.inputs(prompts(voice_frames)[case])
+    reference = generate_reference(loaded.model, inputs, GREEDY, seed=0)
+    fast = engine.generate([EngineRequest(inputs, GREEDY, seed=0)])[0]
+    assert reference.shape[0] > 9
+    assert torch.equal(fast, reference)
+
+
+def test_batch_of_different_prompts_equals_each_alone(engine, loaded, renderer, voice_frames):
+    cases = prompts(voice_frames)
+    inputs = [renderer.inputs(cases[c]) for c in ("no_voice", "cloned", "two_voices")]
+    lengths = {i["input_ids"].shape[1] for i in inputs}
+    assert len(lengths) == 3  # really different prompts
+    params = [GREEDY, dataclasses.replace(GREEDY, max_new_tokens=20), GREEDY]
+    batch = engine.generate([EngineRequest(i, p, 0) for i, p in zip(inputs, params, strict=True)])
+    for got, i, p in zip(batch, inputs, params, strict=True):
+        assert torch.equal(got, generate_reference(loaded.model, i, p, seed=0))
+    assert batch[1].shape[0] <= 20
+
+
+def test_three_chunk_text_equals_the_reference_path(settings):
+    request = SynthesisRequest(
+        text="First chunk here. Second chunk here. Third chunk here.", voices="belinda", chunk_method="sentence",
+        chunk_max_word_num=3, sampling=GREEDY, seed=0,
+    )
+    models = ModelCache()
+    fast = Synthesizer(dataclasses.replace(settings, engine="fast"), models).synthesize(request)
+    reference = Synthesizer(dataclasses.replace(settings, engine="reference"), models).synthesize(request)
+    assert len(fast.chunks) == 3
+    assert fast.num_frames == reference.num_frames > 0
+    assert np.array_equal(fast.audio, reference.audio)
+
+
+SAMPLED = SamplingParams(temperature=1.0, top_k=50, top_p=0.95, max_new_tokens=48)
+
+
+def test_same_seed_same_output(engine, renderer, voice_frames):
+    inputs = renderer.inputs(prompts(voice_frames)["cloned"])
+    a = engine.generate([EngineRequest(inputs, SAMPLED, 123)])[0]
+    b = engine.generate([EngineRequest(inputs, SAMPLED, 123)])[0]
+    c = engine.generate([EngineRequest(inputs, SAMPLED, 124)])[0]
+    assert torch.equal(a, b)
+    assert not (a.shape == c.shape and torch.equal(a, c))
+
+
+def test_output_does_not_depend_on_batch_composition(engine, renderer, voice_frames):
+    cases = prompts(voice_frames)
+    mine = EngineRequest(renderer.inputs(cases["cloned"]), SAMPLED, 77)
+    alone = engine.generate([mine])[0]
+    others = [EngineRequest(renderer.inputs(cases["no_voice"]), SAMPLED, 1),
+              EngineRequest(renderer.inputs(cases["two_voices"]), dataclasses.replace(SAMPLED, temperature=0.5), 2)]
+    in_batch = engine.generate([others[0], mine, others[1]])[1]
+    assert torch.equal(alone, in_batch)
+
+
+def test_sampling_respects_the_delay_pattern(engine, renderer, voice_frames):
+    columns = engine.generate([EngineRequest(renderer.inputs(prompts(voice_frames)["no_voice"]), SAMPLED, 5)])[0]
+    assert (columns[0] == 1024).all()
+    for k in range(1, 8):
+        assert (columns[1 : k + 1, k] == 1024).all()
+        assert (columns[k + 1 :, k] != 1024).any() or columns.shape[0] <= k + 1
+    if (columns[-1] == 1025).all():  # ended: EOS spreads one codebook per step
+        first_eos = int((columns == 1025).any(dim=1).nonzero()[0])
+        for j in range(1, columns.shape[0] - first_eos):
+            assert (columns[first_eos + j, :j] == 1025).all()
