@@ -16,6 +16,10 @@ class AudioError(ValueError):
     """Audio that cannot be read or is unusable as a reference."""
 
 
+class AudioTooLong(AudioError):
+    """Audio longer than the caller allows."""
+
+
 def to_mono_24k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     """Mix to mono and resample to 24 kHz; returns float32 in [-1, 1]."""
     if samples.ndim == 2:
@@ -28,10 +32,21 @@ def to_mono_24k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     return np.clip(samples, -1.0, 1.0).astype(np.float32, copy=False)
 
 
-def read_audio(source: str | Path | bytes) -> np.ndarray:
-    """Decode WAV/FLAC/OGG/MP3 (anything libsndfile reads) from a path or bytes to 24 kHz mono."""
+def read_audio(source: str | Path | bytes, max_seconds: float | None = None) -> np.ndarray:
+    """Decode WAV/FLAC/OGG/MP3 (anything libsndfile reads) from a path or bytes to 24 kHz mono.
+
+    With `max_seconds`, longer audio is refused from its header, before anything is decoded.
+    """
     handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     try:
+        if max_seconds is not None:
+            info = sf.info(handle)
+            if info.samplerate and info.frames / info.samplerate > max_seconds:
+                raise AudioTooLong(
+                    f"audio is {info.frames / info.samplerate:.1f} s long; the limit is {max_seconds:g} s"
+                )
+            if isinstance(handle, io.BytesIO):
+                handle.seek(0)
         samples, sample_rate = sf.read(handle, dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioError(f"cannot decode audio: {exc}") from exc

@@ -249,9 +249,8 @@ class ModelCache:
             return loaded, True
 
     def peek(self, settings: Settings) -> LoadedModel | None:
-        """The loaded model if it is loaded; never loads."""
-        with self._lock:
-            return self._loaded.get(settings)
+        """The loaded model if it is loaded; never loads, never waits for a load under way."""
+        return self._loaded.get(settings)
 
     def unload(self) -> bool:
         """Drop every loaded model (the next request loads again); True if something was loaded."""

@@ -82,10 +82,10 @@ def generate_reference(model, inputs: dict[str, torch.Tensor], params: SamplingP
     The seed drives every random draw (sampling and RAS resampling) through a forked RNG, so a
     request neither reads nor disturbs the global generator other callers use.
     """
-    device = inputs["input_ids"].device
     config = generation_config_for(model, params)
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+    # manual_seed also seeds every CUDA device: fork (and restore) all of them.
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         out = model.generate(**inputs, generation_config=config)
     new_steps = out.sequences.shape[1] - inputs["input_ids"].shape[1]

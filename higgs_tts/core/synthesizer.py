@@ -78,6 +78,7 @@ class SynthesisRequest:
 @dataclass
 class SynthesisResult:
     audio: np.ndarray  # float32 mono
+    codes: torch.Tensor  # [T, num_codebooks]: every chunk's frames, decoded together into `audio`
     sample_rate: int
     num_frames: int
     text: str  # the normalized text that was spoken
@@ -263,6 +264,7 @@ class Synthesizer:
 
         return SynthesisResult(
             audio=audio,
+            codes=frames,
             sample_rate=loaded.sample_rate,
             num_frames=int(frames.shape[0]),
             text=text,

@@ -18,7 +18,7 @@ import yaml
 from .audio import read_audio
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 PROFILE_PREFIX = "profile:"  # the reference CLI's spelling for a described voice
 
 # The product documentation's voices and their descriptions.
@@ -57,7 +57,7 @@ class Voice:
 
 
 def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):  # match + \Z: no trailing newline
         raise VoiceError(
             f"invalid voice name {name!r}: use 1 to 64 letters, digits, '_' or '-'"
         )

@@ -9,15 +9,16 @@ from __future__ import annotations
 import base64
 import binascii
 import unicodedata
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..core.voices import NAME_PATTERN
 from .storage import validate_bucket, validate_key
 
 ACTIONS = ("generate", "health", "list_voices", "add_voice")
 MAX_SEED = 2**31 - 1
+PRIVATE_FIELDS = {"transcript", "scene_prompt", "ref_audio_transcript", "ref_audio_base64"}
 
 
 class InputError(ValueError):
@@ -51,7 +52,8 @@ def decode_base64(value: str, field: str, max_bytes: int) -> bytes:
 
 
 class _Input(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    # strict: `true` is not a number and "50" is not an integer (integers still count as floats)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class GenerateInput(_Input):
@@ -131,13 +133,19 @@ class ListVoicesInput(_Input):
 
 class AddVoiceInput(_Input):
     action: Literal["add_voice"]
-    voice_name: Annotated[str, StringConstraints(pattern=NAME_PATTERN.pattern)]
+    voice_name: str
     ref_audio_base64: str
     ref_audio_transcript: str = Field(min_length=1, max_length=5000)
-    description: str | None = Field(None, max_length=500)
     overwrite: bool = False
 
-    @field_validator("ref_audio_transcript", "description")
+    @field_validator("voice_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError("must be 1 to 64 letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("ref_audio_transcript")
     @classmethod
     def _text(cls, value: str | None) -> str | None:
         if value is not None and _has_control_characters(value):
@@ -164,7 +172,8 @@ def _describe(error: dict) -> tuple[str, str]:
         return field, f"{field} is required"
     message = error["msg"].removeprefix("Value error, ")
     got = error.get("input")
-    shown = "" if isinstance(got, dict | list) or got is None else f" (got {str(got)[:60]!r})"
+    private = field in PRIVATE_FIELDS  # what people say stays out of responses and logs
+    shown = "" if private or isinstance(got, dict | list) or got is None else f" (got {str(got)[:60]!r})"
     return field, f"{field}: {message}{shown}"
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.audio import AudioError, duration_seconds, read_audio, write_audio
+from ..core.audio import AudioError, AudioTooLong, duration_seconds, read_audio, write_audio
 from ..core.checkpoint import CheckpointError, unavailable_reason
 from ..core.generation import SamplingParams
 from ..core.synthesizer import ReferenceClip, SynthesisRequest, SynthesisResult, Synthesizer
@@ -163,16 +163,16 @@ class SpeechService:
 
     def _reference_audio(self, encoded: str, field: str) -> np.ndarray:
         data = decode_base64(encoded, field, self.service.max_reference_bytes)
+        limit = self.service.max_reference_seconds
         try:
-            audio = read_audio(data)
+            audio = read_audio(data, max_seconds=limit)
+        except AudioTooLong as exc:
+            raise InputError(f"{field}: {exc}", field, "too_long") from None
         except AudioError as exc:
             raise InputError(f"{field}: {exc} (send WAV, FLAC, MP3 or OGG)", field) from None
         seconds = duration_seconds(audio)
-        if seconds > self.service.max_reference_seconds:
-            raise InputError(
-                f"{field}: audio is {seconds:.1f} s long; the limit is {self.service.max_reference_seconds:g} s",
-                field, "too_long",
-            )
+        if seconds > limit + 0.5:  # a header that understated the length
+            raise InputError(f"{field}: audio is {seconds:.1f} s long; the limit is {limit:g} s", field, "too_long")
         if seconds < 0.5:
             raise InputError(f"{field}: audio is {seconds:.2f} s long; at least 0.5 s is needed", field)
         return audio

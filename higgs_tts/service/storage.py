@@ -29,7 +29,7 @@ def validate_key(key: str) -> str:
         raise ValueError(f"must be at most {MAX_KEY_BYTES} bytes")
     if key.startswith("/"):
         raise ValueError("must not start with '/'")
-    if any(part in ("..", ".") for part in key.split("/")):
+    if ".." in key or any(part == "." for part in key.split("/")):
         raise ValueError("must not contain '..' or '.' path segments")
     if any(ord(c) < 32 or ord(c) == 127 for c in key):
         raise ValueError("must not contain control characters")
@@ -113,7 +113,7 @@ class S3Storage:
                 f"S3 upload to bucket {target.bucket!r} failed: {error.get('Code', 'error')}: "
                 f"{error.get('Message', '')}".rstrip(": ")
             ) from None
-        except BotoCoreError as exc:
+        except (BotoCoreError, ValueError) as exc:  # ValueError: a malformed endpoint URL
             raise StorageError(f"S3 upload to bucket {target.bucket!r} failed: {type(exc).__name__}: {exc}") from None
         return Upload(
             bucket=target.bucket,

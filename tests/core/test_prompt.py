@@ -116,6 +116,15 @@ def test_voice_in_system_block_without_scene(renderer):
     assert render(renderer, "Hello.", voices=[clone("a")], scene="", voices_in_system=True) == expected
 
 
+def test_clip_without_transcript_goes_into_the_system_block(renderer):
+    untranscribed = PromptVoice(description="uploaded", frames=None, is_clone=True)
+    expected = (
+        system(f"Generate audio following instruction.\n\n<|scene_desc_start|>\nSPEAKER0: {AUDIO}\n<|scene_desc_end|>")
+        + user("Hello.") + GEN
+    )
+    assert render(renderer, "Hello.", voices=[untranscribed], scene="") == expected
+
+
 def test_described_voice_forces_the_system_block(renderer):
     described = PromptVoice(description="Animated character voice")
     expected = (

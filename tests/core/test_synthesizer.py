@@ -62,6 +62,9 @@ def test_three_chunk_text_is_decoded_once(synthesizer):
     assert result.chunks == ["First sentence here.", "Second sentence here.", "Third sentence here."]
     # Every chunk generated at most max_new_tokens columns (BOS + 7 delay columns carry no frame).
     assert result.num_frames <= 3 * (40 - 8)
+    # One decode of all codes: the non-causal codec gives different samples at chunk seams than
+    # decoding chunk by chunk would.
+    assert np.array_equal(result.audio, synthesizer.decode(result.codes))
 
 
 def test_same_seed_same_audio_and_different_seeds_differ(synthesizer):

@@ -84,7 +84,8 @@ def test_unknown_voice_lists_suggestions(library):
 
 
 @pytest.mark.parametrize(
-    "name", ["../belinda", "a/b", "..", "", "x" * 65, "bel inda", "belinda.wav", "/etc/passwd", "名字", None]
+    "name", ["../belinda", "a/b", "..", "", "x" * 65, "bel inda", "belinda.wav", "/etc/passwd", "名字", None,
+             "belinda\n"]
 )
 def test_invalid_names_are_rejected(library, name):
     with pytest.raises(VoiceError, match="invalid voice name"):

@@ -46,7 +46,13 @@ BAD_INPUTS = [
     ({"transcript": "x", "voice": "belinda"}, "voice", "unknown field 'voice'"),
     ({"transcript": "x", "action": "dance"}, "action", "action must be one of"),
     ({"action": "add_voice", "voice_name": "../x", "ref_audio_base64": "AA==", "ref_audio_transcript": "t"},
-     "voice_name", "pattern"),
+     "voice_name", "1 to 64 letters"),
+    ({"action": "add_voice", "voice_name": "ok\n", "ref_audio_base64": "AA==", "ref_audio_transcript": "t"},
+     "voice_name", "1 to 64 letters"),
+    ({"transcript": "x", "seed": True}, "seed", "valid integer"),
+    ({"transcript": "x", "top_k": "50"}, "top_k", "valid integer"),
+    ({"transcript": "x", "ref_audio_in_system_message": "yes"}, "ref_audio_in_system_message", "valid boolean"),
+    ({"transcript": "x", "s3_key": "a/..b"}, "s3_key", "'..'"),
     ({"action": "add_voice", "voice_name": "ok"}, "ref_audio_base64", "required"),
 ]
 
@@ -57,6 +63,16 @@ def test_bad_inputs_name_the_field_and_rule(raw, field, message):
         parse_input(raw)
     assert err.value.field == field
     assert field in str(err.value) and message in str(err.value)
+
+
+def test_integers_count_as_floats():
+    assert parse_input({"transcript": "x", "temperature": 1, "top_p": 1}).temperature == 1.0
+
+
+def test_errors_never_echo_what_people_said():
+    with pytest.raises(InputError) as err:
+        parse_input({"transcript": "my bank pin is 1234\x07"})
+    assert "1234" not in str(err.value) and "control characters" in str(err.value)
 
 
 def test_input_must_be_an_object():

@@ -179,6 +179,13 @@ def test_failed_upload_keeps_the_audio_inline(service, s3_env, monkeypatch):
     assert decoded_audio(response)[1] == 24000
 
 
+def test_malformed_endpoint_in_s3_config_keeps_the_audio(service):
+    response = service.handle({"transcript": "Still here.", "s3_bucket": "speech-out", **BASE}, "j",
+                              {"endpointUrl": "https://bad host", "accessId": "a", "accessSecret": "s"})
+    assert response["success"] is True and "s3_upload_error" in response
+    assert decoded_audio(response)[1] == 24000
+
+
 def test_result_too_large_for_inline_suggests_s3(service):
     tiny_limit = dataclasses.replace(service.service, max_inline_audio_bytes=100)
     limited = SpeechService(service.settings, tiny_limit, service.synthesizer)
