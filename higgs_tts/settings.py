@@ -27,6 +27,16 @@ def _number(name: str, default: float, kind: type = int) -> float:
         raise ValueError(f"environment variable {name} must be a {kind.__name__}; got {value!r}") from None
 
 
+def _voice_cache_dir() -> Path | None:
+    """VOICE_CACHE_DIR, "off" for none; by default on the network volume when one is mounted."""
+    value = _optional("VOICE_CACHE_DIR")
+    if value is not None:
+        return None if value.lower() == "off" else Path(value)
+    volume = Path("/runpod-volume")
+    base = volume / "cache" if volume.is_dir() else Path.home() / ".cache" / "higgs-tts"
+    return base / "voice_codes"
+
+
 def _flag(name: str, default: bool = False) -> bool:
     value = _optional(name)
     return default if value is None else value.lower() in ("1", "true", "yes", "on")
@@ -48,6 +58,7 @@ class Settings:
     device: str | None = None
     dtype: str | None = None
     engine: str = "auto"  # "fast" (our decode loop), "reference" (transformers' generate()), "auto"
+    voice_cache_dir: Path | None = None  # codes of reference voices; None keeps them in memory only
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -64,6 +75,7 @@ class Settings:
             device=_optional("DEVICE"),
             dtype=_optional("DTYPE"),
             engine=_optional("ENGINE") or "auto",
+            voice_cache_dir=_voice_cache_dir(),
         )
 
 

@@ -137,6 +137,14 @@ class LoadedModel:
         return self.processor.audio_tokenizer
 
     @property
+    def codec_fingerprint(self) -> str:
+        """Identifies the codec (configuration and weights file), for caching its codes."""
+        source = self.codec.config.name_or_path
+        weights = Path(source) / "model.safetensors"
+        stamp = f"{weights.stat().st_size}:{weights.stat().st_mtime_ns}" if weights.is_file() else ""
+        return f"{source}|{stamp}|{self.codec.config.to_json_string(use_diff=False)}"
+
+    @property
     def tokenizer(self):
         return self.processor.tokenizer
 

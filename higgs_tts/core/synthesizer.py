@@ -6,12 +6,10 @@ earlier chunks as context; all codes are decoded once at the end so there are no
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +21,7 @@ from .codes import generated_frames
 from .generation import SamplingParams, generate_reference
 from .prompt import DEFAULT_SCENE, Prompt, PromptRenderer, PromptVoice, build_prompt
 from .text import CHUNK_METHODS, chunk_text, normalize_transcript
+from .voice_cache import VoiceCodeCache
 from .voices import Voice, VoiceLibrary
 
 log = logging.getLogger(__name__)
@@ -94,29 +93,6 @@ class SynthesisResult:
         return len(self.audio) / float(self.sample_rate)
 
 
-class VoiceCodeCache:
-    """Codec codes of reference clips, keyed by a hash of the audio content (bounded, in memory)."""
-
-    def __init__(self, capacity: int = 64) -> None:
-        self.capacity = capacity
-        self._codes: OrderedDict[str, torch.Tensor] = OrderedDict()
-
-    @staticmethod
-    def key(samples: np.ndarray) -> str:
-        return hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
-
-    def get(self, key: str) -> torch.Tensor | None:
-        if key in self._codes:
-            self._codes.move_to_end(key)
-        return self._codes.get(key)
-
-    def put(self, key: str, codes: torch.Tensor) -> None:
-        self._codes[key] = codes
-        self._codes.move_to_end(key)
-        while len(self._codes) > self.capacity:
-            self._codes.popitem(last=False)
-
-
 class Synthesizer:
     """Owns the loaded model, the voice library and the voice-code cache; one request at a time."""
 
@@ -124,7 +100,7 @@ class Synthesizer:
         self.settings = settings or Settings.from_env()
         self.voices = VoiceLibrary(self.settings.voice_prompts_path)
         self._models = models or ModelCache()
-        self._voice_codes = VoiceCodeCache()
+        self._voice_codes = VoiceCodeCache(self.settings.voice_cache_dir)
         self._lock = threading.Lock()
         self._engine = None  # (model, FastEngine) for the loaded model
 
@@ -193,11 +169,11 @@ class Synthesizer:
     @torch.inference_mode()
     def encode_reference(self, samples: np.ndarray) -> torch.Tensor:
         """Codec frames `[T, num_codebooks]` (on CPU) of 24 kHz mono reference audio, cached by content."""
-        key = VoiceCodeCache.key(samples)
+        loaded, _ = self.model()
+        key = VoiceCodeCache.key(samples, loaded.codec_fingerprint)
         cached = self._voice_codes.get(key)
         if cached is not None:
             return cached
-        loaded, _ = self.model()
         features = loaded.processor.feature_extractor(
             samples, sampling_rate=loaded.sample_rate, return_tensors="pt"
         )

@@ -1,0 +1,61 @@
+import dataclasses
+
+import numpy as np
+import torch
+
+from higgs_tts.core.checkpoint import ModelCache
+from higgs_tts.core.synthesizer import Synthesizer
+from higgs_tts.core.voice_cache import VoiceCodeCache
+
+
+def test_codes_survive_a_new_cache_instance(tmp_path):
+    codes = torch.randint(0, 1024, (50, 8))
+    key = VoiceCodeCache.key(np.ones(100, dtype=np.float32), "codec-a")
+    VoiceCodeCache(tmp_path).put(key, codes)
+    assert torch.equal(VoiceCodeCache(tmp_path).get(key), codes)
+    assert VoiceCodeCache(None).get(key) is None
+
+
+def test_key_depends_on_audio_and_codec():
+    audio = np.zeros(100, dtype=np.float32)
+    assert VoiceCodeCache.key(audio, "a") != VoiceCodeCache.key(audio, "b")
+    assert VoiceCodeCache.key(audio, "a") != VoiceCodeCache.key(audio + 0.1, "a")
+
+
+def test_unreadable_file_is_ignored(tmp_path):
+    cache = VoiceCodeCache(tmp_path)
+    key = "ab" + "0" * 62
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / f"{key}.npy").write_bytes(b"torn")
+    assert cache.get(key) is None
+
+
+def test_file_in_place_of_the_folder_costs_speed_not_the_request(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    cache = VoiceCodeCache(blocker)
+    cache.put("cd" + "1" * 62, torch.zeros(3, 8, dtype=torch.long))  # logs a warning, keeps going
+    assert cache.get("cd" + "1" * 62) is not None
+
+
+def test_a_voice_is_encoded_once_per_volume(settings, tmp_path):
+    local = dataclasses.replace(settings, voice_cache_dir=tmp_path / "codes")
+    models = ModelCache()
+    first = Synthesizer(local, models)
+    audio = first.voices.get("belinda").load_audio()
+    codes = first.encode_reference(audio)
+    files = list((tmp_path / "codes").rglob("*.npy"))
+    assert len(files) == 1
+
+    second = Synthesizer(local, models)  # a new worker on the same volume
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the codec encoded a voice that was cached on disk")
+
+    loaded, _ = second.model()
+    original = loaded.codec.encode
+    loaded.codec.encode = no_encoding
+    try:
+        assert torch.equal(second.encode_reference(audio), codes)
+    finally:
+        loaded.codec.encode = original
