@@ -29,6 +29,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "voice_prompts_path": Path(args.voices_dir) if getattr(args, "voices_dir", None) else None,
         "device": getattr(args, "device", None),
         "engine": getattr(args, "engine", None),
+        "dtype": getattr(args, "dtype", None),
     }
     return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -84,6 +85,28 @@ def _tiny_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .engine import bench
+
+    settings = _settings(args)
+    if args.random_weights:
+        from .core.tiny_checkpoint import full_size_random_model
+
+        loaded = full_size_random_model(settings.device, settings.dtype)
+    else:
+        from .core.checkpoint import load_model
+
+        loaded = load_model(settings)
+    on_gpu = loaded.device.type == "cuda"
+    steps = args.steps or (512 if on_gpu else 48)
+    reference_steps = args.reference_steps or (64 if on_gpu else 24)
+    default_batches = [1, 8, 32, 64] if on_gpu else [1, 4]
+    batches = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else default_batches
+    result = bench.run(loaded, batches, steps, reference_steps)
+    print(result.to_json() if args.json else result.table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="higgs-tts", description="Higgs Audio V2 text-to-speech")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -117,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     voices = commands.add_parser("voices", help="list voices (name, kind, description)")
     voices.add_argument("--voices-dir", help="voices folder (default: $VOICE_PROMPTS_PATH)")
     voices.set_defaults(run=_voices)
+
+    bench = commands.add_parser("bench", help="measure the engine on this machine (frames/s, roofline, ...)")
+    bench.add_argument("--random-weights", action="store_true",
+                       help="full-size model with random weights (no download needed)")
+    bench.add_argument("--batch-sizes", help="comma-separated (default: 1,8,32,64 on CUDA, 1,4 on CPU)")
+    bench.add_argument("--steps", type=int, help="decode steps per measurement (default: 512 CUDA, 48 CPU)")
+    bench.add_argument("--reference-steps", type=int, help="steps for transformers' generate() (default 64/24)")
+    bench.add_argument("--json", action="store_true", help="JSON instead of a table")
+    _add_model_options(bench)
+    bench.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on CUDA)")
+    bench.set_defaults(run=_bench)
 
     tiny = commands.add_parser("tiny-checkpoint", help="write a tiny random checkpoint for tests")
     tiny.add_argument("dir", help="output folder (gets model/ and audio_tokenizer/)")

@@ -37,6 +37,18 @@ def test_speak_writes_a_24k_wav(env, tmp_path):
     assert "seed 42" in done.stderr
 
 
+def test_engines_give_the_same_greedy_audio(env, tmp_path):
+    outputs = {}
+    for engine in ("fast", "reference"):
+        out = tmp_path / f"{engine}.wav"
+        done = higgs_tts("speak", "--text", "Same either way.", "--voice", "chadwick", "--temperature", "0",
+                         "--ras-win-len", "0", "--max-new-tokens", "40", "--engine", engine, "--out", str(out),
+                         env=env)
+        assert done.returncode == 0, done.stderr
+        outputs[engine] = out.read_bytes()
+    assert outputs["fast"] == outputs["reference"]
+
+
 def test_speak_from_a_text_file_with_scene_and_chunks(env, tmp_path):
     text_file = tmp_path / "story.txt"
     text_file.write_text("One short line. Another short line. A third line.")

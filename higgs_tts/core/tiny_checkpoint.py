@@ -9,6 +9,7 @@ Tests and smoke runs use it because no machine here can download the real weight
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 # Llama-3 special tokens with the ids Higgs Audio V2 uses (facts sheet, section 2).
@@ -213,3 +214,39 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> tuple[Path, Pat
             data["audio_tokenizer"]["audio_tokenizer_name_or_path"] = "../audio_tokenizer"
             config_file.write_text(json.dumps(data, indent=2) + "\n")
     return model_dir, codec_dir
+
+
+def full_size_random_model(device: str | None = None, dtype: str | None = None):
+    """The real model and codec shapes with random weights, built in memory on the device.
+
+    For benchmarks without a download: speed depends on the shapes, not on the weights' values.
+    """
+    import torch
+    from transformers import (
+        DacFeatureExtractor,
+        HiggsAudioV2Config,
+        HiggsAudioV2ForConditionalGeneration,
+        HiggsAudioV2Processor,
+        HiggsAudioV2TokenizerConfig,
+        HiggsAudioV2TokenizerModel,
+    )
+
+    from .checkpoint import LoadedModel, pick_device, pick_dtype
+
+    target = pick_device(device)
+    weights_dtype = pick_dtype(dtype, target)
+    started = time.perf_counter()
+    with torch.device(target):
+        model = HiggsAudioV2ForConditionalGeneration._from_config(
+            HiggsAudioV2Config(codebook_size=1026), dtype=weights_dtype
+        ).eval()
+        codec = HiggsAudioV2TokenizerModel(HiggsAudioV2TokenizerConfig(
+            acoustic_model_config={"downsampling_ratios": [8, 5, 4, 2, 3], "upsampling_ratios": [8, 5, 4, 2, 3]},
+            target_bandwidths=[0.5, 1, 1.5, 2],
+        )).eval()
+    assert codec.config.num_quantizers == 8 and codec.config.hop_length == 960
+    feature_extractor = DacFeatureExtractor(feature_size=1, hop_length=1, padding_side="right", sampling_rate=24000)
+    processor = HiggsAudioV2Processor(feature_extractor=feature_extractor, tokenizer=_text_tokenizer(),
+                                      audio_tokenizer=codec, chat_template=CHAT_TEMPLATE)
+    return LoadedModel(model=model, processor=processor, device=target, dtype=weights_dtype,
+                       model_path="random weights (full size)", load_seconds=time.perf_counter() - started)

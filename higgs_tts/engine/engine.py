@@ -11,6 +11,7 @@ column (when the stream ended before `max_new_tokens`): the same as the referenc
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,16 @@ from .sampler import DelayPattern, SamplingTensors, sample
 log = logging.getLogger(__name__)
 
 CACHE_BUCKET = 256  # cache lengths are rounded up to this, so graphs are reused across requests
+
+
+@dataclass
+class GenerationStats:
+    """Timings of the last `generate` call (seconds)."""
+
+    prefill_seconds: float = 0.0
+    first_frame_seconds: float = 0.0  # from the call to the first fully generated frame (column K)
+    decode_seconds: float = 0.0
+    steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,11 @@ class FastEngine:
         self.use_cuda_graphs = self.device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
         self._runners: dict[int, ModelRunner] = {}
         self._graphs: dict[int, StepGraphs] = {}
+        self.stats = GenerationStats()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _runner(self, max_len: int) -> ModelRunner:
         if max_len not in self._runners:
@@ -48,7 +64,10 @@ class FastEngine:
         return self._runners[max_len]
 
     @torch.inference_mode()
-    def generate(self, requests: list[EngineRequest]) -> list[torch.Tensor]:
+    def generate(self, requests: list[EngineRequest], ignore_eos: bool = False) -> list[torch.Tensor]:
+        """Generate every request's columns. `ignore_eos` runs all `max_new_tokens` steps (warm-up,
+        benchmarks) instead of stopping when a stream ends."""
+        started = time.perf_counter()
         batch = len(requests)
         num_codebooks = self.model.config.num_codebooks
         prompt_lens = [int(r.inputs["input_ids"].shape[1]) for r in requests]
@@ -67,6 +86,8 @@ class FastEngine:
                 tail = prompt_audio[0, -window:]
                 history[slot, window - tail.shape[0]:] = tail
 
+        self._sync()
+        prefilled = time.perf_counter()
         params = SamplingTensors.build([r.params for r in requests], [r.seed for r in requests],
                                        runner.codebook_size, self.device)
         pattern = DelayPattern(batch, num_codebooks, self.device)
@@ -85,14 +106,26 @@ class FastEngine:
             columns[:, step] = column
             lengths += live.long()
             steps += 1
-            done |= (pattern.observe(column) | (steps >= limits)) & live
+            ended = pattern.observe(column)
+            done |= ((steps >= limits) if ignore_eos else (ended | (steps >= limits))) & live
+            if step == num_codebooks:  # the first frame is complete once its last codebook is out
+                self._sync()
+                first_frame = time.perf_counter()
             history = torch.cat([history[:, 1:], column[:, None]], dim=1)
             if (step + 1) % self.check_every == 0 and bool(done.all()):
                 break
             if step + 1 < max_steps:
                 logits = step_fn(column, positions.clamp(max=max_len - 1))
                 positions += 1
-        return [columns[b, : int(lengths[b])].clone() for b in range(batch)]
+        outputs = [columns[b, : int(lengths[b])].clone() for b in range(batch)]
+        finished = time.perf_counter()
+        self.stats = GenerationStats(
+            prefill_seconds=prefilled - started,
+            first_frame_seconds=(first_frame if step >= num_codebooks else finished) - started,
+            decode_seconds=finished - prefilled,
+            steps=step + 1,
+        )
+        return outputs
 
     def _step_fn(self, runner: ModelRunner, batch: int):
         if not self.use_cuda_graphs:

@@ -1,0 +1,163 @@
+"""`higgs-tts bench`: what the engine achieves on this machine, next to the reference path.
+
+Figures: decode frames/s and x-real-time per batch size, time to first audio frame, prefill time
+of a cloned-voice prompt, codec decode time per minute of audio, transformers' generate() in the
+same run, and the weight-read roofline (bytes read per audio step / measured copy bandwidth).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..core.checkpoint import LoadedModel
+from ..core.generation import SamplingParams, generate_reference
+from ..core.prompt import PromptRenderer, PromptVoice, build_prompt
+from .engine import EngineRequest, FastEngine
+
+FRAMES_PER_SECOND = 25.0
+TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the forest."
+
+
+@dataclass
+class BenchResult:
+    device: str
+    model: str
+    dtype: str
+    weight_bytes_per_step: int = 0
+    copy_bandwidth_gbs: float = 0.0
+    roofline_frames_per_s: float = 0.0
+    batches: list[dict] = field(default_factory=list)
+    first_frame_ms: float = 0.0
+    clone_prefill_ms: float = 0.0
+    clone_prompt_tokens: int = 0
+    codec_decode_s_per_min: float = 0.0
+    reference_frames_per_s: float = 0.0
+    engine_over_reference: float = 0.0
+    roofline_fraction: float = 0.0
+
+    def table(self) -> str:
+        rows = [
+            ("device", self.device), ("model", self.model), ("dtype", self.dtype),
+            ("weights read per audio step", f"{self.weight_bytes_per_step / 1e9:.3f} GB"),
+            ("measured copy bandwidth", f"{self.copy_bandwidth_gbs:.1f} GB/s"),
+            ("roofline, batch 1", f"{self.roofline_frames_per_s:.1f} frames/s "
+                                  f"({self.roofline_frames_per_s / FRAMES_PER_SECOND:.1f}x real time)"),
+        ]
+        for b in self.batches:
+            rows.append((f"fast engine, batch {b['batch']}",
+                         f"{b['frames_per_s_per_stream']:.1f} frames/s per stream "
+                         f"({b['x_real_time_per_stream']:.2f}x real time), "
+                         f"{b['audio_seconds_per_s']:.1f} audio-s/s in all"))
+        rows += [
+            ("fraction of roofline, batch 1", f"{self.roofline_fraction:.1%}"),
+            ("time to first audio frame", f"{self.first_frame_ms:.1f} ms"),
+            ("prefill, cloned-voice prompt", f"{self.clone_prefill_ms:.1f} ms ({self.clone_prompt_tokens} tokens)"),
+            ("codec decode per minute of audio", f"{self.codec_decode_s_per_min:.3f} s"),
+            ("reference generate(), batch 1", f"{self.reference_frames_per_s:.1f} frames/s "
+                                              f"({self.reference_frames_per_s / FRAMES_PER_SECOND:.2f}x real time)"),
+            ("fast engine / reference", f"{self.engine_over_reference:.1f}x"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_weight_bytes(model) -> int:
+    """Bytes of the weights an audio decode step reads: attention, audio norms/MLPs, head."""
+    modules = [model.model.norm, model.audio_lm_head]
+    for layer in model.model.layers:
+        modules += [layer.self_attn, layer.audio_input_layernorm, layer.audio_post_attention_layernorm,
+                    layer.audio_mlp]
+    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
+
+def copy_bandwidth(device: torch.device, megabytes: int) -> float:
+    """Device memory bandwidth in bytes/s, from timed copies (each moves the bytes twice)."""
+    source = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    _sync(device)
+    repeats = 10
+    started = time.perf_counter()
+    for _ in range(repeats):
+        target.copy_(source)
+    _sync(device)
+    return 2 * source.numel() * repeats / (time.perf_counter() - started)
+
+
+def run(loaded: LoadedModel, batch_sizes: list[int], steps: int, reference_steps: int,
+        clone_seconds: float = 10.0) -> BenchResult:
+    device = loaded.device
+    model = loaded.model
+    renderer = PromptRenderer(loaded.processor)
+    engine = FastEngine(model)
+    result = BenchResult(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                         model=loaded.model_path, dtype=str(loaded.dtype).removeprefix("torch."))
+
+    result.weight_bytes_per_step = step_weight_bytes(model)
+    bandwidth = copy_bandwidth(device, 1024 if device.type == "cuda" else 128)
+    result.copy_bandwidth_gbs = bandwidth / 1e9
+    result.roofline_frames_per_s = bandwidth / result.weight_bytes_per_step
+
+    plain = renderer.inputs(build_prompt(TEXT, transcript=TEXT, voices=[], scene=""), device)
+    sampled = SamplingParams(temperature=0.8, max_new_tokens=steps)
+    engine.generate([EngineRequest(plain, sampled, 0)], ignore_eos=True)  # warm-up and graph capture
+    for batch in batch_sizes:
+        requests = [EngineRequest(plain, sampled, seed) for seed in range(batch)]
+        engine.generate(requests, ignore_eos=True)  # capture this batch size
+        engine.generate(requests, ignore_eos=True)
+        stats = engine.stats
+        per_stream = stats.steps / stats.decode_seconds
+        result.batches.append({
+            "batch": batch,
+            "steps": stats.steps,
+            "frames_per_s_per_stream": per_stream,
+            "x_real_time_per_stream": per_stream / FRAMES_PER_SECOND,
+            "audio_seconds_per_s": batch * per_stream / FRAMES_PER_SECOND,
+        })
+        if batch == 1:
+            result.first_frame_ms = stats.first_frame_seconds * 1e3
+    if result.batches:
+        result.roofline_fraction = result.batches[0]["frames_per_s_per_stream"] / result.roofline_frames_per_s
+
+    # A cloned-voice prompt: a reference clip of `clone_seconds` seconds (its codes are what counts).
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 1024, (int(clone_seconds * FRAMES_PER_SECOND), 8), generator=generator)
+    voice = PromptVoice(description="reference", transcript=TEXT, frames=frames, is_clone=True)
+    clone = renderer.inputs(build_prompt(TEXT, transcript=TEXT, voices=[voice], scene=""), device)
+    short = SamplingParams(temperature=0.8, max_new_tokens=16)
+    engine.generate([EngineRequest(clone, short, 0)], ignore_eos=True)
+    engine.generate([EngineRequest(clone, short, 0)], ignore_eos=True)
+    result.clone_prefill_ms = engine.stats.prefill_seconds * 1e3
+    result.clone_prompt_tokens = int(clone["input_ids"].shape[1])
+
+    minute = torch.randint(0, 1024, (1, 8, int(60 * FRAMES_PER_SECOND)), generator=generator).to(device)
+    with torch.inference_mode():
+        loaded.codec.decode(minute[:, :, :50])  # warm-up
+        _sync(device)
+        started = time.perf_counter()
+        loaded.codec.decode(minute)
+        _sync(device)
+    result.codec_decode_s_per_min = time.perf_counter() - started
+
+    reference = SamplingParams(temperature=0.8, max_new_tokens=reference_steps)
+    generate_reference(model, plain, SamplingParams(temperature=0.8, max_new_tokens=4), 0)  # warm-up
+    _sync(device)
+    started = time.perf_counter()
+    columns = generate_reference(model, plain, reference, 0)
+    _sync(device)
+    result.reference_frames_per_s = columns.shape[0] / (time.perf_counter() - started)
+    if result.batches and result.reference_frames_per_s:
+        result.engine_over_reference = result.batches[0]["frames_per_s_per_stream"] / result.reference_frames_per_s
+    return result

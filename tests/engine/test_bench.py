@@ -1,0 +1,41 @@
+"""`higgs-tts bench` runs on CPU with the tiny checkpoint and reports every figure."""
+
+import json
+import os
+import subprocess
+import sys
+
+
+def test_bench_json_has_every_figure(tiny_checkpoint):
+    model_dir, codec_dir = tiny_checkpoint
+    env = {**os.environ, "MODEL_PATH": str(model_dir), "TOKENIZER_PATH": str(codec_dir)}
+    done = subprocess.run(
+        [sys.executable, "-m", "higgs_tts.cli", "bench", "--json", "--steps", "24", "--reference-steps", "8",
+         "--batch-sizes", "1,3"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["device"] == "cpu" and result["dtype"] == "float32"
+    assert [b["batch"] for b in result["batches"]] == [1, 3]
+    for b in result["batches"]:
+        assert b["steps"] == 24 and b["frames_per_s_per_stream"] > 0
+        assert abs(b["audio_seconds_per_s"] - b["batch"] * b["frames_per_s_per_stream"] / 25) < 1e-6
+    for key in ("weight_bytes_per_step", "copy_bandwidth_gbs", "roofline_frames_per_s", "first_frame_ms",
+                "clone_prefill_ms", "codec_decode_s_per_min", "reference_frames_per_s", "roofline_fraction"):
+        assert result[key] > 0, key
+    assert result["clone_prompt_tokens"] > 250  # a 10 s reference clip is 259 audio positions
+
+
+def test_bench_table_for_people(tiny_checkpoint):
+    model_dir, codec_dir = tiny_checkpoint
+    env = {**os.environ, "MODEL_PATH": str(model_dir), "TOKENIZER_PATH": str(codec_dir)}
+    done = subprocess.run(
+        [sys.executable, "-m", "higgs_tts.cli", "bench", "--steps", "16", "--reference-steps", "4",
+         "--batch-sizes", "1"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    for label in ("roofline, batch 1", "fast engine, batch 1", "time to first audio frame",
+                  "reference generate(), batch 1", "codec decode per minute of audio"):
+        assert label in done.stdout
