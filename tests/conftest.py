@@ -42,7 +42,8 @@ def settings(tiny_checkpoint, voice_prompts) -> Settings:
         model_path=str(model_dir),
         tokenizer_path=str(codec_dir),
         voice_prompts_path=voice_prompts,
-        device="cpu",
+        # HIGGS_TEST_DEVICE=cuda runs the same tests on a GPU (scripts/gpu-check.sh).
+        device=os.environ.get("HIGGS_TEST_DEVICE", "cpu"),
     )
 
 

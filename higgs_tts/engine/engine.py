@@ -132,4 +132,9 @@ class FastEngine:
             cache = runner.cache(batch)
             return lambda column, positions: runner.decode_one_token(cache, column, positions)
         graphs = self._graphs.setdefault(runner.max_len, StepGraphs(runner))
-        return graphs.step(batch)
+        try:
+            return graphs.step(batch)
+        except RuntimeError as exc:  # a capture failure costs speed, not the request
+            log.warning("CUDA graph capture failed (%s); running the decode step eagerly", exc)
+            self.use_cuda_graphs = False
+            return self._step_fn(runner, batch)
