@@ -107,6 +107,13 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .delivery.http_server import serve
+
+    serve(args.host, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="higgs-tts", description="Higgs Audio V2 text-to-speech")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -151,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(bench)
     bench.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on CUDA)")
     bench.set_defaults(run=_bench)
+
+    server = commands.add_parser("serve", help="HTTP API: OpenAI-style speech, RunPod jobs, health, metrics")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=8000)
+    server.set_defaults(run=_serve)
 
     tiny = commands.add_parser("tiny-checkpoint", help="write a tiny random checkpoint for tests")
     tiny.add_argument("dir", help="output folder (gets model/ and audio_tokenizer/)")

@@ -132,7 +132,7 @@ BAD = [
     ({"transcript": "x", "ref_audio": "../secret"}, "ref_audio"),
     ({"transcript": "x", "s3_key": "../../etc/passwd"}, "s3_key"),
     ({"transcript": "x", "colour": "blue"}, "unknown field 'colour'"),
-    ({"transcript": "x", "output_format": "aac"}, "output_format"),
+    ({"transcript": "x", "output_format": "vorbis"}, "output_format"),
     ({"transcript": "x", "ref_audio_base64": "%%%"}, "ref_audio_base64 is not valid base64"),
     ({"action": "explode"}, "action must be one of"),
     ({"action": "add_voice", "voice_name": "a/b", "ref_audio_base64": "AA==", "ref_audio_transcript": "x"},

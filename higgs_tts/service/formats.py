@@ -13,6 +13,7 @@ FORMATS = {
     "flac": ("FLAC", "PCM_16", "audio/flac", "flac"),
     "mp3": ("MP3", "MPEG_LAYER_III", "audio/mpeg", "mp3"),
     "opus": ("OGG", "OPUS", "audio/ogg; codecs=opus", "opus"),
+    "aac": ("ADTS", "aac", "audio/aac", "aac"),  # encoded with PyAV (libsndfile has no AAC)
     "pcm": (None, None, "audio/pcm", "pcm"),  # raw signed 16-bit little-endian mono
 }
 
@@ -30,6 +31,21 @@ def to_pcm16(samples: np.ndarray) -> bytes:
     return (clipped * 32767.0).round().astype("<i2").tobytes()
 
 
+def _encode_aac(samples: np.ndarray, sample_rate: int) -> bytes:
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="adts") as container:
+        stream = container.add_stream("aac", rate=sample_rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.asarray(samples, dtype=np.float32)[None, :], format="flt", layout="mono")
+        frame.sample_rate = sample_rate
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
 def encode(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     """Bytes of the audio in `fmt` (one of FORMATS)."""
     if fmt not in FORMATS:
@@ -37,6 +53,8 @@ def encode(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     container, subtype, _, _ = FORMATS[fmt]
     if container is None:
         return to_pcm16(samples)
+    if container == "ADTS":
+        return _encode_aac(samples, sample_rate)
     buffer = io.BytesIO()
     sf.write(buffer, np.asarray(samples, dtype=np.float32), sample_rate, format=container, subtype=subtype)
     return buffer.getvalue()

@@ -74,11 +74,12 @@ class GenerateInput(_Input):
     s3_bucket: str | None = None
     s3_key: str | None = None
     # Extensions.
-    output_format: Literal["wav", "flac", "mp3", "opus", "pcm"] = "wav"
+    output_format: Literal["wav", "flac", "mp3", "opus", "aac", "pcm"] = "wav"
     generation_chunk_buffer_size: int | None = Field(None, ge=0, le=1000)
     ref_audio_in_system_message: bool = False
     ref_audio_base64: str | None = None
     ref_audio_transcript: str | None = Field(None, max_length=5000)
+    speed: float = Field(1.0, ge=0.25, le=4.0)  # playback speed, pitch kept
 
     @field_validator("transcript")
     @classmethod

@@ -8,16 +8,18 @@ traceback.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from ..core.audio import AudioError, AudioTooLong, duration_seconds, read_audio, write_audio
+from ..core.audio import AudioError, AudioTooLong, duration_seconds, read_audio, time_stretch, write_audio
 from ..core.checkpoint import CheckpointError, unavailable_reason
 from ..core.generation import SamplingParams
 from ..core.synthesizer import ReferenceClip, SynthesisRequest, SynthesisResult, Synthesizer
@@ -56,6 +58,31 @@ def _free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+@dataclass(frozen=True)
+class Failure:
+    message: str
+    code: str
+    field: str | None = None
+    suggestions: list | None = None
+
+    def response(self) -> dict:
+        response = {"success": False, "error": self.message, "error_code": self.code}
+        if self.field:
+            response["error_field"] = self.field
+        if self.suggestions is not None:
+            response["voice_suggestions"] = self.suggestions
+        return response
+
+
+@dataclass(frozen=True)
+class RenderedAudio:
+    """Generated audio, encoded in the requested format."""
+
+    data: bytes
+    content_type: str
+    result: SynthesisResult
+
+
 class SpeechService:
     def __init__(
         self,
@@ -88,29 +115,24 @@ class SpeechService:
                 response = self.generate(request, s3_config, started)
             audit.succeed(response)
             return response
-        except InputError as exc:
-            audit.fail(exc.code)
-            return self._error(str(exc), exc.code, exc.field)
-        except VoiceError as exc:
-            audit.fail("unknown_voice")
-            return self._error(f"ref_audio: {exc}", "unknown_voice", "ref_audio", exc.suggestions)
-        except JobError as exc:
-            audit.fail(exc.code)
-            return self._error(str(exc), exc.code)
         except Exception as exc:  # the worker must survive anything one job does
-            log.exception("job %s failed", job_id)
-            audit.fail("internal_error")
-            return self._error(f"internal error ({type(exc).__name__}); the job was not completed", "internal_error")
+            failure = self.describe_failure(exc, job_id)
+            audit.fail(failure.code)
+            return failure.response()
         finally:
             audit.emit(time.perf_counter() - started)
 
-    def _error(self, message: str, code: str, field: str | None = None, suggestions: list | None = None) -> dict:
-        response = {"success": False, "error": message, "error_code": code}
-        if field:
-            response["error_field"] = field
-        if suggestions is not None:
-            response["voice_suggestions"] = suggestions
-        return response
+    @staticmethod
+    def describe_failure(exc: BaseException, job_id: str = "") -> Failure:
+        """What the caller is told about a failed job (never a traceback)."""
+        if isinstance(exc, InputError):
+            return Failure(str(exc), exc.code, exc.field)
+        if isinstance(exc, VoiceError):
+            return Failure(f"ref_audio: {exc}", "unknown_voice", "ref_audio", exc.suggestions)
+        if isinstance(exc, JobError):
+            return Failure(str(exc), exc.code)
+        log.error("job %s failed", job_id, exc_info=exc)
+        return Failure(f"internal error ({type(exc).__name__}); the job was not completed", "internal_error")
 
     # -- actions -------------------------------------------------------------------------------
 
@@ -269,11 +291,18 @@ class SpeechService:
         bucket = request.s3_bucket or self.service.default_bucket
         return S3Target(bucket=bucket) if bucket else None
 
+    def render(self, request: GenerateInput) -> RenderedAudio:
+        """Synthesize and encode, without delivery (the HTTP server streams the bytes itself)."""
+        result = self._synthesize(self._synthesis_request(request))
+        if request.speed != 1.0:
+            result = dataclasses.replace(result, audio=time_stretch(result.audio, request.speed, result.sample_rate))
+        data = formats.encode(result.audio, result.sample_rate, request.output_format)
+        return RenderedAudio(data=data, content_type=formats.content_type(request.output_format), result=result)
+
     def generate(self, request: GenerateInput, s3_config: dict | None = None, started: float | None = None) -> dict:
         started = started if started is not None else time.perf_counter()
-        result = self._synthesize(self._synthesis_request(request))
-        data = formats.encode(result.audio, result.sample_rate, request.output_format)
-        content_type = formats.content_type(request.output_format)
+        rendered = self.render(request)
+        data, content_type, result = rendered.data, rendered.content_type, rendered.result
 
         response: dict = {"success": True}
         upload_seconds = 0.0

@@ -37,3 +37,17 @@ def test_write_wav_is_16_bit(tmp_path):
     write_audio(path, np.zeros(2400, dtype=np.float32))
     info = sf.info(path)
     assert (info.samplerate, info.channels, info.subtype, info.frames) == (24000, 1, "PCM_16", 2400)
+
+
+def test_time_stretch_keeps_pitch_and_scales_duration():
+    from higgs_tts.core.audio import time_stretch
+
+    t = np.arange(24000) / 24000
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    for rate in (0.5, 1.5, 2.0):
+        out = time_stretch(tone, rate)
+        assert len(out) == round(24000 / rate)
+        spectrum = np.abs(np.fft.rfft(out[2048:-2048]))
+        peak_hz = np.argmax(spectrum) * 24000 / (len(out) - 4096)
+        assert abs(peak_hz - 440) < 15
+    assert time_stretch(tone, 1.0) is tone

@@ -22,6 +22,17 @@ def test_container_formats_decode_back(tone, fmt):
     assert formats.content_type(fmt).startswith("audio/")
 
 
+def test_aac_decodes_back(tone):
+    import av
+
+    data = formats.encode(tone, 24000, "aac")
+    assert data[:2] == b"\xff\xf1"  # ADTS sync word
+    with av.open(io.BytesIO(data)) as container:
+        samples = sum(frame.samples for frame in container.decode(audio=0))
+        assert container.streams.audio[0].codec_context.sample_rate == 24000
+    assert abs(samples - len(tone)) < 4096
+
+
 def test_wav_is_lossless_16_bit(tone):
     decoded, _ = sf.read(io.BytesIO(formats.encode(tone, 24000, "wav")), dtype="float32")
     assert np.abs(decoded - tone).max() < 1e-4

@@ -37,7 +37,7 @@ BAD_INPUTS = [
     ({"transcript": "x", "chunk_max_word_num": 0}, "chunk_max_word_num", "greater than or equal to 1"),
     ({"transcript": "x", "seed": -5}, "seed", "greater than or equal to 0"),
     ({"transcript": "x", "seed": 2**31}, "seed", "less than or equal to 2147483647"),
-    ({"transcript": "x", "output_format": "aiff"}, "output_format", "'wav', 'flac', 'mp3', 'opus' or 'pcm'"),
+    ({"transcript": "x", "output_format": "aiff"}, "output_format", "'wav', 'flac', 'mp3', 'opus', 'aac' or 'pcm'"),
     ({"transcript": "x", "ref_audio": "../../etc/passwd"}, "ref_audio", "invalid"),
     ({"transcript": "x", "s3_bucket": "Bad_Bucket"}, "s3_bucket", "valid bucket name"),
     ({"transcript": "x", "s3_key": "../escape.wav"}, "s3_key", "'..'"),

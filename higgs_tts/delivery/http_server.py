@@ -1,0 +1,271 @@
+"""HTTP API for use outside RunPod: OpenAI-style speech, the RunPod job contract, health, metrics.
+
+    higgs-tts serve --host 127.0.0.1 --port 8000
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.middleware.base import BaseHTTPMiddleware
+
+from ..service.audit import AuditRecord
+from ..service.schema import parse_input
+from ..service.speech import Failure, SpeechService
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# error code -> HTTP status
+STATUS = {"invalid_input": 400, "unknown_voice": 400, "too_long": 400, "too_large": 413, "voice_exists": 409,
+          "result_too_large": 413, "out_of_memory": 503, "model_unavailable": 503, "busy": 503,
+          "storage_error": 500, "internal_error": 500}
+MAX_JOBS_KEPT = 1000
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI's `POST /v1/audio/speech` body (plus the seed, which OpenAI lacks).
+
+    `stream_format: "sse"` sends OpenAI's event shape; the events follow generation of the whole
+    clip (incremental decoding is not built yet).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    model: str = Field("higgs-audio-v2", max_length=100)
+    input: str
+    voice: str | None = None
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    instructions: str | None = None
+    stream_format: Literal["audio", "sse"] = "audio"
+    seed: int | None = None
+
+
+class RunRequest(BaseModel):
+    input: dict
+    webhook: str | None = None
+
+
+def openai_error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    if status == 401:
+        kind = "authentication_error"
+    return JSONResponse(status_code=status,
+                        content={"error": {"message": message, "type": kind, "param": param, "code": code}})
+
+
+def failure_response(failure: Failure) -> JSONResponse:
+    return openai_error(STATUS.get(failure.code, 500), failure.message, failure.code, failure.field)
+
+
+class BodyLimit(BaseHTTPMiddleware):
+    """Refuse bodies above the limit before reading them (413, OpenAI error body)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        super().__init__(app)
+        self.max_bytes = max_bytes
+
+    async def dispatch(self, request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return openai_error(413, f"request body is above the limit of {self.max_bytes} bytes", "too_large")
+        if length is None and request.method in ("POST", "PUT"):
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > self.max_bytes:
+                    return openai_error(413, f"request body is above the limit of {self.max_bytes} bytes",
+                                        "too_large")
+            request._body = body  # starlette reuses it for the endpoint
+        return await call_next(request)
+
+
+class BearerAuth(BaseHTTPMiddleware):
+    """With an API key set, every route but /health needs `Authorization: Bearer <key>`."""
+
+    def __init__(self, app, api_key: str) -> None:
+        super().__init__(app)
+        self.api_key = api_key.encode()
+
+    async def dispatch(self, request: Request, call_next):
+        if request.url.path != "/health":
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key):
+                return openai_error(401, "missing or wrong API key (send Authorization: Bearer <key>)",
+                                    "invalid_api_key")
+        return await call_next(request)
+
+
+class Jobs:
+    """RunPod-style asynchronous jobs, kept in memory (the newest MAX_JOBS_KEPT)."""
+
+    def __init__(self, service: SpeechService, workers: int) -> None:
+        self.service = service
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="job")
+        self.lock = threading.Lock()
+        self.jobs: OrderedDict[str, dict] = OrderedDict()
+
+    def submit(self, job_input: dict) -> str:
+        job_id = f"job-{uuid.uuid4()}"
+        with self.lock:
+            self.jobs[job_id] = {"id": job_id, "status": "IN_QUEUE"}
+            while len(self.jobs) > MAX_JOBS_KEPT:
+                self.jobs.popitem(last=False)
+        self.pool.submit(self._run, job_id, job_input)
+        return job_id
+
+    def _run(self, job_id: str, job_input: dict) -> None:
+        self._set(job_id, status="IN_PROGRESS")
+        self._set(job_id, **runpod_reply(job_id, self.service.handle(job_input, job_id)))
+
+    def _set(self, job_id: str, **fields) -> None:
+        with self.lock:
+            if job_id in self.jobs:
+                self.jobs[job_id].update(fields)
+
+    def get(self, job_id: str) -> dict | None:
+        with self.lock:
+            job = self.jobs.get(job_id)
+            return dict(job) if job else None
+
+
+def runpod_reply(job_id: str, output: dict) -> dict:
+    """The RunPod shape: FAILED with a top-level `error` when the output says success false."""
+    if output.get("success") is False:
+        return {"id": job_id, "status": "FAILED", "error": output.get("error"), "output": output}
+    return {"id": job_id, "status": "COMPLETED", "output": output}
+
+
+def create_app(service: SpeechService | None = None, api_key: str | None = None,
+               max_body_bytes: int = 20 * 1024 * 1024) -> FastAPI:
+    service = service or SpeechService()
+    metrics = Metrics()
+    jobs = Jobs(service, service.service.max_concurrency)
+    app = FastAPI(title="Higgs Audio V2 TTS", version="0.1.0")
+    if api_key:
+        app.add_middleware(BearerAuth, api_key=api_key)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+
+    def observe(endpoint: str, started: float, status: int, model: str = "", code: str | None = None) -> None:
+        metrics.requests.labels(endpoint, model[:64], str(status)).inc()
+        metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
+        if code:
+            metrics.errors.labels(endpoint, code).inc()
+
+    @app.get("/health")
+    def health():
+        payload = service.health()
+        return JSONResponse(status_code=200 if payload["status"] == "healthy" else 503, content=payload)
+
+    @app.get("/v1/voices")
+    def voices():
+        return {"voices": service.list_voices()["voices"]}
+
+    @app.get("/metrics")
+    def prometheus():
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/audio/speech")
+    async def speech(request: Request):
+        started = time.perf_counter()
+        try:
+            body = SpeechRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(p) for p in error["loc"]) or "body"
+            observe("speech", started, 400, code="invalid_input")
+            return openai_error(400, f"{field}: {error['msg']}", "invalid_input", field)
+        raw = {"transcript": body.input, "output_format": body.response_format, "speed": body.speed}
+        for key, value in (("ref_audio", body.voice), ("scene_prompt", body.instructions), ("seed", body.seed)):
+            if value is not None:
+                raw[key] = value
+        audit = AuditRecord(job_id=f"http-{uuid.uuid4().hex[:12]}", raw=raw)
+        try:
+            rendered = await anyio.to_thread.run_sync(service.render, parse_input(raw))
+        except Exception as exc:  # every failure becomes an error body, never a traceback
+            failure = service.describe_failure(exc, audit.job_id)
+            audit.fail(failure.code)
+            audit.emit(time.perf_counter() - started)
+            observe("speech", started, STATUS.get(failure.code, 500), body.model, failure.code)
+            return failure_response(failure)
+
+        result = rendered.result
+        ready = time.perf_counter() - started
+        metrics.first_audio.observe(ready)
+        if result.duration_seconds:
+            compute = result.generation_seconds + result.decode_seconds
+            metrics.real_time_factor.observe(compute / result.duration_seconds)
+            metrics.audio_seconds.inc(result.duration_seconds)
+        audit.status = "ok"
+        audit.facts.update(audio_duration=round(result.duration_seconds, 3), delivery="http")
+        audit.emit(ready)
+        observe("speech", started, 200, body.model)
+        headers = {
+            "X-Audio-Duration": f"{result.duration_seconds:.3f}",
+            "X-Seed": str(result.seed),
+            "X-Generation-Time": f"{result.generation_seconds:.3f}",
+        }
+        if body.stream_format == "sse":
+            return StreamingResponse(_sse(rendered.data, result), media_type="text/event-stream", headers=headers)
+        return StreamingResponse(_chunks(rendered.data), media_type=rendered.content_type, headers=headers)
+
+    @app.post("/runsync")
+    async def runsync(job: RunRequest):
+        started = time.perf_counter()
+        job_id = f"sync-{uuid.uuid4()}"
+        output = await anyio.to_thread.run_sync(service.handle, job.input, job_id)
+        reply = runpod_reply(job_id, output)
+        observe("runsync", started, 200, code=output.get("error_code"))
+        return reply
+
+    @app.post("/run")
+    def run(job: RunRequest):
+        return {"id": jobs.submit(job.input), "status": "IN_QUEUE"}
+
+    @app.api_route("/status/{job_id}", methods=["GET", "POST"])
+    def status(job_id: str):
+        job = jobs.get(job_id)
+        if job is None:
+            return openai_error(404, f"no job {job_id!r}", "not_found", "job_id")
+        return job
+
+    return app
+
+
+def _chunks(data: bytes, size: int = 64 * 1024):
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def _sse(data: bytes, result, size: int = 48 * 1024):
+    """OpenAI's speech SSE events: audio deltas, then a done event."""
+    for chunk in _chunks(data, size):
+        yield f"data: {json.dumps({'type': 'speech.audio.delta', 'audio': base64.b64encode(chunk).decode()})}\n\n"
+    done = {"type": "speech.audio.done",
+            "usage": {"input_tokens": len(result.text), "output_tokens": result.num_frames,
+                      "total_tokens": len(result.text) + result.num_frames}}
+    yield f"data: {json.dumps(done)}\n\n"
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+    import os
+
+    import uvicorn
+
+    api_key = os.environ.get("API_KEY") or None
+    max_body = int(os.environ.get("MAX_REQUEST_BYTES", 20 * 1024 * 1024))
+    app = create_app(api_key=api_key, max_body_bytes=max_body)
+    uvicorn.run(app, host=host, port=port, log_level=os.environ.get("UVICORN_LOG_LEVEL", "info"), access_log=False)

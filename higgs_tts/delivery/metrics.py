@@ -1,0 +1,40 @@
+"""Prometheus metrics of the HTTP server."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("higgs_requests_total", "Requests by endpoint, model and HTTP status",
+                                ["endpoint", "model", "status"], registry=self.registry)
+        self.errors = Counter("higgs_request_errors_total", "Failed requests by endpoint and error code",
+                              ["endpoint", "code"], registry=self.registry)
+        self.duration = Histogram("higgs_request_duration_seconds", "Request duration", ["endpoint"],
+                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.first_audio = Histogram("higgs_time_to_first_audio_seconds", "Time until the first audio byte is ready",
+                                     buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.real_time_factor = Histogram("higgs_real_time_factor", "Compute seconds per second of audio",
+                                          buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+                                          registry=self.registry)
+        self.audio_seconds = Counter("higgs_audio_seconds_total", "Seconds of audio generated",
+                                     registry=self.registry)
+        gpu = Gauge("higgs_gpu_memory_bytes", "GPU memory allocated by this process", ["kind"],
+                    registry=self.registry)
+        gpu.labels("allocated").set_function(lambda: _cuda_memory("allocated"))
+        gpu.labels("reserved").set_function(lambda: _cuda_memory("reserved"))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _cuda_memory(kind: str) -> float:
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0.0
+    return float(torch.cuda.memory_allocated() if kind == "allocated" else torch.cuda.memory_reserved())

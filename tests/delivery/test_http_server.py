@@ -1,0 +1,171 @@
+"""`higgs-tts serve` as a real process, driven by httpx, the openai package, curl and our client."""
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import soundfile as sf
+from conftest import free_port, wait_for_http
+
+from higgs_tts.client import HiggsTTSClient, HiggsTTSError
+
+KEY = "test-key-123"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint, voice_prompts, tmp_path_factory):
+    model_dir, codec_dir = tiny_checkpoint
+    voices = tmp_path_factory.mktemp("http") / "voices"
+    shutil.copytree(voice_prompts, voices)
+    port = free_port()
+    env = {**os.environ, "MODEL_PATH": str(model_dir), "TOKENIZER_PATH": str(codec_dir),
+           "VOICE_PROMPTS_PATH": str(voices), "API_KEY": KEY, "MAX_REQUEST_BYTES": "200000"}
+    process = subprocess.Popen([sys.executable, "-m", "higgs_tts.cli", "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(url + "/health", process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+QUICK = {"seed": 4}
+
+
+def speech(server, **body):
+    return httpx.post(server + "/v1/audio/speech", json=body, headers=AUTH, timeout=300)
+
+
+def test_health_is_open_and_documented(server):
+    reply = httpx.get(server + "/health")
+    assert reply.status_code == 200
+    payload = reply.json()
+    assert payload["status"] == "healthy"
+    assert set(payload["model_info"]) == {"model_path", "device", "models_loaded", "voice_prompts_available"}
+
+
+def test_everything_else_needs_the_key(server):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        reply = httpx.get(server + "/v1/voices", headers=headers)
+        assert reply.status_code == 401
+        assert reply.json()["error"]["type"] == "authentication_error"
+    names = {v["name"] for v in httpx.get(server + "/v1/voices", headers=AUTH).json()["voices"]}
+    assert {"belinda", "chadwick", "daffy", "elsa", "jorts"} <= names
+
+
+@pytest.mark.parametrize(("fmt", "content_type"), [("wav", "audio/wav"), ("mp3", "audio/mpeg"),
+                                                   ("flac", "audio/flac"), ("pcm", "audio/pcm")])
+def test_speech_returns_audio_bytes(server, fmt, content_type):
+    reply = speech(server, model="higgs-audio-v2", input="Hello over HTTP.", voice="belinda",
+                   response_format=fmt, **QUICK)
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"].startswith(content_type)
+    if fmt == "pcm":
+        assert len(reply.content) == 2 * round(float(reply.headers["x-audio-duration"]) * 24000)
+    else:
+        assert sf.read(io.BytesIO(reply.content))[1] == 24000
+
+
+def test_speed_changes_duration(server):
+    normal = speech(server, input="Speed test sentence.", response_format="wav", seed=9)
+    fast = speech(server, input="Speed test sentence.", response_format="wav", seed=9, speed=2.0)
+    assert float(fast.headers["x-audio-duration"]) == pytest.approx(float(normal.headers["x-audio-duration"]) / 2,
+                                                                     abs=0.02)
+
+
+def test_openai_client(server, tmp_path):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server + "/v1", api_key=KEY)
+    audio = client.audio.speech.create(model="higgs-audio-v2", voice="chadwick", input="From the OpenAI client.",
+                                       response_format="wav", instructions="A small studio.")
+    assert sf.read(io.BytesIO(audio.content))[1] == 24000
+    target = tmp_path / "streamed.mp3"
+    with client.audio.speech.with_streaming_response.create(model="higgs-audio-v2", voice="belinda",
+                                                            input="Streaming response.") as response:
+        response.stream_to_file(target)
+    assert sf.info(target).samplerate == 24000
+
+
+def test_sse_events_carry_the_audio(server):
+    reply = speech(server, input="Events please.", response_format="pcm", stream_format="sse", **QUICK)
+    assert reply.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[6:]) for line in reply.text.splitlines() if line.startswith("data: ")]
+    assert events[-1]["type"] == "speech.audio.done" and events[-1]["usage"]["output_tokens"] > 0
+    pcm = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
+    assert len(pcm) == 2 * round(float(reply.headers["x-audio-duration"]) * 24000)
+
+
+def test_documented_curl_command(server, tmp_path):
+    out = tmp_path / "curl.mp3"
+    done = subprocess.run(
+        ["curl", "-sf", f"{server}/v1/audio/speech", "-H", f"Authorization: Bearer {KEY}",
+         "-H", "Content-Type: application/json",
+         "-d", json.dumps({"model": "higgs-audio-v2", "input": "Hello from curl.", "voice": "belinda"}),
+         "-o", str(out)],
+        capture_output=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sf.info(out).samplerate == 24000
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "param"),
+    [
+        ({"input": "x", "voice": "nobody"}, 400, "unknown_voice", "ref_audio"),
+        ({"input": ""}, 400, "invalid_input", "transcript"),
+        ({"input": "x", "colour": "red"}, 400, "invalid_input", "colour"),
+        ({"input": "x", "response_format": "ogg"}, 400, "invalid_input", "response_format"),
+        ({"input": "x", "speed": 9}, 400, "invalid_input", "speed"),
+        ({"voice": "belinda"}, 400, "invalid_input", "input"),
+    ],
+)
+def test_bad_requests_get_openai_error_bodies(server, body, status, code, param):
+    reply = speech(server, **body)
+    assert reply.status_code == status
+    error = reply.json()["error"]
+    assert (error["code"], error["param"], error["type"]) == (code, param, "invalid_request_error")
+    assert error["message"]
+
+
+def test_oversized_body_is_refused(server):
+    reply = speech(server, input="x" * 300_000)
+    assert reply.status_code == 413 and reply.json()["error"]["code"] == "too_large"
+
+
+def test_runpod_contract_and_our_client(server, tmp_path):
+    client = HiggsTTSClient(server, api_key=KEY)
+    result = client.generate_audio("Through runsync.", voice="belinda", seed=1)
+    assert sf.info(client.save_audio(result, tmp_path / "a.wav")).samplerate == 24000
+    with pytest.raises(HiggsTTSError, match="unknown voice"):
+        client.generate_audio("x", voice="nobody")
+    job = httpx.post(server + "/run", json={"input": {"transcript": "Queued job.", "seed": 2}}, headers=AUTH).json()
+    assert job["status"] == "IN_QUEUE"
+    for _ in range(200):
+        status = httpx.get(f"{server}/status/{job['id']}", headers=AUTH).json()
+        if status["status"] in ("COMPLETED", "FAILED"):
+            break
+        time.sleep(0.2)
+    assert status["status"] == "COMPLETED" and status["output"]["success"] is True
+    assert httpx.get(f"{server}/status/job-none", headers=AUTH).status_code == 404
+
+
+def test_metrics(server):
+    speech(server, model="my-model-name", input="Count me.", **QUICK)
+    speech(server, input="Fail me.", voice="nobody")
+    text = httpx.get(server + "/metrics", headers=AUTH).text
+    assert 'higgs_requests_total{endpoint="speech",model="my-model-name",status="200"}' in text
+    assert "higgs_time_to_first_audio_seconds_count" in text
+    assert "higgs_real_time_factor_count" in text
+    assert 'higgs_request_errors_total{code="unknown_voice",endpoint="speech"}' in text
+    assert 'higgs_gpu_memory_bytes{kind="allocated"}' in text
