@@ -169,3 +169,18 @@ def test_metrics(server):
     assert "higgs_real_time_factor_count" in text
     assert 'higgs_request_errors_total{code="unknown_voice",endpoint="speech"}' in text
     assert 'higgs_gpu_memory_bytes{kind="allocated"}' in text
+
+
+def test_chunked_bodies_are_limited_and_still_readable(server):
+    def body(payload: bytes):
+        yield payload[:10]
+        yield payload[10:]
+
+    headers = {**AUTH, "Content-Type": "application/json"}
+    small = json.dumps({"input": "Chunked body.", "response_format": "wav", "seed": 1}).encode()
+    reply = httpx.post(server + "/v1/audio/speech", content=body(small), headers=headers, timeout=300)
+    assert reply.status_code == 200, reply.text
+    assert sf.read(io.BytesIO(reply.content))[1] == 24000
+    large = json.dumps({"input": "x" * 300_000}).encode()
+    reply = httpx.post(server + "/v1/audio/speech", content=body(large), headers=headers)
+    assert reply.status_code == 413
