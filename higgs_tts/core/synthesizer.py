@@ -10,6 +10,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,7 @@ from .checkpoint import LoadedModel, ModelCache, load_processor
 from .codes import generated_frames
 from .generation import SamplingParams, generate_reference
 from .prompt import DEFAULT_SCENE, Prompt, PromptRenderer, PromptVoice, build_prompt
+from .streaming import StreamingDecoder
 from .text import CHUNK_METHODS, chunk_text, normalize_transcript
 from .voice_cache import VoiceCodeCache
 from .voices import Voice, VoiceLibrary
@@ -87,10 +89,40 @@ class SynthesisResult:
     model_load_seconds: float
     generation_seconds: float
     decode_seconds: float
+    first_audio_seconds: float | None = None  # streaming: from the call to the first audio chunk
 
     @property
     def duration_seconds(self) -> float:
         return len(self.audio) / float(self.sample_rate)
+
+
+@dataclass
+class _Run:
+    """One synthesis in progress: its plan, and the frames generated so far."""
+
+    loaded: LoadedModel
+    text: str
+    chunks: list[str]
+    voices: list[Voice]
+    scene: str
+    seed: int
+    voice_names: list[str]
+    model_load_seconds: float
+    generation_seconds: float = 0.0
+    first_audio_seconds: float | None = None
+    history: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # (chunk text, its frames)
+
+    def codes(self) -> torch.Tensor:
+        return torch.cat([f for _, f in self.history]) if self.history else torch.zeros((0, 8), dtype=torch.long)
+
+    def result(self, audio: np.ndarray, decode_seconds: float) -> SynthesisResult:
+        codes = self.codes()
+        return SynthesisResult(
+            audio=audio, codes=codes, sample_rate=self.loaded.sample_rate, num_frames=int(codes.shape[0]),
+            text=self.text, chunks=self.chunks, seed=self.seed, voices=self.voice_names,
+            model_load_seconds=self.model_load_seconds, generation_seconds=self.generation_seconds,
+            decode_seconds=decode_seconds, first_audio_seconds=self.first_audio_seconds,
+        )
 
 
 class Synthesizer:
@@ -110,14 +142,16 @@ class Synthesizer:
             return self.settings.engine
         return "fast" if loaded.device.type == "cuda" else "reference"
 
-    def _generate(self, loaded: LoadedModel, inputs: dict, params: SamplingParams, seed: int) -> torch.Tensor:
+    def _generate(self, loaded: LoadedModel, inputs: dict, params: SamplingParams, seed: int) -> Iterator[torch.Tensor]:
+        """The generated columns of one prompt, in pieces as the engine produces them."""
         if self.engine_name(loaded) == "reference":
-            return generate_reference(loaded.model, inputs, params, seed)
+            yield generate_reference(loaded.model, inputs, params, seed)
+            return
         from ..engine.engine import EngineRequest, FastEngine
 
         if self._engine is None or self._engine[0] is not loaded.model:
             self._engine = (loaded.model, FastEngine(loaded.model))
-        return self._engine[1].generate([EngineRequest(inputs, params, seed)])[0]
+        yield from self._engine[1].stream(EngineRequest(inputs, params, seed))
 
     def model(self) -> tuple[LoadedModel, bool]:
         """The loaded model and whether this call loaded it."""
@@ -207,47 +241,81 @@ class Synthesizer:
 
     def synthesize(self, request: SynthesisRequest) -> SynthesisResult:
         with self._lock:
-            return self._synthesize(request)
+            run = self._start(request)
+            for _ in self._frames(run, request):
+                pass
+            started = time.perf_counter()
+            audio = self.decode(run.codes())
+            return run.result(audio, time.perf_counter() - started)
 
-    def _synthesize(self, request: SynthesisRequest) -> SynthesisResult:
+    def stream(self, request: SynthesisRequest, decoder_options: dict | None = None) -> Iterator:
+        """Audio chunks (float32 arrays) while generating, then the SynthesisResult as the last item.
+
+        The chunks come from a StreamingDecoder: together they equal one decode of all codes
+        within its stated tolerance. The result's `audio` is their concatenation.
+        """
+        with self._lock:
+            started = time.perf_counter()
+            run = self._start(request)
+            decoder = StreamingDecoder(self.decode, hop=run.loaded.hop_length, **(decoder_options or {}))
+            pieces: list[np.ndarray] = []
+            decode_seconds = 0.0
+            for frames in self._frames(run, request):
+                mark = time.perf_counter()
+                ready = decoder.push(frames)
+                decode_seconds += time.perf_counter() - mark
+                for piece in ready:
+                    if not pieces:
+                        run.first_audio_seconds = time.perf_counter() - started
+                    pieces.append(piece)
+                    yield piece
+            mark = time.perf_counter()
+            tail = decoder.finish()
+            decode_seconds += time.perf_counter() - mark
+            if len(tail):
+                if not pieces:
+                    run.first_audio_seconds = time.perf_counter() - started
+                pieces.append(tail)
+                yield tail
+            audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+            yield run.result(audio, decode_seconds)
+
+    def _start(self, request: SynthesisRequest) -> _Run:
         # Time spent getting the model: its loading, or waiting for a load already under way.
         started = time.perf_counter()
         loaded, _ = self.model()
         model_load_seconds = time.perf_counter() - started
         text, chunks, voices, scene = self._plan(request)
-        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        renderer = PromptRenderer(loaded.processor)
         log.info("synthesizing %d chars in %d chunk(s) with %d voice(s)", len(text), len(chunks), len(voices))
+        return _Run(
+            loaded=loaded, text=text, chunks=chunks, voices=voices, scene=scene,
+            seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
+            voice_names=[v.name for v in voices] + ([request.reference.name] if request.reference else []),
+            model_load_seconds=model_load_seconds if model_load_seconds >= 0.001 else 0.0,
+        )
 
+    def _frames(self, run: _Run, request: SynthesisRequest) -> Iterator[torch.Tensor]:
+        """Generate every chunk in order, with earlier chunks as context; yields new frames as they
+        are complete (per engine check with the fast engine, per chunk with the reference path)."""
         started = time.perf_counter()
-        prompt_voices = [self._prompt_voice(v) for v in voices]
+        loaded = run.loaded
+        renderer = PromptRenderer(loaded.processor)
+        prompt_voices = [self._prompt_voice(v) for v in run.voices]
         if request.reference is not None:
             prompt_voices.append(self._reference_voice(request.reference))
-        history: list[tuple[str, torch.Tensor]] = []
         buffer = request.generation_chunk_buffer_size
-        for chunk in chunks:
-            context = history if buffer is None else history[-buffer:] if buffer else []
-            prompt = self._prompt(request, text, chunk, prompt_voices, scene, context)
+        for chunk in run.chunks:
+            context = run.history if buffer is None else run.history[-buffer:] if buffer else []
+            prompt = self._prompt(request, run.text, chunk, prompt_voices, run.scene, context)
             inputs = renderer.inputs(prompt, loaded.device)
-            columns = self._generate(loaded, inputs, request.sampling, seed)
-            history.append((chunk, generated_frames(columns.cpu())))
-        generation_seconds = time.perf_counter() - started
-
-        started = time.perf_counter()
-        frames = torch.cat([f for _, f in history]) if history else torch.zeros((0, 8), dtype=torch.long)
-        audio = self.decode(frames)
-        decode_seconds = time.perf_counter() - started
-
-        return SynthesisResult(
-            audio=audio,
-            codes=frames,
-            sample_rate=loaded.sample_rate,
-            num_frames=int(frames.shape[0]),
-            text=text,
-            chunks=chunks,
-            seed=seed,
-            voices=[v.name for v in voices] + ([request.reference.name] if request.reference else []),
-            model_load_seconds=model_load_seconds if model_load_seconds >= 0.001 else 0.0,
-            generation_seconds=generation_seconds,
-            decode_seconds=decode_seconds,
-        )
+            sent = 0
+            columns: list[torch.Tensor] = []
+            for piece in self._generate(loaded, inputs, request.sampling, run.seed):
+                columns.append(piece.cpu())
+                frames = generated_frames(torch.cat(columns))
+                if frames.shape[0] > sent:
+                    yield frames[sent:]
+                    sent = frames.shape[0]
+            run.history.append((chunk, generated_frames(torch.cat(columns)) if columns else torch.zeros((0, 8),
+                                                                                                       dtype=torch.long)))
+        run.generation_seconds = time.perf_counter() - started
