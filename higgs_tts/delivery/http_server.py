@@ -17,11 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import anyio
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.middleware.base import BaseHTTPMiddleware
 
+from ..service import formats
 from ..service.audit import AuditRecord
 from ..service.schema import parse_input
 from ..service.speech import Failure, SpeechService
@@ -189,12 +191,19 @@ def create_app(service: SpeechService | None = None, api_key: str | None = None,
             observe("speech", started, 400, code="invalid_input")
             return openai_error(400, f"{field}: {error['msg']}", "invalid_input", field)
         raw = {"transcript": body.input, "output_format": body.response_format, "speed": body.speed}
+        streamable = body.speed == 1.0 and body.response_format in ("pcm", "wav")
         for key, value in (("ref_audio", body.voice), ("scene_prompt", body.instructions), ("seed", body.seed)):
             if value is not None:
                 raw[key] = value
         audit = AuditRecord(job_id=f"http-{uuid.uuid4().hex[:12]}", raw=raw)
         try:
-            rendered = await anyio.to_thread.run_sync(service.render, parse_input(raw))
+            request_input = parse_input(raw)
+            if streamable:  # audio goes out while it is generated
+                items = await anyio.to_thread.run_sync(service.open_stream, request_input)
+                first = await anyio.to_thread.run_sync(_next_item, items)
+                return _streaming_reply(items, first, body, started, audit, metrics,
+                                        lambda status, code=None: observe("speech", started, status, body.model, code))
+            rendered = await anyio.to_thread.run_sync(service.render, request_input)
         except Exception as exc:  # every failure becomes an error body, never a traceback
             failure = service.describe_failure(exc, audit.job_id)
             audit.fail(failure.code)
@@ -243,6 +252,62 @@ def create_app(service: SpeechService | None = None, api_key: str | None = None,
         return job
 
     return app
+
+
+def _next_item(items):
+    """The first item, so that failures before any audio still become error replies."""
+    return next(items)
+
+
+def _streaming_reply(items, first, body: SpeechRequest, started: float, audit, metrics: Metrics, observe):
+    """Chunked PCM/WAV (or SSE deltas of it) from a running synthesis."""
+    sample_rate = 24000
+
+    def audio_bytes():
+        item = first
+        if body.response_format == "wav":
+            yield formats.wav_stream_header(sample_rate)
+        try:
+            while True:
+                if isinstance(item, np.ndarray):
+                    if item is first:
+                        metrics.first_audio.observe(time.perf_counter() - started)
+                    yield formats.to_pcm16(item)
+                else:
+                    result = item
+                    if result.duration_seconds:
+                        compute = result.generation_seconds + result.decode_seconds
+                        metrics.real_time_factor.observe(compute / result.duration_seconds)
+                        metrics.audio_seconds.inc(result.duration_seconds)
+                    audit.status = "ok"
+                    audit.facts.update(audio_duration=round(result.duration_seconds, 3), delivery="http-stream")
+                    observe(200)
+                    return
+                item = next(items)
+        except StopIteration:
+            return
+        except Exception as exc:  # headers are gone: log, and end the stream early
+            failure = SpeechService.describe_failure(exc, audit.job_id)
+            audit.fail(failure.code)
+            observe(500, failure.code)
+            log.warning("stream %s ended early: %s", audit.job_id, failure.message)
+        finally:
+            audit.emit(time.perf_counter() - started)
+            items.close()
+
+    if body.stream_format == "sse":
+        def events():
+            total = 0
+            for chunk in audio_bytes():
+                total += len(chunk)
+                payload = {"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()}
+                yield f"data: {json.dumps(payload)}\n\n"
+            done = {"type": "speech.audio.done", "usage": {"input_tokens": len(body.input), "output_tokens": total // 2,
+                                                           "total_tokens": len(body.input) + total // 2}}
+            yield f"data: {json.dumps(done)}\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+    return StreamingResponse(audio_bytes(), media_type=formats.content_type(body.response_format))
 
 
 def _chunks(data: bytes, size: int = 64 * 1024):

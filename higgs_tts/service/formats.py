@@ -46,6 +46,15 @@ def _encode_aac(samples: np.ndarray, sample_rate: int) -> bytes:
     return buffer.getvalue()
 
 
+def wav_stream_header(sample_rate: int) -> bytes:
+    """A 16-bit mono WAV header for a stream of unknown length (sizes set to the maximum)."""
+    import struct
+
+    unknown = 0xFFFFFFFF
+    return (b"RIFF" + struct.pack("<I", unknown) + b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate,
+            sample_rate * 2, 2, 16) + b"data" + struct.pack("<I", unknown))
+
+
 def encode(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     """Bytes of the audio in `fmt` (one of FORMATS)."""
     if fmt not in FORMATS:

@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -290,6 +291,14 @@ class SpeechService:
             return S3Target.from_runpod(s3_config, request.s3_bucket)
         bucket = request.s3_bucket or self.service.default_bucket
         return S3Target(bucket=bucket) if bucket else None
+
+    def open_stream(self, request: GenerateInput) -> Iterator:
+        """Audio chunks while generating, then the SynthesisResult (see Synthesizer.stream).
+
+        Every input check runs here, before the first chunk, so a bad request fails before any
+        bytes are sent.
+        """
+        return self.synthesizer.stream(self._synthesis_request(request))
 
     def render(self, request: GenerateInput) -> RenderedAudio:
         """Synthesize and encode, without delivery (the HTTP server streams the bytes itself)."""
