@@ -214,10 +214,7 @@ def create_app(service: SpeechService | None = None, api_key: str | None = None,
         result = rendered.result
         ready = time.perf_counter() - started
         metrics.first_audio.observe(ready)
-        if result.duration_seconds:
-            compute = result.generation_seconds + result.decode_seconds
-            metrics.real_time_factor.observe(compute / result.duration_seconds)
-            metrics.audio_seconds.inc(result.duration_seconds)
+        metrics.record(result)
         audit.status = "ok"
         audit.facts.update(audio_duration=round(result.duration_seconds, 3), delivery="http")
         audit.emit(ready)
@@ -274,13 +271,9 @@ def _streaming_reply(items, first, body: SpeechRequest, started: float, audit, m
                         metrics.first_audio.observe(time.perf_counter() - started)
                     yield formats.to_pcm16(item)
                 else:
-                    result = item
-                    if result.duration_seconds:
-                        compute = result.generation_seconds + result.decode_seconds
-                        metrics.real_time_factor.observe(compute / result.duration_seconds)
-                        metrics.audio_seconds.inc(result.duration_seconds)
+                    metrics.record(item)
                     audit.status = "ok"
-                    audit.facts.update(audio_duration=round(result.duration_seconds, 3), delivery="http-stream")
+                    audit.facts.update(audio_duration=round(item.duration_seconds, 3), delivery="http-stream")
                     observe(200)
                     return
                 item = next(items)

@@ -28,6 +28,13 @@ class Metrics:
         gpu.labels("allocated").set_function(lambda: _cuda_memory("allocated"))
         gpu.labels("reserved").set_function(lambda: _cuda_memory("reserved"))
 
+    def record(self, result) -> None:
+        """Audio produced and its real-time factor (compute seconds per audio second)."""
+        if result.duration_seconds:
+            compute = result.generation_seconds + result.decode_seconds
+            self.real_time_factor.observe(compute / result.duration_seconds)
+            self.audio_seconds.inc(result.duration_seconds)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
