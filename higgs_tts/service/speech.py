@@ -14,6 +14,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -272,8 +273,15 @@ class SpeechService:
         )
 
     def _synthesize(self, request: SynthesisRequest) -> SynthesisResult:
-        try:
+        with self._job_errors():
             return self.synthesizer.synthesize(request)
+
+    @staticmethod
+    @contextmanager
+    def _job_errors():
+        """Model and GPU-memory failures as JobErrors the caller can act on (memory freed first)."""
+        try:
+            yield
         except CheckpointError as exc:
             raise JobError(f"model unavailable: {exc}", "model_unavailable") from None
         except (RuntimeError, MemoryError) as exc:
@@ -298,7 +306,11 @@ class SpeechService:
         Every input check runs here, before the first chunk, so a bad request fails before any
         bytes are sent.
         """
-        return self.synthesizer.stream(self._synthesis_request(request))
+        return self._streamed(self.synthesizer.stream(self._synthesis_request(request)))
+
+    def _streamed(self, stream: Iterator) -> Iterator:
+        with self._job_errors():
+            yield from stream
 
     def render(self, request: GenerateInput) -> RenderedAudio:
         """Synthesize and encode, without delivery (the HTTP server streams the bytes itself)."""

@@ -232,6 +232,23 @@ def test_out_of_memory_fails_the_job_and_the_worker_goes_on(service):
     assert flaky.handle({"transcript": "Small.", **BASE})["success"] is True
 
 
+class OutOfMemoryStream(Synthesizer):
+    def stream(self, request, decoder_options=None):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        yield  # a generator, like the real one
+
+
+def test_out_of_memory_while_streaming_is_the_same_clear_error(service):
+    from higgs_tts.service.schema import parse_input
+    from higgs_tts.service.speech import JobError
+
+    streaming = SpeechService(service.settings, service.service, OutOfMemoryStream(service.settings, MODELS))
+    items = streaming.open_stream(parse_input({"transcript": "Stream.", **BASE}))
+    with pytest.raises(JobError) as err:
+        next(items)
+    assert err.value.code == "out_of_memory"
+
+
 def test_audit_line_has_no_transcript(service, caplog):
     secret = "my secret sentence about the merger"
     with caplog.at_level("INFO", logger="higgs_tts.audit"):
