@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 import torch
@@ -113,7 +114,9 @@ class _Run:
     history: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # (chunk text, its frames)
 
     def codes(self) -> torch.Tensor:
-        return torch.cat([f for _, f in self.history]) if self.history else torch.zeros((0, 8), dtype=torch.long)
+        if not self.history:
+            return torch.zeros((0, self.loaded.model.config.num_codebooks), dtype=torch.long)
+        return torch.cat([f for _, f in self.history])
 
     def result(self, audio: np.ndarray, decode_seconds: float) -> SynthesisResult:
         codes = self.codes()
@@ -258,25 +261,22 @@ class Synthesizer:
             started = time.perf_counter()
             run = self._start(request)
             decoder = StreamingDecoder(self.decode, hop=run.loaded.hop_length, **(decoder_options or {}))
-            pieces: list[np.ndarray] = []
             decode_seconds = 0.0
-            for frames in self._frames(run, request):
-                mark = time.perf_counter()
-                ready = decoder.push(frames)
-                decode_seconds += time.perf_counter() - mark
-                for piece in ready:
-                    if not pieces:
-                        run.first_audio_seconds = time.perf_counter() - started
-                    pieces.append(piece)
-                    yield piece
-            mark = time.perf_counter()
-            tail = decoder.finish()
-            decode_seconds += time.perf_counter() - mark
-            if len(tail):
+
+            def decoded() -> Iterator[np.ndarray]:
+                nonlocal decode_seconds
+                for frames in chain(self._frames(run, request), [None]):  # None: generation has ended
+                    mark = time.perf_counter()
+                    ready = decoder.push(frames) if frames is not None else [decoder.finish()]
+                    decode_seconds += time.perf_counter() - mark
+                    yield from (piece for piece in ready if len(piece))
+
+            pieces: list[np.ndarray] = []
+            for piece in decoded():
                 if not pieces:
                     run.first_audio_seconds = time.perf_counter() - started
-                pieces.append(tail)
-                yield tail
+                pieces.append(piece)
+                yield piece
             audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
             yield run.result(audio, decode_seconds)
 
@@ -308,14 +308,12 @@ class Synthesizer:
             context = run.history if buffer is None else run.history[-buffer:] if buffer else []
             prompt = self._prompt(request, run.text, chunk, prompt_voices, run.scene, context)
             inputs = renderer.inputs(prompt, loaded.device)
-            sent = 0
             columns: list[torch.Tensor] = []
+            frames = torch.zeros((0, loaded.model.config.num_codebooks), dtype=torch.long)
             for piece in self._generate(loaded, inputs, request.sampling, run.seed):
                 columns.append(piece.cpu())
-                frames = generated_frames(torch.cat(columns))
+                sent, frames = frames.shape[0], generated_frames(torch.cat(columns))
                 if frames.shape[0] > sent:
                     yield frames[sent:]
-                    sent = frames.shape[0]
-            run.history.append((chunk, generated_frames(torch.cat(columns)) if columns else torch.zeros((0, 8),
-                                                                                                       dtype=torch.long)))
+            run.history.append((chunk, frames))
         run.generation_seconds = time.perf_counter() - started
