@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.middleware.base import BaseHTTPMiddleware
 
+from ..core.audio import SAMPLE_RATE
 from ..service import formats
 from ..service.audit import AuditRecord
 from ..service.schema import parse_input
@@ -225,7 +226,8 @@ def create_app(service: SpeechService | None = None, api_key: str | None = None,
             "X-Generation-Time": f"{result.generation_seconds:.3f}",
         }
         if body.stream_format == "sse":
-            return StreamingResponse(_sse(rendered.data, result), media_type="text/event-stream", headers=headers)
+            events = _sse(_chunks(rendered.data, 48 * 1024), len(body.input), lambda: result.num_frames)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         return StreamingResponse(_chunks(rendered.data), media_type=rendered.content_type, headers=headers)
 
     @app.post("/runsync")
@@ -258,12 +260,12 @@ def _next_item(items):
 
 def _streaming_reply(items, first, body: SpeechRequest, started: float, audit, metrics: Metrics, observe):
     """Chunked PCM/WAV (or SSE deltas of it) from a running synthesis."""
-    sample_rate = 24000
+    frames = [0]  # audio frames generated, known once the result arrives
 
     def audio_bytes():
         item = first
         if body.response_format == "wav":
-            yield formats.wav_stream_header(sample_rate)
+            yield formats.wav_stream_header(SAMPLE_RATE)
         try:
             while True:
                 if isinstance(item, np.ndarray):
@@ -271,6 +273,7 @@ def _streaming_reply(items, first, body: SpeechRequest, started: float, audit, m
                         metrics.first_audio.observe(time.perf_counter() - started)
                     yield formats.to_pcm16(item)
                 else:
+                    frames[0] = item.num_frames
                     metrics.record(item)
                     audit.status = "ok"
                     audit.facts.update(audio_duration=round(item.duration_seconds, 3), delivery="http-stream")
@@ -289,17 +292,8 @@ def _streaming_reply(items, first, body: SpeechRequest, started: float, audit, m
             items.close()
 
     if body.stream_format == "sse":
-        def events():
-            total = 0
-            for chunk in audio_bytes():
-                total += len(chunk)
-                payload = {"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()}
-                yield f"data: {json.dumps(payload)}\n\n"
-            done = {"type": "speech.audio.done", "usage": {"input_tokens": len(body.input), "output_tokens": total // 2,
-                                                           "total_tokens": len(body.input) + total // 2}}
-            yield f"data: {json.dumps(done)}\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(_sse(audio_bytes(), len(body.input), lambda: frames[0]),
+                                 media_type="text/event-stream")
     return StreamingResponse(audio_bytes(), media_type=formats.content_type(body.response_format))
 
 
@@ -308,14 +302,14 @@ def _chunks(data: bytes, size: int = 64 * 1024):
         yield data[start : start + size]
 
 
-def _sse(data: bytes, result, size: int = 48 * 1024):
-    """OpenAI's speech SSE events: audio deltas, then a done event."""
-    for chunk in _chunks(data, size):
+def _sse(chunks, input_tokens: int, output_tokens):
+    """OpenAI's speech SSE events: audio deltas, then a done event whose usage counts the input's
+    characters and the audio frames (`output_tokens()` is read after the last chunk)."""
+    for chunk in chunks:
         yield f"data: {json.dumps({'type': 'speech.audio.delta', 'audio': base64.b64encode(chunk).decode()})}\n\n"
-    done = {"type": "speech.audio.done",
-            "usage": {"input_tokens": len(result.text), "output_tokens": result.num_frames,
-                      "total_tokens": len(result.text) + result.num_frames}}
-    yield f"data: {json.dumps(done)}\n\n"
+    produced = output_tokens()
+    usage = {"input_tokens": input_tokens, "output_tokens": produced, "total_tokens": input_tokens + produced}
+    yield f"data: {json.dumps({'type': 'speech.audio.done', 'usage': usage})}\n\n"
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:

@@ -68,13 +68,13 @@ class FastEngine:
     def generate(self, requests: list[EngineRequest], ignore_eos: bool = False) -> list[torch.Tensor]:
         """Generate every request's columns. `ignore_eos` runs all `max_new_tokens` steps (warm-up,
         benchmarks) instead of stopping when a stream ends."""
-        columns, lengths, _ = deque(self._run(requests, ignore_eos), maxlen=1)[0]  # run to the end
+        columns, lengths = deque(self._run(requests, ignore_eos), maxlen=1)[0]  # run to the end
         return [columns[b, : int(lengths[b])].clone() for b in range(len(requests))]
 
     def stream(self, request: EngineRequest) -> Iterator[torch.Tensor]:
         """One request's columns as they are generated, in pieces of up to `check_every` columns."""
         sent = 0
-        for columns, lengths, _ in self._run([request], ignore_eos=False):
+        for columns, lengths in self._run([request], ignore_eos=False):
             length = int(lengths[0])
             if length > sent:
                 yield columns[0, sent:length].clone()
@@ -82,8 +82,8 @@ class FastEngine:
 
     @torch.inference_mode()
     def _run(self, requests: list[EngineRequest], ignore_eos: bool):
-        """The decode loop. Yields (columns [B, S, K], lengths [B], finished) at every host check,
-        the last time with finished True; the tensors are the loop's own (copy what you keep)."""
+        """The decode loop. Yields (columns [B, S, K], lengths [B]) at every host check and once at
+        the end; the tensors are the loop's own (copy what you keep)."""
         started = time.perf_counter()
         batch = len(requests)
         num_codebooks = self.model.config.num_codebooks
@@ -132,7 +132,7 @@ class FastEngine:
             if (step + 1) % self.check_every == 0:
                 if bool(done.all()):
                     break
-                yield columns, lengths, False
+                yield columns, lengths
             if step + 1 < max_steps:
                 logits = step_fn(column, positions.clamp(max=max_len - 1))
                 positions += 1
@@ -144,7 +144,7 @@ class FastEngine:
             decode_seconds=finished - prefilled,
             steps=step + 1,
         )
-        yield columns, lengths, True
+        yield columns, lengths
 
     def _step_fn(self, runner: ModelRunner, batch: int):
         if not self.use_cuda_graphs:
