@@ -2,6 +2,10 @@
 
     python -u handler.py                      # worker (on RunPod), or one job from test_input.json
     python handler.py --rp_serve_api          # local API server on :8000 (/run, /runsync, /status)
+
+With STREAMING=1 the worker registers a generator handler: jobs with `stream: true` send audio
+items to RunPod's /stream endpoint. The SDK then returns every job's output as the list of what
+it yielded, so a whole (non-stream) job answers `[response]`; the clients accept both shapes.
 """
 
 from __future__ import annotations
@@ -36,6 +40,18 @@ async def handler(job: dict) -> dict:
         cleaner.job_finished()
 
 
+async def streaming_handler(job: dict):
+    """Streaming jobs: each item is produced in a worker thread; other jobs yield their one response."""
+    cleaner.job_started()
+    items = service.stream_job(job.get("input"), str(job.get("id", "")), job.get("s3Config"))
+    try:
+        while (item := await asyncio.to_thread(next, items, None)) is not None:
+            yield item
+    finally:
+        await asyncio.to_thread(items.close)
+        cleaner.job_finished()
+
+
 def concurrency_modifier(current_concurrency: int) -> int:
     return max(1, service.service.max_concurrency)
 
@@ -52,4 +68,9 @@ if __name__ == "__main__":
     if os.environ.get("PRELOAD_MODEL", "1").lower() in ("1", "true", "yes"):
         threading.Thread(target=_preload, name="preload", daemon=True).start()
     cleaner.start()
-    runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})
+    streaming = os.environ.get("STREAMING", "0").lower() in ("1", "true", "yes")
+    runpod.serverless.start({
+        "handler": streaming_handler if streaming else handler,
+        "concurrency_modifier": concurrency_modifier,
+        "return_aggregate_stream": True,  # /run and /runsync of a streaming worker get the items as a list
+    })

@@ -21,6 +21,14 @@ from pathlib import Path
 PENDING = ("IN_QUEUE", "IN_PROGRESS")
 
 
+def job_output(output: object) -> dict:
+    """A job's response. A streaming worker (STREAMING=1) returns the list of what the job yielded;
+    its last item is the response."""
+    if isinstance(output, list):
+        output = output[-1] if output else None
+    return output if isinstance(output, dict) else {}
+
+
 class HiggsTTSError(RuntimeError):
     """The job failed; `output` holds whatever the worker returned with the error."""
 
@@ -51,13 +59,16 @@ class HiggsTTSClient:
             detail = exc.read().decode("utf-8", "replace")[:500]
             raise HiggsTTSError(f"HTTP {exc.code} from {path}: {detail}") from None
 
-    def _status(self, job_id: str) -> dict:
+    def _poll(self, kind: str, job_id: str) -> dict:
         try:
-            return self._request("GET", f"/status/{job_id}")
+            return self._request("GET", f"/{kind}/{job_id}")
         except HiggsTTSError as exc:
             if "HTTP 405" not in str(exc):
                 raise
-            return self._request("POST", f"/status/{job_id}")  # the SDK's local server
+            return self._request("POST", f"/{kind}/{job_id}")  # the SDK's local server
+
+    def _status(self, job_id: str) -> dict:
+        return self._poll("status", job_id)
 
     def run_sync(self, job_input: dict, poll_seconds: float = 1.0) -> dict:
         """Run one job and return its `output`; raises HiggsTTSError when the job failed."""
@@ -66,13 +77,33 @@ class HiggsTTSClient:
         while reply.get("status") in PENDING and time.monotonic() < deadline:
             time.sleep(poll_seconds)
             reply = self._status(reply["id"])
-        output = reply.get("output")
-        output = output if isinstance(output, dict) else {}
+        output = job_output(reply.get("output"))
         if reply.get("status") == "FAILED" or output.get("success") is False:
             raise HiggsTTSError(str(reply.get("error") or output.get("error") or "job failed"), output)
         if reply.get("status") != "COMPLETED":
             raise HiggsTTSError(f"job did not finish: status {reply.get('status')!r}", output)
         return output
+
+    def stream(self, job_input: dict, poll_seconds: float = 0.2):
+        """Items of a streaming job (`stream: true`, worker started with STREAMING=1) as they arrive:
+        audio items (base64 PCM), then the final response. Raises HiggsTTSError on a failure."""
+        job_id = self._request("POST", "/run", {"input": {**job_input, "stream": True}})["id"]
+        deadline = time.monotonic() + self.timeout
+        while True:
+            reply = self._poll("stream", job_id)
+            for entry in reply.get("stream") or []:
+                item = entry.get("output") if isinstance(entry, dict) else None
+                if not isinstance(item, dict) or item.get("success") is False:
+                    raise HiggsTTSError(str((item or {}).get("error") or "stream failed"), item)
+                yield item
+            status = reply.get("status")
+            if status == "COMPLETED":
+                return
+            if status not in PENDING or reply.get("error"):
+                raise HiggsTTSError(str(reply.get("error") or f"stream ended with status {status!r}"))
+            if time.monotonic() > deadline:
+                raise HiggsTTSError(f"stream did not finish within {self.timeout:g} s")
+            time.sleep(poll_seconds)
 
     def generate_audio(
         self,

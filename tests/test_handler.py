@@ -1,7 +1,9 @@
 """The RunPod worker through the real SDK: `python handler.py --rp_serve_api` and HTTP requests."""
 
 import base64
+import contextlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -15,8 +17,9 @@ from conftest import REPO, free_port, make_bucket, wait_for_http
 from higgs_tts.client import HiggsTTSClient, HiggsTTSError
 
 
-@pytest.fixture(scope="module")
-def worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory):
+@contextlib.contextmanager
+def running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory, **extra_env):
+    """`python handler.py --rp_serve_api` in a subprocess, on the tiny checkpoint."""
     model_dir, codec_dir = tiny_checkpoint
     voices = tmp_path_factory.mktemp("worker") / "voices"
     shutil.copytree(voice_prompts, voices)
@@ -27,6 +30,7 @@ def worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory):
         "MODEL_PATH": str(model_dir),
         "TOKENIZER_PATH": str(codec_dir),
         "VOICE_PROMPTS_PATH": str(voices),
+        **extra_env,
     }
     env.pop("RUNPOD_LOG_LEVEL", None)
     log = open(tmp_path_factory.mktemp("logs") / "worker.log", "w+")
@@ -43,6 +47,12 @@ def worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory):
         process.terminate()
         process.wait(timeout=20)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory):
+    with running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory) as running:
+        yield running
 
 
 def runsync(worker, job_input, timeout=300):
@@ -168,3 +178,51 @@ def test_worker_log_has_no_transcripts(worker):
     text = worker["log"].read()
     assert '"event": "job"' in text
     assert secret not in text and worker["s3"]["AWS_SECRET_ACCESS_KEY"] not in text
+
+
+# -- a streaming worker (STREAMING=1) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def streaming_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory):
+    with running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory, STREAMING="1") as running:
+        yield running
+
+
+def test_stream_endpoint_gives_audio_items_and_a_final_response(streaming_worker):
+    job = {"transcript": "Streamed through RunPod.", "ref_audio": "chadwick", **QUICK}
+    job_id = httpx.post(streaming_worker["url"] + "/run", json={"input": {**job, "stream": True}}).json()["id"]
+    reply = httpx.post(f"{streaming_worker['url']}/stream/{job_id}", timeout=300).json()
+    assert reply["status"] == "COMPLETED", reply
+    items = [entry["output"] for entry in reply["stream"]]
+    audio, final = items[:-1], items[-1]
+    assert audio and all(i["type"] == "audio" and i["sample_rate"] == 24000 for i in audio)
+    assert [i["seq"] for i in items] == list(range(len(items)))
+    assert all(len(json.dumps(i)) < 1_000_000 for i in items)
+    assert final["type"] == "final" and final["success"] is True
+    pcm = b"".join(base64.b64decode(i["audio_base64"]) for i in audio)
+    assert final["duration_seconds"] == pytest.approx(len(pcm) / 2 / 24000, abs=1e-3)
+    assert final["generation_metrics"]["time_to_first_audio"] > 0
+
+
+def test_streaming_worker_answers_whole_jobs_as_a_one_item_list(streaming_worker, tmp_path):
+    reply = runsync(streaming_worker, {"transcript": "Not streamed.", **QUICK})
+    assert reply["status"] == "COMPLETED" and isinstance(reply["output"], list) and len(reply["output"]) == 1
+    assert wav_of(reply["output"][0])[1] == 24000
+    client = HiggsTTSClient(streaming_worker["url"])  # reads both shapes
+    result = client.generate_audio("Through the client.", voice="belinda", **QUICK)
+    assert sf.info(client.save_audio(result, tmp_path / "s.wav")).samplerate == 24000
+    assert client.health()["status"] == "healthy"
+
+
+def test_python_client_streams(streaming_worker):
+    client = HiggsTTSClient(streaming_worker["url"])
+    items = list(client.stream({"transcript": "Client stream.", **QUICK}))
+    assert items[-1]["type"] == "final" and items[-1]["audio_items"] == len(items) - 1
+    with pytest.raises(HiggsTTSError, match="speed"):
+        list(client.stream({"transcript": "x", "speed": 2.0}))
+
+
+def test_whole_response_worker_refuses_stream(worker):
+    reply = runsync(worker, {"transcript": "x", "stream": True})
+    assert reply["status"] == "FAILED" and "STREAMING=1" in reply["error"]

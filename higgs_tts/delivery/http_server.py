@@ -113,26 +113,49 @@ class BearerAuth(BaseHTTPMiddleware):
 
 
 class Jobs:
-    """RunPod-style asynchronous jobs, kept in memory (the newest MAX_JOBS_KEPT)."""
+    """RunPod-style asynchronous jobs, kept in memory (the newest MAX_JOBS_KEPT).
+
+    A job with `stream: true` collects its items as they are produced; `/stream/{id}` hands out
+    the ones not read yet, as RunPod's endpoint does.
+    """
 
     def __init__(self, service: SpeechService, workers: int) -> None:
         self.service = service
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="job")
         self.lock = threading.Lock()
         self.jobs: OrderedDict[str, dict] = OrderedDict()
+        self.streams: dict[str, list] = {}  # job id -> [items, number read]
 
     def submit(self, job_input: dict) -> str:
         job_id = f"job-{uuid.uuid4()}"
         with self.lock:
             self.jobs[job_id] = {"id": job_id, "status": "IN_QUEUE"}
             while len(self.jobs) > MAX_JOBS_KEPT:
-                self.jobs.popitem(last=False)
+                self.streams.pop(self.jobs.popitem(last=False)[0], None)
         self.pool.submit(self._run, job_id, job_input)
         return job_id
 
     def _run(self, job_id: str, job_input: dict) -> None:
-        self._set(job_id, status="IN_PROGRESS")
-        self._set(job_id, **runpod_reply(job_id, self.service.handle(job_input, job_id)))
+        try:
+            self._set(job_id, status="IN_PROGRESS")
+            self._execute(job_id, job_input)
+        except Exception as exc:  # never leave a job IN_PROGRESS forever
+            log.exception("job %s crashed", job_id)
+            self._set(job_id, status="FAILED", error=f"internal error ({type(exc).__name__})")
+
+    def _execute(self, job_id: str, job_input: dict) -> None:
+        if not (isinstance(job_input, dict) and job_input.get("stream") is True):
+            self._set(job_id, **runpod_reply(job_id, self.service.handle(job_input, job_id)))
+            return
+        with self.lock:
+            self.streams[job_id] = [[], 0]
+        items = []
+        for item in self.service.stream_job(job_input, job_id):
+            items.append(item)
+            with self.lock:
+                if job_id in self.streams:
+                    self.streams[job_id][0].append(item)
+        self._set(job_id, **{**runpod_reply(job_id, items[-1]), "output": items})  # like RunPod's aggregate
 
     def _set(self, job_id: str, **fields) -> None:
         with self.lock:
@@ -143,6 +166,21 @@ class Jobs:
         with self.lock:
             job = self.jobs.get(job_id)
             return dict(job) if job else None
+
+    def read_stream(self, job_id: str) -> dict | None:
+        """The job's status and the stream items produced since the last read."""
+        with self.lock:
+            job, stream = self.jobs.get(job_id), self.streams.get(job_id)
+            if job is None:
+                return None
+            if stream is None:
+                return {"id": job_id, "status": job["status"], "stream": []}
+            items, read = stream
+            stream[1] = len(items)
+            reply = {"id": job_id, "status": job["status"], "stream": [{"output": i} for i in items[read:]]}
+            if job.get("error"):
+                reply["error"] = job["error"]
+            return reply
 
 
 def runpod_reply(job_id: str, output: dict) -> dict:
@@ -234,8 +272,12 @@ def create_app(service: SpeechService | None = None, api_key: str | None = None,
     async def runsync(job: RunRequest):
         started = time.perf_counter()
         job_id = f"sync-{uuid.uuid4()}"
-        output = await anyio.to_thread.run_sync(service.handle, job.input, job_id)
-        reply = runpod_reply(job_id, output)
+        if job.input.get("stream") is True:  # every item at once, as RunPod's /runsync gives a stream job
+            items = await anyio.to_thread.run_sync(lambda: list(service.stream_job(job.input, job_id)))
+            output, reply = items[-1], {**runpod_reply(job_id, items[-1]), "output": items}
+        else:
+            output = await anyio.to_thread.run_sync(service.handle, job.input, job_id)
+            reply = runpod_reply(job_id, output)
         observe("runsync", started, 200, code=output.get("error_code"))
         return reply
 
@@ -249,6 +291,13 @@ def create_app(service: SpeechService | None = None, api_key: str | None = None,
         if job is None:
             return openai_error(404, f"no job {job_id!r}", "not_found", "job_id")
         return job
+
+    @app.api_route("/stream/{job_id}", methods=["GET", "POST"])
+    def stream(job_id: str):
+        reply = jobs.read_stream(job_id)
+        if reply is None:
+            return openai_error(404, f"no job {job_id!r}", "not_found", "job_id")
+        return reply
 
     return app
 

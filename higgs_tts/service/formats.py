@@ -65,5 +65,9 @@ def encode(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     if container == "ADTS":
         return _encode_aac(samples, sample_rate)
     buffer = io.BytesIO()
-    sf.write(buffer, np.asarray(samples, dtype=np.float32), sample_rate, format=container, subtype=subtype)
+    if subtype == "PCM_16":  # the same 16-bit samples as the pcm format and streamed items
+        samples = np.frombuffer(to_pcm16(samples), dtype="<i2")
+    else:
+        samples = np.asarray(samples, dtype=np.float32)
+    sf.write(buffer, samples, sample_rate, format=container, subtype=subtype)
     return buffer.getvalue()

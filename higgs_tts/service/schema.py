@@ -80,6 +80,7 @@ class GenerateInput(_Input):
     ref_audio_base64: str | None = None
     ref_audio_transcript: str | None = Field(None, max_length=5000)
     speed: float = Field(1.0, ge=0.25, le=4.0)  # playback speed, pitch kept
+    stream: bool = False  # RunPod /stream: audio items while generating (a streaming worker only)
 
     @field_validator("transcript")
     @classmethod

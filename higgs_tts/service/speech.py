@@ -21,7 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.audio import AudioError, AudioTooLong, duration_seconds, read_audio, time_stretch, write_audio
+from ..core.audio import (
+    SAMPLE_RATE,
+    AudioError,
+    AudioTooLong,
+    duration_seconds,
+    read_audio,
+    time_stretch,
+    write_audio,
+)
 from ..core.checkpoint import CheckpointError, unavailable_reason
 from ..core.generation import SamplingParams
 from ..core.synthesizer import ReferenceClip, SynthesisRequest, SynthesisResult, Synthesizer
@@ -34,6 +42,8 @@ from .schema import AddVoiceInput, GenerateInput, InputError, decode_base64, par
 from .storage import S3Storage, S3Target, StorageError, generated_key
 
 log = logging.getLogger(__name__)
+
+STREAM_ITEM_SECONDS = 5.0  # per RunPod stream item: 240 KB of PCM, 320 KB as base64
 
 
 class JobError(RuntimeError):
@@ -113,6 +123,12 @@ class SpeechService:
                 response = self.list_voices()
             elif request.action == "add_voice":
                 response = self.add_voice(request)
+            elif request.stream:
+                raise InputError(
+                    "stream: this worker returns whole responses; streaming needs a worker started with "
+                    "STREAMING=1, read through RunPod's /stream endpoint",
+                    "stream",
+                )
             else:
                 response = self.generate(request, s3_config, started)
             audit.succeed(response)
@@ -323,39 +339,48 @@ class SpeechService:
     def generate(self, request: GenerateInput, s3_config: dict | None = None, started: float | None = None) -> dict:
         started = started if started is not None else time.perf_counter()
         rendered = self.render(request)
-        data, content_type, result = rendered.data, rendered.content_type, rendered.result
-
+        first_audio = time.perf_counter() - started  # a whole response: the audio is ready all at once
         response: dict = {"success": True}
-        upload_seconds = 0.0
+        upload_seconds = self._deliver(response, request, rendered.data, rendered.content_type, s3_config,
+                                       inline=True)
+        response.update(self._result_fields(request, rendered.result, started, upload_seconds, first_audio))
+        return response
+
+    def _deliver(self, response: dict, request: GenerateInput, data: bytes, content_type: str,
+                 s3_config: dict | None, inline: bool) -> float:
+        """Upload to S3 when a bucket is set, else (or when the upload fails) put the audio inline
+        if `inline`; the fields go into `response`. Returns the upload's seconds."""
         target = self._s3_target(request, s3_config)
-        inline = target is None
         if target is not None:
             key = request.s3_key or generated_key(formats.extension(request.output_format))
             try:
                 upload = self.storage.upload(target, key, data, content_type)
-                upload_seconds = upload.seconds
                 response.update(audio_url=upload.url, presigned_url=upload.presigned_url,
                                 s3_bucket=upload.bucket, s3_key=upload.key)
+                return upload.seconds
             except StorageError as exc:
                 # Keep the audio: hand it back inline when it fits, and say what failed.
-                log.warning("upload failed; returning audio inline: %s", exc)
+                log.warning("upload failed: %s", exc)
                 response["s3_upload_error"] = str(exc)
-                inline = True
         if inline:
             if len(data) > self.service.max_inline_audio_bytes:
                 reason = response.get("s3_upload_error", "no s3_bucket was given")
                 raise JobError(
                     f"audio is {len(data) / 1e6:.1f} MB as {request.output_format}, above the "
                     f"{self.service.max_inline_audio_bytes / 1e6:.1f} MB that fits in a response ({reason}); "
-                    "set s3_bucket or use output_format 'mp3' or 'opus'",
+                    "set s3_bucket, use output_format 'mp3' or 'opus', or stream the job",
                     "result_too_large",
                 )
             response["audio_base64"] = base64.b64encode(data).decode("ascii")
+        return 0.0
 
+    def _result_fields(self, request: GenerateInput, result: SynthesisResult, started: float,
+                       upload_seconds: float, first_audio: float) -> dict:
+        """The documented description of a finished generation: format, metadata and timings."""
         audio_seconds = result.duration_seconds
         compute_seconds = result.generation_seconds + result.decode_seconds
-        response.update(
-            content_type=content_type,
+        return dict(
+            content_type=formats.content_type(request.output_format),
             output_format=request.output_format,
             duration_seconds=round(audio_seconds, 3),
             sample_rate=result.sample_rate,
@@ -372,6 +397,7 @@ class SpeechService:
                     "generation_time": round(result.generation_seconds, 3),
                     "chunks_processed": len(result.chunks),
                 },
+                "time_to_first_audio": round(first_audio, 3),
             },
             generation_metrics={
                 "total_request_time": round(time.perf_counter() - started, 3),
@@ -383,7 +409,67 @@ class SpeechService:
                 "chunks_processed": len(result.chunks),
                 # compute seconds per second of audio: below 1 is faster than real time
                 "real_time_factor": round(compute_seconds / audio_seconds, 4) if audio_seconds else None,
+                "time_to_first_audio": round(first_audio, 3),
             },
             voice_suggestions=self.synthesizer.voices.suggestions(),
         )
-        return response
+
+    # -- RunPod streaming ----------------------------------------------------------------------
+
+    def stream_job(self, raw: object, job_id: str = "local", s3_config: dict | None = None) -> Iterator[dict]:
+        """RunPod's streaming contract. A job with `stream: true` yields audio items while it is
+        generated, then a final item with the usual response fields (and the S3 URL when
+        uploading); a failure ends the stream with an error item. Any other job yields exactly its
+        `handle` response.
+
+        Audio items: {"type": "audio", "seq", "audio_base64" (16-bit little-endian mono PCM),
+        "format": "pcm", "sample_rate", "num_samples", "start_seconds"}, each at most
+        STREAM_ITEM_SECONDS long (about 320 KB of base64, well under RunPod's 1 MB item limit).
+        """
+        if not (isinstance(raw, dict) and raw.get("stream") is True):
+            yield self.handle(raw, job_id, s3_config)
+            return
+        started = time.perf_counter()
+        audit = AuditRecord(job_id=job_id, raw=raw)
+        seq = 0
+        items: Iterator | None = None
+        try:
+            request = parse_input(raw)
+            if request.speed != 1.0:
+                raise InputError("speed: must be 1.0 when stream is true (speed changes need the whole clip)",
+                                 "speed")
+            items = self.open_stream(request)
+            sent = 0
+            for item in items:
+                if not isinstance(item, np.ndarray):
+                    result = item
+                    break
+                for piece in _split(item, int(STREAM_ITEM_SECONDS * SAMPLE_RATE)):
+                    yield {"type": "audio", "seq": seq, "audio_base64": base64.b64encode(formats.to_pcm16(piece))
+                           .decode("ascii"), "format": "pcm", "sample_rate": SAMPLE_RATE,
+                           "num_samples": len(piece), "start_seconds": round(sent / SAMPLE_RATE, 3)}
+                    seq, sent = seq + 1, sent + len(piece)
+            first_audio = result.first_audio_seconds if result.first_audio_seconds is not None else 0.0
+            response: dict = {"success": True, "type": "final", "seq": seq, "audio_items": seq}
+            upload_seconds = 0.0
+            if self._s3_target(request, s3_config) is not None:  # the whole clip, in output_format
+                data = formats.encode(result.audio, result.sample_rate, request.output_format)
+                upload_seconds = self._deliver(response, request, data, formats.content_type(request.output_format),
+                                               s3_config, inline=False)  # the audio already went out
+            response.update(self._result_fields(request, result, started, upload_seconds, first_audio))
+            audit.succeed(response)
+            audit.facts["delivery"] = "stream" + ("+s3" if "audio_url" in response else "")
+            yield response
+        except Exception as exc:
+            failure = self.describe_failure(exc, job_id)
+            audit.fail(failure.code)
+            yield {**failure.response(), "type": "error", "seq": seq}
+        finally:
+            if items is not None:
+                items.close()
+            audit.emit(time.perf_counter() - started)
+
+
+def _split(samples: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(samples), size):
+        yield samples[start : start + size]

@@ -178,6 +178,21 @@ def test_runpod_contract_and_our_client(server, tmp_path):
     assert httpx.get(f"{server}/status/job-none", headers=AUTH).status_code == 404
 
 
+def test_runpod_stream_contract_and_our_client(server):
+    client = HiggsTTSClient(server, api_key=KEY)
+    items = list(client.stream({"transcript": "Streamed over HTTP.", "seed": 3}))
+    audio, final = items[:-1], items[-1]
+    assert audio and all(i["type"] == "audio" for i in audio) and final["type"] == "final"
+    assert [i["seq"] for i in items] == list(range(len(items)))
+    whole = httpx.post(server + "/runsync", json={"input": {"transcript": "Streamed over HTTP.", "seed": 3,
+                                                            "stream": True}}, headers=AUTH, timeout=300).json()
+    assert whole["status"] == "COMPLETED" and [i["seq"] for i in whole["output"]] == [i["seq"] for i in items]
+    assert [i["audio_base64"] for i in whole["output"][:-1]] == [i["audio_base64"] for i in audio]
+    with pytest.raises(HiggsTTSError, match="ref_audio"):
+        list(client.stream({"transcript": "x", "ref_audio": "nobody"}))
+    assert httpx.get(f"{server}/stream/job-none", headers=AUTH).status_code == 404
+
+
 def test_metrics(server):
     speech(server, model="my-model-name", input="Count me.", **QUICK)
     speech(server, input="Fail me.", voice="nobody")
