@@ -26,7 +26,14 @@ from .sampler import DelayPattern, SamplingTensors, sample
 
 log = logging.getLogger(__name__)
 
-CACHE_BUCKET = 256  # cache lengths are rounded up to this, so graphs are reused across requests
+CACHE_BUCKET = 512  # cache lengths are rounded up to this, so graphs are reused across requests
+MAX_RUNNERS = 4  # cache lengths kept (each holds its KV caches and graphs); the oldest is dropped
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)  # graph batch sizes: a batch of 5 runs in the graph of 8
+
+
+def padded_batch(batch: int) -> int:
+    """The bucket a batch runs in (itself when above the largest)."""
+    return next((b for b in BATCH_BUCKETS if b >= batch), batch)
 
 
 @dataclass
@@ -47,11 +54,14 @@ class EngineRequest:
 
 
 class FastEngine:
-    def __init__(self, model, check_every: int = 16, use_cuda_graphs: bool | None = None) -> None:
+    def __init__(self, model, check_every: int = 16, use_cuda_graphs: bool | None = None,
+                 pad_batches: bool | None = None) -> None:
         self.model = model
         self.check_every = check_every
         self.device = model.device
         self.use_cuda_graphs = self.device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
+        # Padding batches to BATCH_BUCKETS bounds the graphs captured; eager steps gain nothing by it.
+        self.pad_batches = self.use_cuda_graphs if pad_batches is None else pad_batches
         self._runners: dict[int, ModelRunner] = {}
         self._graphs: dict[int, StepGraphs] = {}
         self.stats = GenerationStats()
@@ -61,7 +71,13 @@ class FastEngine:
             torch.cuda.synchronize(self.device)
 
     def _runner(self, max_len: int) -> ModelRunner:
-        if max_len not in self._runners:
+        if max_len in self._runners:
+            self._runners[max_len] = self._runners.pop(max_len)  # most recently used last
+        else:
+            while len(self._runners) >= MAX_RUNNERS:  # free the least recently used caches and graphs
+                oldest = next(iter(self._runners))
+                del self._runners[oldest]
+                self._graphs.pop(oldest, None)
             self._runners[max_len] = ModelRunner(self.model, max_len)
         return self._runners[max_len]
 
@@ -91,7 +107,8 @@ class FastEngine:
         longest = max(p + r.params.max_new_tokens for p, r in zip(prompt_lens, requests, strict=True))
         max_len = -(-(longest + self.check_every) // CACHE_BUCKET) * CACHE_BUCKET
         runner = self._runner(max_len)
-        cache = runner.cache(batch)
+        rows = padded_batch(batch) if self.pad_batches else batch  # rows past `batch` are padding
+        cache = runner.cache(rows)
 
         window = max([r.params.ras_win_len for r in requests] + [1])
         history = torch.full((batch, window, num_codebooks), STREAM_BOS, dtype=torch.long, device=self.device)
@@ -115,7 +132,7 @@ class FastEngine:
         lengths = torch.zeros(batch, dtype=torch.long, device=self.device)
         max_steps = max(r.params.max_new_tokens for r in requests)
         columns = torch.empty((batch, max_steps, num_codebooks), dtype=torch.long, device=self.device)
-        step_fn = self._step_fn(runner, batch)
+        step_fn = self._step_fn(runner, batch, rows)
 
         for step in range(max_steps):
             column = sample(logits, pattern, params, steps, history)
@@ -146,14 +163,29 @@ class FastEngine:
         )
         yield columns, lengths
 
-    def _step_fn(self, runner: ModelRunner, batch: int):
+    def _step_fn(self, runner: ModelRunner, batch: int, rows: int):
+        """(column [batch, K], positions [batch]) -> logits [batch, K, V], run as a step of `rows` rows."""
+        step = self._rows_step(runner, rows)
+        if rows == batch:
+            return step
+        column_rows = torch.zeros((rows, runner.num_codebooks), dtype=torch.long, device=self.device)
+        position_rows = torch.zeros(rows, dtype=torch.long, device=self.device)  # padding writes position 0
+
+        def padded(column: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+            column_rows[:batch] = column
+            position_rows[:batch] = positions
+            return step(column_rows, position_rows)[:batch]
+
+        return padded
+
+    def _rows_step(self, runner: ModelRunner, rows: int):
         if not self.use_cuda_graphs:
-            cache = runner.cache(batch)
+            cache = runner.cache(rows)
             return lambda column, positions: runner.decode_one_token(cache, column, positions)
         graphs = self._graphs.setdefault(runner.max_len, StepGraphs(runner))
         try:
-            return graphs.step(batch)
+            return graphs.step(rows)
         except RuntimeError as exc:  # a capture failure costs speed, not the request
             log.warning("CUDA graph capture failed (%s); running the decode step eagerly", exc)
             self.use_cuda_graphs = False
-            return self._step_fn(runner, batch)
+            return self._rows_step(runner, rows)

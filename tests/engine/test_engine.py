@@ -75,6 +75,34 @@ def test_batch_of_different_prompts_equals_each_alone(engine, loaded, renderer, 
     assert batch[1].shape[0] <= 20
 
 
+def test_padded_batch_of_three_runs_as_four_and_equals_each_alone(loaded, renderer, voice_frames):
+    padded = FastEngine(loaded.model, pad_batches=True)  # as CUDA graphs run it: bucket of 4 rows
+    cases = prompts(voice_frames)
+    inputs = [renderer.inputs(cases[c]) for c in ("cloned", "no_voice", "in_system")]
+    batch = padded.generate([EngineRequest(i, GREEDY, 0) for i in inputs])
+    for got, i in zip(batch, inputs, strict=True):
+        assert torch.equal(got, generate_reference(loaded.model, i, GREEDY, seed=0))
+    assert set(padded._runners[next(iter(padded._runners))]._caches) == {4}
+
+
+def test_batch_buckets():
+    from higgs_tts.engine.engine import padded_batch
+
+    assert [padded_batch(b) for b in (1, 2, 3, 5, 8, 9, 64, 65, 200)] == [1, 2, 4, 8, 8, 16, 64, 128, 200]
+
+
+def test_old_cache_lengths_are_dropped(loaded, renderer, voice_frames):
+    from higgs_tts.engine.engine import CACHE_BUCKET, MAX_RUNNERS
+
+    engine = FastEngine(loaded.model)
+    inputs = renderer.inputs(prompts(voice_frames)["no_voice"])
+    for extra in range(MAX_RUNNERS + 1):  # each needs a longer cache
+        params = dataclasses.replace(GREEDY, max_new_tokens=2 + extra * CACHE_BUCKET)
+        engine.generate([EngineRequest(inputs, params, 0)], ignore_eos=False)
+    assert len(engine._runners) == MAX_RUNNERS
+    assert min(engine._runners) > CACHE_BUCKET  # the shortest (first used) went first
+
+
 def test_three_chunk_text_equals_the_reference_path(settings):
     request = SynthesisRequest(
         text="First chunk here. Second chunk here. Third chunk here.", voices="belinda", chunk_method="sentence",
