@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,3 +116,36 @@ def make_bucket(s3_server: dict, name: str) -> None:
         region_name="us-east-1",
     )
     client.create_bucket(Bucket=name)
+
+
+@contextlib.contextmanager
+def running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory, **extra_env):
+    """`python handler.py --rp_serve_api` in a subprocess, on the tiny checkpoint; yields its url, voices
+    folder, open log file and the S3 server's environment."""
+    model_dir, codec_dir = tiny_checkpoint
+    voices = tmp_path_factory.mktemp("worker") / "voices"
+    shutil.copytree(voice_prompts, voices)
+    port = free_port()
+    env = {
+        **os.environ,
+        **s3_server,
+        "MODEL_PATH": str(model_dir),
+        "TOKENIZER_PATH": str(codec_dir),
+        "VOICE_PROMPTS_PATH": str(voices),
+        **extra_env,
+    }
+    env.pop("RUNPOD_LOG_LEVEL", None)
+    log = open(tmp_path_factory.mktemp("logs") / "worker.log", "w+")
+    process = subprocess.Popen(
+        [sys.executable, "-u", "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
+         "--rp_api_port", str(port)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(url + "/docs", process)
+        yield {"url": url, "voices": voices, "log": log, "s3": s3_server}
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()

@@ -1,52 +1,15 @@
 """The RunPod worker through the real SDK: `python handler.py --rp_serve_api` and HTTP requests."""
 
 import base64
-import contextlib
 import io
 import json
-import os
-import shutil
-import subprocess
-import sys
 
 import httpx
 import pytest
 import soundfile as sf
-from conftest import REPO, free_port, make_bucket, wait_for_http
+from conftest import make_bucket, running_worker
 
 from higgs_tts.client import HiggsTTSClient, HiggsTTSError
-
-
-@contextlib.contextmanager
-def running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory, **extra_env):
-    """`python handler.py --rp_serve_api` in a subprocess, on the tiny checkpoint."""
-    model_dir, codec_dir = tiny_checkpoint
-    voices = tmp_path_factory.mktemp("worker") / "voices"
-    shutil.copytree(voice_prompts, voices)
-    port = free_port()
-    env = {
-        **os.environ,
-        **s3_server,
-        "MODEL_PATH": str(model_dir),
-        "TOKENIZER_PATH": str(codec_dir),
-        "VOICE_PROMPTS_PATH": str(voices),
-        **extra_env,
-    }
-    env.pop("RUNPOD_LOG_LEVEL", None)
-    log = open(tmp_path_factory.mktemp("logs") / "worker.log", "w+")
-    process = subprocess.Popen(
-        [sys.executable, "-u", "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
-         "--rp_api_port", str(port)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(url + "/docs", process)
-        yield {"url": url, "voices": voices, "log": log, "s3": s3_server}
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-        log.close()
 
 
 @pytest.fixture(scope="module")
