@@ -1,0 +1,1 @@
+"""Deployment tools: network-volume setup and RunPod endpoint configuration."""

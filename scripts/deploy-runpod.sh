@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Build the worker image, check its size, smoke-test it, and write the RunPod configuration.
+#
+#   ./scripts/deploy-runpod.sh --image docker.io/you/higgs-tts:0.1.0                 # build + check + config
+#   ./scripts/deploy-runpod.sh --image docker.io/you/higgs-tts:0.1.0 --push --create # and deploy
+#
+# Flags: --image NAME (or IMAGE), --base-image IMG (BASE_IMAGE build arg), --push, --create (needs
+# RUNPOD_API_KEY), --skip-build, --skip-smoke, --max-size-gb N (default 5), --out DIR (default
+# ./deploy), --streaming (workers start with STREAMING=1).
+# Settings (environment): NETWORK_VOLUME_ID, WORKERS_MIN (0), WORKERS_MAX (3), IDLE_TIMEOUT (5),
+# GPU_TYPE_IDS (comma-separated; default every RunPod GPU type with 24 GB or more).
+# Writes DIR/runpod-config.json and DIR/test-endpoint.sh (and DIR/runpod-endpoint.json after --create).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+
+image="${IMAGE:-}"; base_image=""; push=0; create=0; build=1; smoke=1; max_gb=5; out="deploy"; streaming=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --image|--base-image|--max-size-gb|--out)
+      [ $# -ge 2 ] || { echo "deploy-runpod: $1 needs a value" >&2; exit 2; }
+      case "$1" in
+        --image) image="$2" ;; --base-image) base_image="$2" ;; --max-size-gb) max_gb="$2" ;; --out) out="$2" ;;
+      esac
+      shift 2 ;;
+    --push) push=1; shift ;;
+    --create) create=1; shift ;;
+    --skip-build) build=0; shift ;;
+    --skip-smoke) smoke=0; shift ;;
+    --streaming) streaming=(--streaming); shift ;;
+    *) echo "deploy-runpod: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+[ -n "$image" ] || { echo "deploy-runpod: --image (or IMAGE) is required, e.g. docker.io/you/higgs-tts:0.1.0" >&2; exit 2; }
+if [ "$create" = 1 ] && [ -z "${RUNPOD_API_KEY:-}" ]; then
+  echo "deploy-runpod: --create needs RUNPOD_API_KEY (RunPod console: Settings > API Keys)" >&2; exit 2
+fi
+
+python="${PYTHON:-}"
+if [ -z "$python" ]; then
+  for candidate in "$root/.venv/bin/python" /opt/venv/bin/python; do
+    if [ -x "$candidate" ]; then python="$candidate"; break; fi
+  done
+fi
+if [ -z "$python" ] || ! "$python" -c 'import higgs_tts' >/dev/null 2>&1; then
+  echo "deploy-runpod: no Python with higgs_tts installed; run scripts/bootstrap.sh first or set PYTHON" >&2
+  exit 1
+fi
+
+need_docker() {
+  command -v docker >/dev/null 2>&1 || { echo "deploy-runpod: docker is not installed" >&2; exit 1; }
+  docker info >/dev/null 2>&1 || { echo "deploy-runpod: no Docker daemon is reachable (is it running?)" >&2; exit 1; }
+}
+
+if [ "$build" = 1 ]; then
+  need_docker
+  build_args=()
+  [ -z "$base_image" ] || build_args+=(--build-arg "BASE_IMAGE=$base_image")
+  echo "== building $image"
+  docker build "${build_args[@]}" -t "$image" "$root"
+fi
+
+if [ "$build" = 1 ] || [ "$smoke" = 1 ] || [ "$push" = 1 ]; then
+  need_docker
+  size=$(docker image inspect -f '{{.Size}}' "$image")
+  limit=$(( max_gb * 1000 * 1000 * 1000 ))
+  echo "== image size: $(( size / 1000 / 1000 )) MB (limit ${max_gb} GB)"
+  if [ "$size" -gt "$limit" ]; then
+    echo "deploy-runpod: $image is $(( size / 1000 / 1000 )) MB, above the ${max_gb} GB limit" >&2; exit 1
+  fi
+fi
+
+if [ "$smoke" = 1 ]; then
+  echo "== smoke test: one job on a tiny random checkpoint mounted as the volume"
+  volume=$(mktemp -d)
+  trap 'rm -rf "$volume"' EXIT
+  run=(docker run --rm --user "$(id -u):$(id -g)" -v "$volume:/runpod-volume" -e HOME=/tmp)
+  "${run[@]}" "$image" python -m higgs_tts.cli tiny-checkpoint /runpod-volume/tiny >/dev/null
+  mkdir -p "$volume/voice_prompts"
+  job='{"input": {"transcript": "Smoke test.", "max_new_tokens": 30, "seed": 1}}'
+  result=$("${run[@]}" -e MODEL_PATH=/runpod-volume/tiny/model -e TOKENIZER_PATH=/runpod-volume/tiny/audio_tokenizer \
+    -e PRELOAD_MODEL=0 "$image" python handler.py --test_input "$job" 2>&1) || true
+  if ! grep -q "'success': True" <<<"$result"; then
+    echo "$result" | tail -20 >&2
+    echo "deploy-runpod: the containerized worker did not complete the test job" >&2; exit 1
+  fi
+  echo "smoke test passed"
+fi
+
+mkdir -p "$out"
+"$python" -m higgs_tts.deploy.runpod config --image "$image" --volume-id "${NETWORK_VOLUME_ID:-}" \
+  --workers-min "${WORKERS_MIN:-0}" --workers-max "${WORKERS_MAX:-3}" --idle-timeout "${IDLE_TIMEOUT:-5}" \
+  "${streaming[@]}" > "$out/runpod-config.json"
+echo "== wrote $out/runpod-config.json"
+[ -n "${NETWORK_VOLUME_ID:-}" ] || echo "note: NETWORK_VOLUME_ID is not set; the endpoint would have no models"
+
+if [ "$push" = 1 ]; then
+  echo "== pushing $image"
+  docker push "$image"
+fi
+
+endpoint_url="https://api.runpod.ai/v2/ENDPOINT_ID"
+if [ "$create" = 1 ]; then
+  echo "== creating the template and endpoint"
+  "$python" -m higgs_tts.deploy.runpod create "$out/runpod-config.json" > "$out/runpod-endpoint.json"
+  endpoint_url=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["endpoint_url"])' \
+    "$out/runpod-endpoint.json")
+  echo "endpoint: $endpoint_url"
+fi
+
+cat > "$out/test-endpoint.sh" <<SCRIPT
+#!/usr/bin/env bash
+# Run the API checks against the endpoint this deployment created (RUNPOD_API_KEY from the environment).
+set -euo pipefail
+export ENDPOINT_URL="\${ENDPOINT_URL:-$endpoint_url}"
+exec "$root/scripts/test-runpod-api.sh" "\$@"
+SCRIPT
+chmod +x "$out/test-endpoint.sh"
+echo "== wrote $out/test-endpoint.sh"
