@@ -85,6 +85,15 @@ def _tiny_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_checkpoint(args: argparse.Namespace) -> int:
+    from .core.convert import convert_checkpoint
+
+    if (args.tokenizer_src is None) != (args.tokenizer_dst is None):
+        raise ValueError("--tokenizer-src and --tokenizer-dst go together")
+    convert_checkpoint(args.src, args.dst, args.tokenizer_src, args.tokenizer_dst)
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from .engine import bench
 
@@ -168,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir", help="output folder (gets model/ and audio_tokenizer/)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(run=_tiny_checkpoint)
+
+    convert = commands.add_parser("convert-checkpoint",
+                                  help="convert the legacy release (model_type higgs_audio) to the native layout")
+    convert.add_argument("src", help="legacy model folder (config.json model_type 'higgs_audio')")
+    convert.add_argument("dst", help="new folder for the native model (must not exist)")
+    convert.add_argument("--tokenizer-src", help="legacy audio tokenizer folder (config.json + model.pth)")
+    convert.add_argument("--tokenizer-dst", help="new folder for the native audio tokenizer (must not exist)")
+    convert.set_defaults(run=_convert_checkpoint)
     return parser
 
 

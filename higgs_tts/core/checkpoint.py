@@ -91,7 +91,8 @@ def check_model_format(folder: Path) -> None:
 
 def check_codec_format(folder: Path) -> None:
     config_file = folder / "config.json"
-    if not config_file.is_file() and (folder / "model.pth").is_file():
+    legacy_config = config_file.is_file() and "model_type" not in read_config(folder)
+    if (not config_file.is_file() or legacy_config) and (folder / "model.pth").is_file():
         raise CheckpointError(
             f"{folder} holds the legacy audio tokenizer (model.pth); convert it with `{CONVERT_COMMAND}`"
         )
