@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
-.venv/bin/ruff check higgs_tts tests handler.py
+.venv/bin/ruff check higgs_tts tests handler.py scripts
 .venv/bin/python -m pytest "$@"

@@ -250,17 +250,17 @@ def install_checkpoint(checkpoint: Checkpoint, cache_dir: Path, token: str | Non
 
 
 def _convert_legacy(kind: str, source: Path, destination: Path) -> None:
+    """The legacy release (boson_multimodal's layout) into the native one, offline."""
+    from ..core.checkpoint import CheckpointError
+    from ..core.convert import convert_codec, convert_model
+
+    destination.mkdir(parents=True)
     try:
-        from ..core import convert
-    except ImportError:  # pragma: no cover - the converter ships with the package
-        raise SetupError("this build has no checkpoint converter; use a native revision") from None
-    try:
-        if kind == "model":
-            convert.convert_model(source, destination)
-        else:
-            convert.convert_codec(source, destination)
-    except (convert.ConversionError, OSError, ValueError) as exc:
-        raise SetupError(f"converting the legacy {kind} in {source} failed: {exc}") from None
+        summary = convert_model(source, destination) if kind == "model" else convert_codec(source, destination)
+    except (CheckpointError, OSError, ValueError) as exc:
+        shutil.rmtree(destination, ignore_errors=True)
+        raise SetupError(f"converting the legacy {kind} of {source} failed: {exc}") from None
+    print(f"{kind}: converted the legacy layout ({summary})", flush=True)
 
 
 # -- voices ---------------------------------------------------------------------------------------

@@ -149,3 +149,26 @@ def test_upload_through_the_s3_api(cache, voice_prompts, tmp_path, s3_server):
     assert json.loads(again.stdout.strip().splitlines()[-1])["upload"].startswith("0 uploaded")
     missing = setup_volume(volume, cache, voice_prompts, "--upload")
     assert missing.returncode == 1 and "NETWORK_VOLUME_ID" in missing.stderr
+
+
+def test_a_legacy_model_is_converted_while_installing(tiny_checkpoint, voice_prompts, tmp_path):
+    from core.test_convert import write_legacy_model
+    from safetensors.torch import load_file
+
+    legacy = tmp_path / "legacy"
+    write_legacy_model(tiny_checkpoint[0], legacy)
+    cache = tmp_path / "cache"
+    hub_cache(cache, MODEL_REPO, legacy)
+    hub_cache(cache, TOKENIZER_REPO, tiny_checkpoint[1])
+    volume = tmp_path / "volume"
+    run = setup_volume(volume, cache, voice_prompts)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.strip().splitlines()[-1])["model"] == "converted"
+    installed = VolumeLayout(volume).model_dir
+    assert json.loads((installed / "config.json").read_text())["model_type"] == "higgs_audio_v2"
+    converted = {}
+    for shard in installed.glob("*.safetensors"):
+        converted.update(load_file(shard))
+    original = load_file(tiny_checkpoint[0] / "model.safetensors")
+    assert converted.keys() >= original.keys(), set(original) - set(converted)
+    assert all(converted[k].equal(original[k]) for k in original)
