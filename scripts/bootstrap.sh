@@ -9,11 +9,12 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
   || { echo "bootstrap: Python 3.11 is required (found $("$PYTHON" --version 2>&1))" >&2; exit 1; }
 
 stamp=.venv/.installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml requirements.runpod | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test]'
+# The runtime dependencies at the image's exact versions (requirements.runpod); test tools float.
+.venv/bin/python -m pip install --quiet -c requirements.runpod -e '.[test]'
 echo "$want" > "$stamp"
