@@ -32,10 +32,16 @@ cleaner = IdleCleaner(
 
 
 async def handler(job: dict) -> dict:
-    """One job: generation runs in a worker thread so the SDK's event loop stays free."""
+    """One job: generation runs in a worker thread so the SDK's event loop stays free. Up to
+    MAX_CONCURRENCY jobs run at once; the engine decodes them together."""
     cleaner.job_started()
+    cancel = threading.Event()
     try:
-        return await asyncio.to_thread(service.handle, job.get("input"), str(job.get("id", "")), job.get("s3Config"))
+        return await asyncio.to_thread(service.handle, job.get("input"), str(job.get("id", "")),
+                                       job.get("s3Config"), cancel)
+    except asyncio.CancelledError:  # the job was cancelled or timed out: give its engine slot back
+        cancel.set()
+        raise
     finally:
         cleaner.job_finished()
 

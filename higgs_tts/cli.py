@@ -111,7 +111,8 @@ def _bench(args: argparse.Namespace) -> int:
     reference_steps = args.reference_steps or (64 if on_gpu else 24)
     default_batches = [1, 8, 32, 64] if on_gpu else [1, 4]
     batches = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else default_batches
-    result = bench.run(loaded, batches, steps, reference_steps)
+    concurrency = [int(n) for n in args.concurrency.split(",")] if args.concurrency else None
+    result = bench.run(loaded, batches, steps, reference_steps, concurrency=concurrency)
     print(result.to_json() if args.json else result.table())
     return 0
 
@@ -163,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-sizes", help="comma-separated (default: 1,8,32,64 on CUDA, 1,4 on CPU)")
     bench.add_argument("--steps", type=int, help="decode steps per measurement (default: 512 CUDA, 48 CPU)")
     bench.add_argument("--reference-steps", type=int, help="steps for transformers' generate() (default 64/24)")
+    bench.add_argument("--concurrency", help="comma-separated request counts for the continuous-batching "
+                                             "scheduler, e.g. 1,8,32,64 (default: not measured)")
     bench.add_argument("--json", action="store_true", help="JSON instead of a table")
     _add_model_options(bench)
     bench.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on CUDA)")

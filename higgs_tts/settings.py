@@ -59,10 +59,18 @@ class Settings:
     dtype: str | None = None
     engine: str = "auto"  # "fast" (our decode loop), "reference" (transformers' generate()), "auto"
     voice_cache_dir: Path | None = None  # codes of reference voices; None keeps them in memory only
+    # Continuous batching (fast engine): sequences decoded together, positions per sequence (prompt
+    # plus max_new_tokens; the KV cache is slots x max_len, allocated once), requests allowed to wait.
+    engine_slots: int = 8
+    engine_max_len: int = 4096
+    engine_queue: int = 32
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {self.engine!r}")
+        for name in ("engine_slots", "engine_max_len", "engine_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.upper()} must be at least 1; got {getattr(self, name)}")
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -76,6 +84,9 @@ class Settings:
             dtype=_optional("DTYPE"),
             engine=_optional("ENGINE") or "auto",
             voice_cache_dir=_voice_cache_dir(),
+            engine_slots=_number("ENGINE_SLOTS", 8),
+            engine_max_len=_number("ENGINE_MAX_LEN", 4096),
+            engine_queue=_number("ENGINE_QUEUE", 32),
         )
 
 

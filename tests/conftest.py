@@ -46,6 +46,9 @@ def settings(tiny_checkpoint, voice_prompts) -> Settings:
         voice_prompts_path=voice_prompts,
         # HIGGS_TEST_DEVICE=cuda runs the same tests on a GPU (scripts/gpu-check.sh).
         device=os.environ.get("HIGGS_TEST_DEVICE", "cpu"),
+        # float32 on a GPU too: exact-equality tests against generate() mean something there only
+        # without bf16 rounding (HIGGS_TEST_DTYPE=bfloat16 to try anyway).
+        dtype=os.environ.get("HIGGS_TEST_DTYPE", "float32"),
     )
 
 

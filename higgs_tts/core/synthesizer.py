@@ -11,6 +11,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -77,6 +78,10 @@ class SynthesisRequest:
             raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}; got {self.seed!r}")
 
 
+class Cancelled(RuntimeError):
+    """The caller cancelled the request; its engine slot has been given back."""
+
+
 @dataclass
 class SynthesisResult:
     audio: np.ndarray  # float32 mono
@@ -129,15 +134,20 @@ class _Run:
 
 
 class Synthesizer:
-    """Owns the loaded model, the voice library and the voice-code cache; one request at a time."""
+    """Owns the loaded model, the voice library and the voice-code cache.
+
+    Requests may come from many threads at once: with the fast engine their chunks are decoded
+    together by the scheduler; the reference path takes them one at a time.
+    """
 
     def __init__(self, settings: Settings | None = None, models: ModelCache | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.voices = VoiceLibrary(self.settings.voice_prompts_path)
         self._models = models or ModelCache()
         self._voice_codes = VoiceCodeCache(self.settings.voice_cache_dir)
-        self._lock = threading.Lock()
-        self._engine = None  # (model, FastEngine) for the loaded model
+        self._engine_lock = threading.Lock()
+        self._reference_lock = threading.Lock()
+        self._engine = None  # (model, Scheduler, FastEngine) for the loaded model
 
     def engine_name(self, loaded: LoadedModel) -> str:
         """'fast' or 'reference': the setting, with 'auto' meaning fast on CUDA."""
@@ -146,15 +156,62 @@ class Synthesizer:
         return "fast" if loaded.device.type == "cuda" else "reference"
 
     def _generate(self, loaded: LoadedModel, inputs: dict, params: SamplingParams, seed: int) -> Iterator[torch.Tensor]:
-        """The generated columns of one prompt, in pieces as the engine produces them."""
-        if self.engine_name(loaded) == "reference":
-            yield generate_reference(loaded.model, inputs, params, seed)
-            return
-        from ..engine.engine import EngineRequest, FastEngine
+        """The generated columns of one prompt, in pieces as the engine produces them.
 
-        if self._engine is None or self._engine[0] is not loaded.model:
-            self._engine = (loaded.model, FastEngine(loaded.model))
-        yield from self._engine[1].stream(EngineRequest(inputs, params, seed))
+        With the fast engine the prompt joins the shared, continuously batched decode loop; one
+        that does not fit its cache runs alone in a cache of its own size. Closing the iterator
+        early gives the slot back.
+        """
+        if self.engine_name(loaded) == "reference":
+            with self._reference_lock:  # generate() runs one request at a time
+                yield generate_reference(loaded.model, inputs, params, seed)
+            return
+        from ..engine.engine import EngineRequest
+
+        scheduler, solo = self._engines(loaded)
+        request = EngineRequest(inputs, params, seed)
+        if scheduler.fits(request):
+            yield from scheduler.submit(request).pieces()
+            return
+        log.info("prompt does not fit the shared cache (ENGINE_MAX_LEN); generating it alone")
+        with self._reference_lock:
+            yield from solo.stream(request)
+
+    @contextmanager
+    def _admission(self, loaded: LoadedModel) -> Iterator[None]:
+        """One place in the engine for a whole request (EngineBusy when there is none)."""
+        if self.engine_name(loaded) == "reference":
+            yield
+            return
+        with self._engines(loaded)[0].request():
+            yield
+
+    def _engines(self, loaded: LoadedModel):
+        """The scheduler and the one-off engine for the loaded model (made on first use)."""
+        from ..engine.engine import FastEngine
+        from ..engine.scheduler import Scheduler
+
+        with self._engine_lock:
+            if self._engine is None or self._engine[0] is not loaded.model:
+                self._close_engine()
+                s = self.settings
+                scheduler = Scheduler(loaded.model, s.engine_slots, s.engine_max_len, s.engine_queue)
+                # Long prompts run alone, eagerly: no second graph capture beside the scheduler's.
+                self._engine = (loaded.model, scheduler, FastEngine(loaded.model, use_cuda_graphs=False))
+            return self._engine[1], self._engine[2]
+
+    def engine_load(self) -> tuple[int, int, int]:
+        """(running sequences, waiting sequences, admitted requests) of the fast engine; zeros
+        before it starts."""
+        engine = self._engine
+        if engine is None:
+            return 0, 0, 0
+        return (*engine[1].load(), engine[1].admitted)
+
+    def _close_engine(self) -> None:
+        if self._engine is not None:
+            self._engine[1].close()
+            self._engine = None
 
     def model(self) -> tuple[LoadedModel, bool]:
         """The loaded model and whether this call loaded it."""
@@ -166,8 +223,8 @@ class Synthesizer:
 
     def unload(self) -> bool:
         """Free the model (after a long idle time); the next request loads it again."""
-        with self._lock:
-            self._engine = None
+        with self._engine_lock:
+            self._close_engine()
             return self._models.unload()
 
     # -- prompts -----------------------------------------------------------------------------
@@ -242,14 +299,15 @@ class Synthesizer:
 
     # -- synthesis ---------------------------------------------------------------------------
 
-    def synthesize(self, request: SynthesisRequest) -> SynthesisResult:
-        with self._lock:
-            run = self._start(request)
-            for _ in self._frames(run, request):
-                pass
-            started = time.perf_counter()
-            audio = self.decode(run.codes())
-            return run.result(audio, time.perf_counter() - started)
+    def synthesize(self, request: SynthesisRequest, cancel: threading.Event | None = None) -> SynthesisResult:
+        """The whole clip. Setting `cancel` stops generation within one engine burst (Cancelled)."""
+        run = self._start(request)
+        for _ in self._frames(run, request):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("the request was cancelled")
+        started = time.perf_counter()
+        audio = self.decode(run.codes())
+        return run.result(audio, time.perf_counter() - started)
 
     def stream(self, request: SynthesisRequest, decoder_options: dict | None = None) -> Iterator:
         """Audio chunks (float32 arrays) while generating, then the SynthesisResult as the last item.
@@ -257,28 +315,27 @@ class Synthesizer:
         The chunks come from a StreamingDecoder: together they equal one decode of all codes
         within its stated tolerance. The result's `audio` is their concatenation.
         """
-        with self._lock:
-            started = time.perf_counter()
-            run = self._start(request)
-            decoder = StreamingDecoder(self.decode, hop=run.loaded.hop_length, **(decoder_options or {}))
-            decode_seconds = 0.0
+        started = time.perf_counter()
+        run = self._start(request)
+        decoder = StreamingDecoder(self.decode, hop=run.loaded.hop_length, **(decoder_options or {}))
+        decode_seconds = 0.0
 
-            def decoded() -> Iterator[np.ndarray]:
-                nonlocal decode_seconds
-                for frames in chain(self._frames(run, request), [None]):  # None: generation has ended
-                    mark = time.perf_counter()
-                    ready = decoder.push(frames) if frames is not None else [decoder.finish()]
-                    decode_seconds += time.perf_counter() - mark
-                    yield from (piece for piece in ready if len(piece))
+        def decoded() -> Iterator[np.ndarray]:
+            nonlocal decode_seconds
+            for frames in chain(self._frames(run, request), [None]):  # None: generation has ended
+                mark = time.perf_counter()
+                ready = decoder.push(frames) if frames is not None else [decoder.finish()]
+                decode_seconds += time.perf_counter() - mark
+                yield from (piece for piece in ready if len(piece))
 
-            pieces: list[np.ndarray] = []
-            for piece in decoded():
-                if not pieces:
-                    run.first_audio_seconds = time.perf_counter() - started
-                pieces.append(piece)
-                yield piece
-            audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-            yield run.result(audio, decode_seconds)
+        pieces: list[np.ndarray] = []
+        for piece in decoded():
+            if not pieces:
+                run.first_audio_seconds = time.perf_counter() - started
+            pieces.append(piece)
+            yield piece
+        audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        yield run.result(audio, decode_seconds)
 
     def _start(self, request: SynthesisRequest) -> _Run:
         # Time spent getting the model: its loading, or waiting for a load already under way.
@@ -298,6 +355,11 @@ class Synthesizer:
         """Generate every chunk in order, with earlier chunks as context; yields new frames as they
         are complete (per engine check with the fast engine, per chunk with the reference path)."""
         started = time.perf_counter()
+        with self._admission(run.loaded):  # a busy engine says so before any work is done
+            yield from self._chunks(run, request)
+        run.generation_seconds = time.perf_counter() - started
+
+    def _chunks(self, run: _Run, request: SynthesisRequest) -> Iterator[torch.Tensor]:
         loaded = run.loaded
         renderer = PromptRenderer(loaded.processor)
         prompt_voices = [self._prompt_voice(v) for v in run.voices]
@@ -316,4 +378,3 @@ class Synthesizer:
                 if frames.shape[0] > sent:
                     yield frames[sent:]
             run.history.append((chunk, frames))
-        run.generation_seconds = time.perf_counter() - started

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -21,6 +22,7 @@ class VoiceCodeCache:
         self.directory = directory
         self.capacity = capacity
         self._codes: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()  # requests on several threads share the cache
 
     @staticmethod
     def key(samples: np.ndarray, codec_fingerprint: str) -> str:
@@ -33,9 +35,10 @@ class VoiceCodeCache:
         return self.directory / key[:2] / f"{key}.npy" if self.directory else None
 
     def get(self, key: str) -> torch.Tensor | None:
-        if key in self._codes:
-            self._codes.move_to_end(key)
-            return self._codes[key]
+        with self._lock:
+            if key in self._codes:
+                self._codes.move_to_end(key)
+                return self._codes[key]
         path = self._file(key)
         if path is None or not path.is_file():
             return None
@@ -62,7 +65,8 @@ class VoiceCodeCache:
             log.warning("cannot write the voice cache under %s: %s", self.directory, exc)
 
     def _remember(self, key: str, codes: torch.Tensor) -> None:
-        self._codes[key] = codes
-        self._codes.move_to_end(key)
-        while len(self._codes) > self.capacity:
-            self._codes.popitem(last=False)
+        with self._lock:
+            self._codes[key] = codes
+            self._codes.move_to_end(key)
+            while len(self._codes) > self.capacity:
+                self._codes.popitem(last=False)

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 # error code -> HTTP status
 STATUS = {"invalid_input": 400, "unknown_voice": 400, "too_long": 400, "too_large": 413, "voice_exists": 409,
-          "result_too_large": 413, "out_of_memory": 503, "model_unavailable": 503, "busy": 503,
+          "result_too_large": 413, "out_of_memory": 503, "model_unavailable": 503, "busy": 503, "cancelled": 409,
           "storage_error": 500, "internal_error": 500}
 MAX_JOBS_KEPT = 1000
 
@@ -125,32 +125,55 @@ class Jobs:
         self.lock = threading.Lock()
         self.jobs: OrderedDict[str, dict] = OrderedDict()
         self.streams: dict[str, list] = {}  # job id -> [items, number read]
+        self.cancels: dict[str, threading.Event] = {}
 
     def submit(self, job_input: dict) -> str:
         job_id = f"job-{uuid.uuid4()}"
         with self.lock:
             self.jobs[job_id] = {"id": job_id, "status": "IN_QUEUE"}
+            self.cancels[job_id] = threading.Event()
             while len(self.jobs) > MAX_JOBS_KEPT:
-                self.streams.pop(self.jobs.popitem(last=False)[0], None)
+                oldest = self.jobs.popitem(last=False)[0]
+                self.streams.pop(oldest, None)
+                self.cancels.pop(oldest, None)
         self.pool.submit(self._run, job_id, job_input)
         return job_id
 
+    def cancel(self, job_id: str) -> dict | None:
+        """RunPod's /cancel: a queued job never runs; a running one stops within one engine burst."""
+        with self.lock:
+            job, event = self.jobs.get(job_id), self.cancels.get(job_id)
+            if job is None or event is None:
+                return None
+            event.set()
+            if job["status"] in ("IN_QUEUE", "IN_PROGRESS"):
+                job["status"] = "CANCELLED"
+            return {"id": job_id, "status": job["status"]}
+
     def _run(self, job_id: str, job_input: dict) -> None:
+        cancel = self.cancels.get(job_id) or threading.Event()
+        if cancel.is_set():
+            return
         try:
             self._set(job_id, status="IN_PROGRESS")
-            self._execute(job_id, job_input)
+            self._execute(job_id, job_input, cancel)
         except Exception as exc:  # never leave a job IN_PROGRESS forever
             log.exception("job %s crashed", job_id)
             self._set(job_id, status="FAILED", error=f"internal error ({type(exc).__name__})")
 
-    def _execute(self, job_id: str, job_input: dict) -> None:
+    def _execute(self, job_id: str, job_input: dict, cancel: threading.Event) -> None:
         if not (isinstance(job_input, dict) and job_input.get("stream") is True):
-            self._set(job_id, **runpod_reply(job_id, self.service.handle(job_input, job_id)))
+            reply = runpod_reply(job_id, self.service.handle(job_input, job_id, cancel=cancel))
+            self._set(job_id, **(reply if not cancel.is_set() else {**reply, "status": "CANCELLED"}))
             return
         with self.lock:
             self.streams[job_id] = [[], 0]
         items = []
-        for item in self.service.stream_job(job_input, job_id):
+        stream = self.service.stream_job(job_input, job_id)
+        for item in stream:
+            if cancel.is_set():  # closing the stream gives the engine slot back
+                stream.close()
+                return
             items.append(item)
             with self.lock:
                 if job_id in self.streams:
@@ -159,8 +182,9 @@ class Jobs:
 
     def _set(self, job_id: str, **fields) -> None:
         with self.lock:
-            if job_id in self.jobs:
-                self.jobs[job_id].update(fields)
+            job = self.jobs.get(job_id)
+            if job is not None and not (job["status"] == "CANCELLED" and fields.get("status") == "IN_PROGRESS"):
+                job.update(fields)
 
     def get(self, job_id: str) -> dict | None:
         with self.lock:
@@ -193,7 +217,7 @@ def runpod_reply(job_id: str, output: dict) -> dict:
 def create_app(service: SpeechService | None = None, api_key: str | None = None,
                max_body_bytes: int = 20 * 1024 * 1024) -> FastAPI:
     service = service or SpeechService()
-    metrics = Metrics()
+    metrics = Metrics(service.synthesizer.engine_load)
     jobs = Jobs(service, service.service.max_concurrency)
     app = FastAPI(title="Higgs Audio V2 TTS", version="0.1.0")
     if api_key:
@@ -291,6 +315,13 @@ def create_app(service: SpeechService | None = None, api_key: str | None = None,
         if job is None:
             return openai_error(404, f"no job {job_id!r}", "not_found", "job_id")
         return job
+
+    @app.post("/cancel/{job_id}")
+    def cancel(job_id: str):
+        reply = jobs.cancel(job_id)
+        if reply is None:
+            return openai_error(404, f"no job {job_id!r}", "not_found", "job_id")
+        return reply
 
     @app.api_route("/stream/{job_id}", methods=["GET", "POST"])
     def stream(job_id: str):

@@ -8,7 +8,8 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, engine_load=None) -> None:
+        """`engine_load()` gives (running sequences, waiting sequences, admitted requests)."""
         self.registry = CollectorRegistry()
         self.requests = Counter("higgs_requests_total", "Requests by endpoint, model and HTTP status",
                                 ["endpoint", "model", "status"], registry=self.registry)
@@ -27,6 +28,11 @@ class Metrics:
                     registry=self.registry)
         gpu.labels("allocated").set_function(lambda: _cuda_memory("allocated"))
         gpu.labels("reserved").set_function(lambda: _cuda_memory("reserved"))
+        if engine_load is not None:
+            engine = Gauge("higgs_engine_load", "Continuous batching: sequences decoding or waiting, requests admitted",
+                           ["kind"], registry=self.registry)
+            for index, kind in enumerate(("running", "waiting", "admitted")):
+                engine.labels(kind).set_function(lambda index=index: engine_load()[index])
 
     def record(self, result) -> None:
         """Audio produced and its real-time factor (compute seconds per audio second)."""

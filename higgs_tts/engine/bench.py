@@ -2,7 +2,9 @@
 
 Figures: decode frames/s and x-real-time per batch size, time to first audio frame, prefill time
 of a cloned-voice prompt, codec decode time per minute of audio, transformers' generate() in the
-same run, and the weight-read roofline (bytes read per audio step / measured copy bandwidth).
+same run, the weight-read roofline (bytes read per audio step / measured copy bandwidth), and with
+`--concurrency` the scheduler's aggregate audio seconds per second, per-stream x-real-time and
+time to first audio with N requests submitted at once.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import torch
 from ..core.checkpoint import LoadedModel
 from ..core.generation import SamplingParams, generate_reference
 from ..core.prompt import PromptRenderer, PromptVoice, build_prompt
+from .batch import bucket_length
 from .engine import EngineRequest, FastEngine
+from .scheduler import Scheduler
 
 FRAMES_PER_SECOND = 25.0
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the forest."
@@ -38,6 +42,7 @@ class BenchResult:
     reference_frames_per_s: float = 0.0
     engine_over_reference: float = 0.0
     roofline_fraction: float = 0.0
+    concurrency: list[dict] = field(default_factory=list)  # continuous batching, N requests at once
 
     def table(self) -> str:
         rows = [
@@ -61,6 +66,10 @@ class BenchResult:
                                               f"({self.reference_frames_per_s / FRAMES_PER_SECOND:.2f}x real time)"),
             ("fast engine / reference", f"{self.engine_over_reference:.1f}x"),
         ]
+        for c in self.concurrency:
+            rows.append((f"scheduler, {c['streams']} concurrent",
+                         f"{c['audio_seconds_per_s']:.1f} audio-s/s in all, {c['x_real_time_per_stream']:.2f}x "
+                         f"real time per stream, first audio {c['time_to_first_audio_ms']:.0f} ms (median)"))
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
 
@@ -96,8 +105,57 @@ def copy_bandwidth(device: torch.device, megabytes: int) -> float:
     return 2 * source.numel() * repeats / (time.perf_counter() - started)
 
 
+def concurrent(model, inputs: dict, counts: list[int], steps: int) -> list[dict]:
+    """N requests submitted at once to the continuous-batching scheduler, for each N in `counts`."""
+    import statistics
+    import threading
+
+    prompt_len = int(inputs["input_ids"].shape[1])
+    scheduler = Scheduler(model, slots=max(counts), max_len=bucket_length(prompt_len + steps + 32),
+                          max_waiting=max(counts))
+    params = SamplingParams(temperature=0.8, max_new_tokens=steps)
+    results = []
+
+    def one(index: int, timings: list) -> None:
+        submitted = time.perf_counter()
+        first, columns = None, 0
+        for piece in scheduler.submit(EngineRequest(inputs, params, index), ignore_eos=True).pieces():
+            first = first or time.perf_counter()
+            columns += int(piece.shape[0])
+        timings[index] = (submitted, first, time.perf_counter(), columns)
+
+    def round_of(n: int) -> tuple[list, float]:
+        timings: list = [None] * n  # per request: submitted, first columns, end, columns
+        started = time.perf_counter()
+        threads = [threading.Thread(target=one, args=(i, timings)) for i in range(n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return timings, time.perf_counter() - started
+
+    try:
+        for n in counts:
+            round_of(n)  # captures this shape's graphs
+            timings, wall = round_of(n)
+            # decode speed once a stream's audio flows (from submission when it all came in one piece)
+            per_stream = [c / FRAMES_PER_SECOND / ((end - first) if end > first else (end - s))
+                          for s, first, end, c in timings]
+            results.append({
+                "streams": n,
+                "steps": steps,
+                "audio_seconds_per_s": sum(t[3] for t in timings) / FRAMES_PER_SECOND / wall,
+                "x_real_time_per_stream": statistics.median(per_stream),
+                "slowest_stream_x_real_time": min(per_stream),
+                "time_to_first_audio_ms": statistics.median((f - s) * 1e3 for s, f, _, _ in timings),
+            })
+    finally:
+        scheduler.close()
+    return results
+
+
 def run(loaded: LoadedModel, batch_sizes: list[int], steps: int, reference_steps: int,
-        clone_seconds: float = 10.0) -> BenchResult:
+        clone_seconds: float = 10.0, concurrency: list[int] | None = None) -> BenchResult:
     device = loaded.device
     model = loaded.model
     renderer = PromptRenderer(loaded.processor)
@@ -160,4 +218,6 @@ def run(loaded: LoadedModel, batch_sizes: list[int], steps: int, reference_steps
     result.reference_frames_per_s = columns.shape[0] / (time.perf_counter() - started)
     if result.batches and result.reference_frames_per_s:
         result.engine_over_reference = result.batches[0]["frames_per_s_per_stream"] / result.reference_frames_per_s
+    if concurrency:
+        result.concurrency = concurrent(model, plain, concurrency, steps)
     return result

@@ -31,19 +31,11 @@ class ModelRunner:
         self.max_len = max_len
         self.head_dim = self.config.head_dim
         self.dtype, self.device = dtype, device
-        self._caches: dict[int, StaticKVCache] = {}
 
-    def cache(self, batch: int) -> StaticKVCache:
-        """The cache for `batch` rows, allocated once and reused (CUDA graphs hold its addresses).
-
-        Stale entries from earlier requests are harmless: a row only attends to positions up to its
-        own, and each of those was written by its prefill or its own decode steps.
-        """
-        if batch not in self._caches:
-            c = self.config
-            self._caches[batch] = StaticKVCache(c.num_hidden_layers, batch, c.num_key_value_heads, self.max_len,
-                                                c.head_dim, self.dtype, self.device)
-        return self._caches[batch]
+    def allocate_cache(self, batch: int) -> StaticKVCache:
+        c = self.config
+        return StaticKVCache.allocate(c.num_hidden_layers, batch, c.num_key_value_heads, self.max_len, c.head_dim,
+                                      self.dtype, self.device)
 
     @torch.inference_mode()
     def prefill(self, inputs: dict[str, torch.Tensor], cache: StaticKVCache, slot: int) -> torch.Tensor:
@@ -60,6 +52,7 @@ class ModelRunner:
         hidden = self.decoder.embed_audio_tokens(codes)[:, None, :]  # sum of the codebooks' embeddings
         cos = self.cos[positions][:, None, :]
         sin = self.sin[positions][:, None, :]
+        # The cache may be a view of the first positions: attention reads only those.
         visible = (torch.arange(cache.max_len, device=codes.device)[None, :] <= positions[:, None])[:, None, None, :]
         for index, layer in enumerate(self.decoder.layers):
             attn = layer.self_attn
@@ -69,9 +62,11 @@ class ModelRunner:
             v = attn.v_proj(x).view(batch, 1, -1, self.head_dim).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             keys, values = cache.update(index, positions, k, v)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible, scale=attn.scaling,
-                                                 enable_gqa=True)
-            hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch, 1, -1))
+            # The query heads that share a KV head become that head's query rows ([B, Hkv, G, D]):
+            # the same attention as GQA, without repeating K/V, and a shape the fused kernels take.
+            grouped = q.reshape(batch, keys.shape[1], -1, self.head_dim)
+            out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=visible, scale=attn.scaling)
+            hidden = hidden + attn.o_proj(out.reshape(batch, 1, -1))
             hidden = hidden + layer.audio_mlp(layer.audio_post_attention_layernorm(hidden))
         hidden = self.decoder.norm(hidden)
         logits = self.model.audio_lm_head(hidden[:, 0])

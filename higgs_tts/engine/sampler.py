@@ -8,7 +8,7 @@ the batch, and no generator state lives on the host.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -64,6 +64,22 @@ class SamplingTensors:
             seeds=t(seeds, torch.long),
         )
 
+    @classmethod
+    def empty(cls, rows: int, device: torch.device) -> SamplingTensors:
+        """Settings for `rows` slots, to be filled by `set_row` as sequences join."""
+        dtypes = {"greedy": torch.bool, "temperature": torch.float32, "top_p": torch.float32}
+        return cls(**{f.name: torch.ones(rows, dtype=dtypes.get(f.name, torch.long), device=device)
+                      for f in fields(cls)})
+
+    def set_row(self, row: int, other: SamplingTensors) -> None:
+        """Row `row` takes the settings of `other`'s only row (a sequence joining the batch)."""
+        for f in fields(self):
+            getattr(self, f.name)[row] = getattr(other, f.name)[0]
+
+    def rows(self, count: int) -> SamplingTensors:
+        """Views of the first `count` rows."""
+        return SamplingTensors(**{f.name: getattr(self, f.name)[:count] for f in fields(self)})
+
 
 class DelayPattern:
     """Which codebooks are forced to stream BOS or EOS at each step, per row.
@@ -77,6 +93,16 @@ class DelayPattern:
         self.codebooks = torch.arange(num_codebooks, device=device)
         self.ending = torch.zeros(batch, dtype=torch.bool, device=device)
         self.ended_steps = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def reset_row(self, row: int) -> None:
+        self.ending[row] = False
+        self.ended_steps[row] = 0
+
+    def rows(self, count: int) -> DelayPattern:
+        """A pattern over the first `count` rows, sharing this one's state."""
+        view = DelayPattern.__new__(DelayPattern)
+        view.codebooks, view.ending, view.ended_steps = self.codebooks, self.ending[:count], self.ended_steps[:count]
+        return view
 
     def apply(self, logits: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         self.ended_steps += self.ending.long()
@@ -99,7 +125,7 @@ def warp(logits: torch.Tensor, s: SamplingTensors) -> torch.Tensor:
     kth = descending.gather(-1, (s.top_k - 1).view(-1, 1, 1).expand(-1, scores.shape[1], 1))
     scores = scores.masked_fill(scores < kth, float("-inf"))
 
-    ascending, order = scores.sort(dim=-1)
+    ascending, order = scores.sort(dim=-1, stable=True)  # ties keep code order on every device
     cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
     remove = cumulative <= (1 - s.top_p)[:, None, None]
     remove[..., -1] = False

@@ -47,10 +47,9 @@ class IdleCleaner:
             self._cleaned = True
         unloaded = self.unload and self.synthesizer.unload()
         gc.collect()
-        import torch
+        from ..engine.graphs import free_cached_memory
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_cached_memory()
         action = "unloaded the model and freed memory" if unloaded else "freed cached memory"
         log.info("idle for %.0f s: %s", self.idle_seconds, action)
         return action

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,11 +31,19 @@ from ..core.audio import (
     time_stretch,
     write_audio,
 )
-from ..core.checkpoint import CheckpointError, unavailable_reason
+from ..core.checkpoint import (
+    CheckpointError,
+    check_codec_format,
+    check_model_format,
+    pick_device,
+    resolve_path,
+    unavailable_reason,
+)
 from ..core.generation import SamplingParams
-from ..core.synthesizer import ReferenceClip, SynthesisRequest, SynthesisResult, Synthesizer
+from ..core.synthesizer import Cancelled, ReferenceClip, SynthesisRequest, SynthesisResult, Synthesizer
 from ..core.text import normalize_transcript
 from ..core.voices import AUDIO_SUFFIXES, VoiceError
+from ..engine.scheduler import EngineBusy
 from ..settings import ServiceSettings, Settings
 from . import formats
 from .audit import AuditRecord
@@ -63,11 +72,10 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 def _free_accelerator_memory() -> None:
     import gc
 
-    import torch
+    from ..engine.graphs import free_cached_memory
 
     gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    free_cached_memory()
 
 
 @dataclass(frozen=True)
@@ -110,8 +118,10 @@ class SpeechService:
 
     # -- entry point ---------------------------------------------------------------------------
 
-    def handle(self, raw: object, job_id: str = "local", s3_config: dict | None = None) -> dict:
-        """Run one job; always returns a response dict (never raises for a job's failure)."""
+    def handle(self, raw: object, job_id: str = "local", s3_config: dict | None = None,
+               cancel: threading.Event | None = None) -> dict:
+        """Run one job; always returns a response dict (never raises for a job's failure).
+        Setting `cancel` stops its generation and frees its engine slot."""
         started = time.perf_counter()
         audit = AuditRecord(job_id=job_id, raw=raw)
         try:
@@ -130,7 +140,7 @@ class SpeechService:
                     "stream",
                 )
             else:
-                response = self.generate(request, s3_config, started)
+                response = self.generate(request, s3_config, started, cancel)
             audit.succeed(response)
             return response
         except Exception as exc:  # the worker must survive anything one job does
@@ -183,14 +193,23 @@ class SpeechService:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def _loadable(self) -> str:
-        """'healthy' when the checkpoint can be loaded without downloading; else the reason."""
-        for label, path, revision in (
-            ("model", self.settings.model_path, self.settings.model_revision),
-            ("tokenizer", self.settings.tokenizer_path, self.settings.tokenizer_revision),
+        """'healthy' when the checkpoint can be loaded without downloading, is in the native
+        layout, and the device exists; else the reason."""
+        for label, path, revision, check in (
+            ("model", self.settings.model_path, self.settings.model_revision, check_model_format),
+            ("tokenizer", self.settings.tokenizer_path, self.settings.tokenizer_revision, check_codec_format),
         ):
             reason = unavailable_reason(path, revision)
             if reason:
                 return f"unhealthy: {label} {reason}"
+            try:
+                check(resolve_path(path, revision))
+            except CheckpointError as exc:
+                return f"unhealthy: {label}: {exc}"
+        try:
+            pick_device(self.settings.device)
+        except CheckpointError as exc:
+            return f"unhealthy: {exc}"
         return "healthy"
 
     def list_voices(self) -> dict:
@@ -288,9 +307,9 @@ class SpeechService:
             reference=reference,
         )
 
-    def _synthesize(self, request: SynthesisRequest) -> SynthesisResult:
+    def _synthesize(self, request: SynthesisRequest, cancel: threading.Event | None = None) -> SynthesisResult:
         with self._job_errors():
-            return self.synthesizer.synthesize(request)
+            return self.synthesizer.synthesize(request, cancel)
 
     @staticmethod
     @contextmanager
@@ -300,6 +319,10 @@ class SpeechService:
             yield
         except CheckpointError as exc:
             raise JobError(f"model unavailable: {exc}", "model_unavailable") from None
+        except EngineBusy as exc:
+            raise JobError(str(exc), "busy") from None
+        except Cancelled:
+            raise JobError("the job was cancelled", "cancelled") from None
         except (RuntimeError, MemoryError) as exc:
             if not _is_out_of_memory(exc):
                 raise
@@ -328,17 +351,18 @@ class SpeechService:
         with self._job_errors():
             yield from stream
 
-    def render(self, request: GenerateInput) -> RenderedAudio:
+    def render(self, request: GenerateInput, cancel: threading.Event | None = None) -> RenderedAudio:
         """Synthesize and encode, without delivery (the HTTP server streams the bytes itself)."""
-        result = self._synthesize(self._synthesis_request(request))
+        result = self._synthesize(self._synthesis_request(request), cancel)
         if request.speed != 1.0:
             result = dataclasses.replace(result, audio=time_stretch(result.audio, request.speed, result.sample_rate))
         data = formats.encode(result.audio, result.sample_rate, request.output_format)
         return RenderedAudio(data=data, content_type=formats.content_type(request.output_format), result=result)
 
-    def generate(self, request: GenerateInput, s3_config: dict | None = None, started: float | None = None) -> dict:
+    def generate(self, request: GenerateInput, s3_config: dict | None = None, started: float | None = None,
+                 cancel: threading.Event | None = None) -> dict:
         started = started if started is not None else time.perf_counter()
-        rendered = self.render(request)
+        rendered = self.render(request, cancel)
         first_audio = time.perf_counter() - started  # a whole response: the audio is ready all at once
         response: dict = {"success": True}
         upload_seconds = self._deliver(response, request, rendered.data, rendered.content_type, s3_config,

@@ -11,7 +11,7 @@ def test_bench_json_has_every_figure(tiny_checkpoint):
     env = {**os.environ, "MODEL_PATH": str(model_dir), "TOKENIZER_PATH": str(codec_dir)}
     done = subprocess.run(
         [sys.executable, "-m", "higgs_tts.cli", "bench", "--json", "--steps", "24", "--reference-steps", "8",
-         "--batch-sizes", "1,3"],
+         "--batch-sizes", "1,3", "--concurrency", "1,3"],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr
@@ -25,6 +25,9 @@ def test_bench_json_has_every_figure(tiny_checkpoint):
                 "clone_prefill_ms", "codec_decode_s_per_min", "reference_frames_per_s", "roofline_fraction"):
         assert result[key] > 0, key
     assert result["clone_prompt_tokens"] > 250  # a 10 s reference clip is 259 audio positions
+    assert [c["streams"] for c in result["concurrency"]] == [1, 3]
+    for c in result["concurrency"]:
+        assert c["audio_seconds_per_s"] > 0 and c["x_real_time_per_stream"] > 0 and c["time_to_first_audio_ms"] > 0
 
 
 def test_bench_table_for_people(tiny_checkpoint):

@@ -82,25 +82,26 @@ def test_padded_batch_of_three_runs_as_four_and_equals_each_alone(loaded, render
     batch = padded.generate([EngineRequest(i, GREEDY, 0) for i in inputs])
     for got, i in zip(batch, inputs, strict=True):
         assert torch.equal(got, generate_reference(loaded.model, i, GREEDY, seed=0))
-    assert set(padded._runners[next(iter(padded._runners))]._caches) == {4}
+    assert [capacity for capacity, _ in padded._batches] == [4]
 
 
 def test_batch_buckets():
-    from higgs_tts.engine.engine import padded_batch
+    from higgs_tts.engine.batch import padded_batch
 
     assert [padded_batch(b) for b in (1, 2, 3, 5, 8, 9, 64, 65, 200)] == [1, 2, 4, 8, 8, 16, 64, 128, 200]
 
 
 def test_old_cache_lengths_are_dropped(loaded, renderer, voice_frames):
-    from higgs_tts.engine.engine import CACHE_BUCKET, MAX_RUNNERS
+    from higgs_tts.engine.batch import LENGTH_BUCKET
+    from higgs_tts.engine.engine import MAX_BATCHES
 
     engine = FastEngine(loaded.model)
     inputs = renderer.inputs(prompts(voice_frames)["no_voice"])
-    for extra in range(MAX_RUNNERS + 1):  # each needs a longer cache
-        params = dataclasses.replace(GREEDY, max_new_tokens=2 + extra * CACHE_BUCKET)
-        engine.generate([EngineRequest(inputs, params, 0)], ignore_eos=False)
-    assert len(engine._runners) == MAX_RUNNERS
-    assert min(engine._runners) > CACHE_BUCKET  # the shortest (first used) went first
+    for extra in range(MAX_BATCHES + 1):  # each needs a longer cache
+        params = dataclasses.replace(GREEDY, max_new_tokens=2 + extra * LENGTH_BUCKET)
+        engine.generate([EngineRequest(inputs, params, 0)])
+    assert len(engine._batches) == MAX_BATCHES
+    assert min(length for _, length in engine._batches) > LENGTH_BUCKET  # the shortest (first used) went first
 
 
 def test_three_chunk_text_equals_the_reference_path(settings):

@@ -212,16 +212,32 @@ def test_health_reports_a_missing_model(service, tmp_path):
     assert health["status"].startswith("unhealthy") and health["model_info"]["models_loaded"] is False
 
 
+def test_health_reports_a_legacy_checkpoint_and_a_missing_gpu(service, tmp_path):
+    import json as json_module
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(service.settings.model_path, legacy)
+    config = json_module.loads((legacy / "config.json").read_text())
+    (legacy / "config.json").write_text(json_module.dumps({**config, "model_type": "higgs_audio"}))
+    broken = dataclasses.replace(service.settings, model_path=str(legacy))
+    health = SpeechService(broken, service.service, Synthesizer(broken, ModelCache())).handle({"action": "health"})
+    assert health["status"].startswith("unhealthy: model") and "convert-checkpoint" in health["status"]
+    if not torch.cuda.is_available():
+        gpu = dataclasses.replace(service.settings, device="cuda")
+        health = SpeechService(gpu, service.service, Synthesizer(gpu, ModelCache())).handle({"action": "health"})
+        assert health["status"].startswith("unhealthy") and "CUDA is not available" in health["status"]
+
+
 class OutOfMemoryOnce(Synthesizer):
     """CUDA out-of-memory cannot happen on a CPU machine; this raises the real exception type once."""
 
     raised = False
 
-    def synthesize(self, request):
+    def synthesize(self, request, cancel=None):
         if not self.raised:
             self.raised = True
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return super().synthesize(request)
+        return super().synthesize(request, cancel)
 
 
 def test_out_of_memory_fails_the_job_and_the_worker_goes_on(service):

@@ -1,0 +1,69 @@
+"""One request inside the engine: its slot, its progress, and the columns handed to its reader."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ..core.generation import SamplingParams
+
+_END = object()
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    inputs: dict[str, torch.Tensor]  # from PromptRenderer.inputs (batch of one)
+    params: SamplingParams
+    seed: int
+
+
+class Sequence:
+    """Written by the engine's loop, read by the request's own thread through `pieces()`."""
+
+    def __init__(self, request: EngineRequest, ignore_eos: bool = False) -> None:
+        self.request = request
+        self.ignore_eos = ignore_eos  # run all max_new_tokens steps (benchmarks, warm-up)
+        self.prompt_len = int(request.inputs["input_ids"].shape[1])
+        self.max_new_tokens = request.params.max_new_tokens
+        self.slot: int | None = None
+        self.generated = 0  # columns produced so far
+        self.cancelled = threading.Event()
+        self.submitted_at = time.perf_counter()
+        self.admitted_at: float | None = None
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    @property
+    def needed_len(self) -> int:
+        """Cache positions the sequence can use: its prompt and every column it may generate."""
+        return self.prompt_len + self.max_new_tokens
+
+    @property
+    def position(self) -> int:
+        return self.prompt_len + self.generated
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def deliver(self, columns: torch.Tensor) -> None:
+        self.generated += int(columns.shape[0])
+        if columns.shape[0]:
+            self._outbox.put(columns)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self._outbox.put(error if error is not None else _END)
+
+    def pieces(self) -> Iterator[torch.Tensor]:
+        """The generated columns `[n, K]` as they come; raises the engine's error if it failed.
+        Closing the iterator early cancels the sequence, which frees its slot."""
+        try:
+            while (item := self._outbox.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.cancel()
