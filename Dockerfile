@@ -85,6 +85,8 @@ COPY docker/check-libs.sh /usr/local/bin/higgs-check-libs
 WORKDIR /app
 COPY handler.py test_input.json ./
 COPY higgs_tts ./higgs_tts
+# For a pod on this image with the network volume attached: ./scripts/setup-network-volume.sh
+COPY scripts/setup-network-volume.sh ./scripts/
 
 # The worker runs as an unprivileged user (uid 1000), which RunPod serverless allows. The network
 # volume is mounted at /runpod-volume, usually owned by root: the models and voices need only be

@@ -8,7 +8,7 @@
 # RUNPOD_API_KEY), --skip-build, --skip-smoke, --max-size-gb N (default 5), --out DIR (default
 # ./deploy), --streaming (workers start with STREAMING=1).
 # Settings (environment): NETWORK_VOLUME_ID, WORKERS_MIN (0), WORKERS_MAX (3), IDLE_TIMEOUT (5),
-# GPU_TYPE_IDS (comma-separated; default every RunPod GPU type with 24 GB or more).
+# GPU_POOLS (comma-separated serverless GPU pool ids; default every pool with 24 GB or more).
 # Writes DIR/runpod-config.json and DIR/test-endpoint.sh (and DIR/runpod-endpoint.json after --create).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -16,7 +16,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 image="${IMAGE:-}"; base_image=""; push=0; create=0; build=1; smoke=1; max_gb=5; out="deploy"; streaming=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --image|--base-image|--max-size-gb|--out)
       [ $# -ge 2 ] || { echo "deploy-runpod: $1 needs a value" >&2; exit 2; }
       case "$1" in
@@ -101,8 +101,12 @@ fi
 
 endpoint_url="https://api.runpod.ai/v2/ENDPOINT_ID"
 if [ "$create" = 1 ]; then
-  echo "== creating the template and endpoint"
-  "$python" -m higgs_tts.deploy.runpod create "$out/runpod-config.json" > "$out/runpod-endpoint.json"
+  # RunPod REST API v2 (https://api.runpod.io/v2; RUNPOD_REST_URL overrides it): one POST /v2/serverless
+  # with the config file as its body. No template is created: v2 takes image, disk and env inline.
+  echo "== creating the endpoint (RunPod REST API v2: POST /v2/serverless)"
+  "$python" -m higgs_tts.deploy.runpod create "$out/runpod-config.json" > "$out/runpod-endpoint.json.tmp" \
+    || { rm -f "$out/runpod-endpoint.json.tmp"; exit 1; }
+  mv "$out/runpod-endpoint.json.tmp" "$out/runpod-endpoint.json"
   endpoint_url=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["endpoint_url"])' \
     "$out/runpod-endpoint.json")
   echo "endpoint: $endpoint_url"

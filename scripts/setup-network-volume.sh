@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Put the model, the codec and the example voices on a RunPod network volume.
 #
-# Run it where the volume is mounted (a pod with the volume attached, using the worker image):
-#   ./scripts/setup-network-volume.sh                      # VOLUME_DIR defaults to /runpod-volume
+# Run it where the volume is mounted (a pod with the volume attached, using the worker image,
+# where this script is /app/scripts/setup-network-volume.sh):
+#   ./scripts/setup-network-volume.sh     # VOLUME_DIR: the mounted volume, /runpod-volume or /workspace
 # or anywhere, staging locally and uploading through RunPod's S3-compatible API:
 #   VOLUME_DIR=./volume NETWORK_VOLUME_ID=... RUNPOD_S3_REGION=EUR-IS-1 \
 #   RUNPOD_S3_ACCESS_KEY=... RUNPOD_S3_SECRET_KEY=... ./scripts/setup-network-volume.sh --upload
@@ -15,7 +16,8 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 
 usage() {
   sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
-  echo "Flags: --volume-dir DIR, --model-revision REV, --tokenizer-revision REV, --voices-source DIR, --upload"
+  echo "Flags: --volume-dir DIR, --model-repo REPO, --model-revision REV, --tokenizer-repo REPO,"
+  echo "       --tokenizer-revision REV, --voices-source DIR, --upload"
 }
 
 args=()

@@ -1,7 +1,14 @@
-"""RunPod template and endpoint: the configuration file, and creating both through RunPod's REST API.
+"""RunPod serverless endpoint: the configuration file, and creating the endpoint through RunPod's REST API v2.
 
     python -m higgs_tts.deploy.runpod config --image IMAGE --volume-id ID > runpod-config.json
     python -m higgs_tts.deploy.runpod create runpod-config.json          (needs RUNPOD_API_KEY)
+
+`runpod-config.json` is the request body of `POST https://api.runpod.io/v2/serverless` as it is sent:
+REST v2 takes the container settings (image, disk, env) inline in the endpoint body, so no template is
+created. Field names follow RunPod's v2 reference, "Create a serverless endpoint"
+(https://docs.runpod.io/api-reference-v2/serverless/create-a-serverless-endpoint, `CreateEndpointRequest`),
+and the v1 -> v2 migration guide (https://docs.runpod.io/api-reference-v2/migrate-from-v1). REST v1
+(`https://rest.runpod.io/v1`, POST /templates + POST /endpoints) is retired.
 """
 
 from __future__ import annotations
@@ -9,31 +16,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
 
-REST_URL = "https://rest.runpod.io/v1"
+REST_URL = "https://api.runpod.io/v2"
+ENDPOINTS_PATH = "/serverless"
 VOLUME = "/runpod-volume"
 
-# RunPod GPU types with 24 GB and more (the model needs about 12 GB in bf16 plus its caches).
-GPU_TYPES_24GB_UP = [
-    "NVIDIA GeForce RTX 4090",
-    "NVIDIA RTX A5000",
-    "NVIDIA L4",
-    "NVIDIA RTX A6000",
-    "NVIDIA L40S",
-    "NVIDIA RTX 6000 Ada Generation",
-    "NVIDIA A100 80GB PCIe",
-    "NVIDIA A100-SXM4-80GB",
-    "NVIDIA H100 80GB HBM3",
-    "NVIDIA H100 PCIe",
-    "NVIDIA H200",
-]
+# Serverless GPU *pool* ids with 24 GB and more (the model needs about 12 GB in bf16 plus its caches).
+# v2's `gpu.pools` takes pool ids, the `pool` field of GET /v2/catalog/gpus, not GPU type names. The v2
+# reference shows only "ADA_24" as an example; the other ids are RunPod's own pool names (runpod-python
+# and Flash `GpuGroup`, and this repo's .runpod/hub.json). These pools hold the cards of the former v1
+# list: RTX 4090 and L4, RTX A5000 (and RTX 3090), RTX A6000 (and A40), L40S and RTX 6000 Ada (and L40),
+# A100 80GB, H100, H200.
+GPU_POOLS_24GB_UP = ["ADA_24", "AMPERE_24", "AMPERE_48", "ADA_48_PRO", "AMPERE_80", "ADA_80_PRO", "HOPPER_141"]
+POOL_ID = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
-
-# torch 2.11's PyPI build is for CUDA 13.0: hosts need a driver that supports it.
+# torch 2.11's PyPI build is for CUDA 13.0: hosts need a driver that supports it. v2 matches
+# `gpu.allowedCudaVersions` exactly (`gpu.minCudaVersion` would be a floor instead; the two are exclusive).
 CUDA_VERSIONS = ["13.0"]
+
+# v2 bounds `workers.idleTimeout` to 1..3600 seconds.
+IDLE_TIMEOUT_RANGE = (1, 3600)
 
 
 class DeployError(RuntimeError):
@@ -52,79 +58,141 @@ def worker_env(streaming: bool = False) -> dict[str, str]:
         "RUNPOD_LOG_LEVEL": "INFO",  # the SDK logs job inputs (transcripts) at DEBUG
         "MAX_CONCURRENCY": "1",
         "STREAMING": "1" if streaming else "0",
+        # A host whose driver cannot run CUDA 13.0 fails the worker loudly instead of running on the CPU.
+        "DEVICE": "cuda",
     }
+
+
+def check_pools(pools: list[str]) -> list[str]:
+    if not pools:
+        raise DeployError("at least one GPU pool is required")
+    for pool in pools:
+        if not POOL_ID.match(pool):
+            raise DeployError(f"{pool!r} is not a serverless GPU pool id: REST v2 takes pool ids such as ADA_24 or "
+                              "AMPERE_80 (the `pool` field of GET https://api.runpod.io/v2/catalog/gpus), "
+                              "not GPU type names")
+    return pools
 
 
 def build_config(image: str, volume_id: str | None, name: str = "higgs-tts", workers_min: int = 0,
                  workers_max: int = 3, idle_timeout: int = 5, container_disk_gb: int = 10,
-                 gpu_types: list[str] | None = None, flashboot: bool = True, streaming: bool = False,
+                 gpu_pools: list[str] | None = None, flashboot: bool = True, streaming: bool = False,
                  execution_timeout_s: int = 600) -> dict:
-    """`runpod-config.json`: a serverless template and an endpoint, in the REST API's field names."""
+    """`runpod-config.json`: the body of POST /v2/serverless (`CreateEndpointRequest`), in v2's field names."""
     if not image:
         raise DeployError("an image name is required (e.g. docker.io/you/higgs-tts:0.1.0)")
     if workers_min < 0 or workers_max < max(1, workers_min):
         raise DeployError(f"workers: need 0 <= min <= max and max >= 1; got min {workers_min}, max {workers_max}")
-    endpoint = {
+    low, high = IDLE_TIMEOUT_RANGE
+    if not low <= idle_timeout <= high:
+        raise DeployError(f"idle timeout: RunPod takes {low} to {high} seconds; got {idle_timeout}")
+    if container_disk_gb < 1 or execution_timeout_s < 1:
+        raise DeployError("the container disk (GB) and the execution timeout (s) must be at least 1")
+    body = {
         "name": name,
-        "computeType": "GPU",
-        "gpuTypeIds": gpu_types or GPU_TYPES_24GB_UP,
-        "gpuCount": 1,
-        "allowedCudaVersions": CUDA_VERSIONS,
-        "workersMin": workers_min,
-        "workersMax": workers_max,
-        "idleTimeout": idle_timeout,
-        "flashboot": flashboot,
-        "scalerType": "QUEUE_DELAY",
-        "scalerValue": 4,
-        "executionTimeoutMs": execution_timeout_s * 1000,
-    }
-    if volume_id:
-        endpoint["networkVolumeId"] = volume_id
-    return {
-        "template": {
-            "name": f"{name}-template",
-            "imageName": image,
-            "isServerless": True,
-            "containerDiskInGb": container_disk_gb,
-            "env": worker_env(streaming),
+        "type": "QUEUE",  # required in v2: queue-based jobs (/run, /runsync, /status, /stream)
+        "image": image,
+        "disk": container_disk_gb,  # container disk in GB
+        "env": worker_env(streaming),  # an object of strings in v2
+        "gpu": {
+            "pools": check_pools(list(gpu_pools or GPU_POOLS_24GB_UP)),
+            "count": 1,
+            "allowedCudaVersions": CUDA_VERSIONS,
         },
-        "endpoint": endpoint,
+        "workers": {"min": workers_min, "max": workers_max, "idleTimeout": idle_timeout},
+        "scaling": {"type": "QUEUE_DELAY", "queueDelay": 4},  # add a worker when a job waits 4 s
+        "flashboot": "FLASHBOOT" if flashboot else "OFF",
+        "timeout": execution_timeout_s * 1000,  # per-job execution timeout, in milliseconds
     }
+    # Not sent, since the docs do not settle them for this case: `dataCenterIds` (omitted: the scheduler
+    # chooses) and the mount path of a network volume on serverless workers (v2 takes only the volume ids;
+    # RunPod mounts them at /runpod-volume, which worker_env() relies on).
+    if volume_id:
+        body["networkVolumes"] = [volume_id]
+    return body
 
 
 def _post(base_url: str, path: str, api_key: str, body: dict) -> dict:
+    where = f"POST {base_url.rstrip('/')}{path}"
     request = urllib.request.Request(
         base_url.rstrip("/") + path, data=json.dumps(body).encode(), method="POST",
-        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json",
+                 "Accept": "application/json"},
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read())
+            raw = response.read()
     except urllib.error.HTTPError as exc:
-        detail = exc.read().decode("utf-8", "replace")[:500]
-        raise DeployError(f"RunPod API {path}: HTTP {exc.code}: {detail}") from None
+        detail = exc.read().decode("utf-8", "replace")[:1000]
+        raise DeployError(f"RunPod API {where}: HTTP {exc.code}: {_problem(detail, api_key)}") from None
     except urllib.error.URLError as exc:
-        raise DeployError(f"RunPod API {path}: {exc.reason}") from None
+        raise DeployError(f"RunPod API {where}: {exc.reason}") from None
+    try:
+        reply = json.loads(raw)
+    except json.JSONDecodeError:
+        raise DeployError(f"RunPod API {where}: the reply is not JSON: {raw[:300]!r}") from None
+    if not isinstance(reply, dict):
+        raise DeployError(f"RunPod API {where}: unexpected reply: {json.dumps(reply)[:300]}")
+    return reply
+
+
+def _problem(text: str, api_key: str) -> str:
+    """v2 errors are RFC 9457 problem objects (title, status, detail, errors[]); anything else is shown raw."""
+    try:
+        problem = json.loads(text)
+    except json.JSONDecodeError:
+        problem = None
+    if isinstance(problem, dict) and ("detail" in problem or "title" in problem):
+        parts = [str(problem[k]) for k in ("title", "detail") if problem.get(k)]
+        errors = problem.get("errors")
+        if isinstance(errors, list) and errors:
+            parts.append("; ".join(str(e) for e in errors))
+        text = ": ".join(parts)
+    return text.replace(api_key, "***") if api_key else text
+
+
+def endpoint_url(reply: dict) -> str:
+    """The endpoint's base URL: from the reply's `requestUrls` (v2), else the documented pattern."""
+    urls = reply.get("requestUrls")
+    run = urls.get("run") if isinstance(urls, dict) else None
+    if isinstance(run, str) and run.endswith("/run"):
+        return run[: -len("/run")]
+    return f"https://api.runpod.ai/v2/{reply['id']}"
 
 
 def create(config: dict, api_key: str, base_url: str = REST_URL) -> dict:
-    """Create the template, then the endpoint that uses it; returns their ids and the endpoint URL."""
+    """Create the endpoint of a `runpod-config.json`; returns its id and URL (no template: v2 takes the
+    container settings in the endpoint body)."""
     if not api_key:
-        raise DeployError("RUNPOD_API_KEY is required to create the template and endpoint")
-    template = _post(base_url, "/templates", api_key, config["template"])
-    if "id" not in template:
-        raise DeployError(f"RunPod API /templates returned no id: {json.dumps(template)[:300]}")
-    endpoint = _post(base_url, "/endpoints", api_key, {**config["endpoint"], "templateId": template["id"]})
-    if "id" not in endpoint:
-        raise DeployError(f"RunPod API /endpoints returned no id: {json.dumps(endpoint)[:300]}")
-    return {"template_id": template["id"], "endpoint_id": endpoint["id"],
-            "endpoint_url": f"https://api.runpod.ai/v2/{endpoint['id']}"}
+        raise DeployError("RUNPOD_API_KEY is required to create the endpoint")
+    if not isinstance(config, dict):
+        raise DeployError("runpod-config.json must hold a JSON object (the body of POST /v2/serverless)")
+    if "template" in config or "endpoint" in config:
+        raise DeployError("this runpod-config.json was written for RunPod's retired REST API v1 (template + "
+                          "endpoint); write it again with `python -m higgs_tts.deploy.runpod config ...` "
+                          "(or scripts/deploy-runpod.sh)")
+    if "rest.runpod.io" in base_url or base_url.rstrip("/").endswith("/v1"):
+        raise DeployError(f"{base_url} is RunPod's retired REST API v1; unset RUNPOD_REST_URL to use {REST_URL}")
+    reply = _post(base_url, ENDPOINTS_PATH, api_key, config)
+    if not reply.get("id"):
+        raise DeployError(f"RunPod API {ENDPOINTS_PATH} returned no id: {json.dumps(reply)[:300]}")
+    result = {"endpoint_id": reply["id"], "endpoint_url": endpoint_url(reply)}
+    if isinstance(reply.get("requestUrls"), dict):
+        result["request_urls"] = reply["requestUrls"]
+    return result
+
+
+def _pools_from_environment() -> str:
+    if os.environ.get("GPU_TYPE_IDS") and not os.environ.get("GPU_POOLS"):
+        raise DeployError("GPU_TYPE_IDS held REST v1 GPU type names; REST v2 takes serverless GPU pool ids: set "
+                          f"GPU_POOLS instead (default {','.join(GPU_POOLS_24GB_UP)}) and unset GPU_TYPE_IDS")
+    return os.environ.get("GPU_POOLS", "")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m higgs_tts.deploy.runpod", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    config = commands.add_parser("config", help="print runpod-config.json")
+    config = commands.add_parser("config", help="print runpod-config.json (the body of POST /v2/serverless)")
     config.add_argument("--image", required=True)
     config.add_argument("--volume-id", default=os.environ.get("NETWORK_VOLUME_ID") or None)
     config.add_argument("--name", default="higgs-tts")
@@ -132,23 +200,26 @@ def main(argv: list[str] | None = None) -> int:
     config.add_argument("--workers-max", type=int, default=3)
     config.add_argument("--idle-timeout", type=int, default=5)
     config.add_argument("--container-disk-gb", type=int, default=10)
-    config.add_argument("--gpu-types", default=os.environ.get("GPU_TYPE_IDS", ""),
-                        help="comma-separated RunPod GPU type ids (default: every type with 24 GB or more)")
+    config.add_argument("--execution-timeout", type=int, default=600, help="seconds per job (default 600)")
+    config.add_argument("--gpu-pools", default=None,
+                        help="comma-separated serverless GPU pool ids (env GPU_POOLS; default: "
+                             f"{','.join(GPU_POOLS_24GB_UP)})")
     config.add_argument("--streaming", action="store_true", help="start the worker with STREAMING=1")
     config.add_argument("--no-flashboot", action="store_true")
-    make = commands.add_parser("create", help="create the template and endpoint of a config file")
+    make = commands.add_parser("create", help="create the endpoint of a config file (POST /v2/serverless)")
     make.add_argument("config_file")
     args = parser.parse_args(argv)
     try:
         if args.command == "config":
-            gpu_types = [g.strip() for g in args.gpu_types.split(",") if g.strip()] or None
+            pools_text = args.gpu_pools if args.gpu_pools is not None else _pools_from_environment()
+            pools = [p.strip() for p in pools_text.split(",") if p.strip()] or None
             result = build_config(args.image, args.volume_id, args.name, args.workers_min, args.workers_max,
-                                  args.idle_timeout, args.container_disk_gb, gpu_types, not args.no_flashboot,
-                                  args.streaming)
+                                  args.idle_timeout, args.container_disk_gb, pools, not args.no_flashboot,
+                                  args.streaming, args.execution_timeout)
         else:
             with open(args.config_file) as handle:
                 result = create(json.load(handle), os.environ.get("RUNPOD_API_KEY", ""),
-                                os.environ.get("RUNPOD_REST_URL", REST_URL))
+                                os.environ.get("RUNPOD_REST_URL") or REST_URL)
     except (DeployError, OSError, json.JSONDecodeError) as exc:
         print(f"deploy: {exc}", file=sys.stderr)
         return 1

@@ -349,8 +349,22 @@ def upload_to_network_volume(layout: VolumeLayout, volume_id: str, region: str, 
 # -- command line ---------------------------------------------------------------------------------
 
 
+MOUNT_POINTS = ("/runpod-volume", "/workspace")  # serverless workers, pods
+
+
+def default_volume_dir() -> Path:
+    """Where the network volume is mounted: /runpod-volume on serverless workers, /workspace on
+    pods (RunPod's default mount path). Refuses to guess when neither is a mount point, because
+    writing to the container disk would silently lose everything."""
+    for candidate in MOUNT_POINTS:
+        if os.path.ismount(candidate):
+            return Path(candidate)
+    raise SetupError(f"no network volume is mounted at {' or '.join(MOUNT_POINTS)}; attach it, or set VOLUME_DIR "
+                     "(--volume-dir) to the folder to fill, e.g. a local folder to upload with --upload")
+
+
 def setup(args: argparse.Namespace) -> dict:
-    layout = VolumeLayout(Path(args.volume_dir))
+    layout = VolumeLayout(Path(args.volume_dir) if args.volume_dir else default_volume_dir())
     check_writable(layout.root)
     token = os.environ.get("HF_TOKEN") or None
     cache = Path(os.environ.get("HF_HUB_CACHE") or layout.hf_cache)
@@ -384,7 +398,8 @@ def setup(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m higgs_tts.deploy.volume", description=__doc__.split("\n")[0])
-    parser.add_argument("--volume-dir", default=os.environ.get("VOLUME_DIR", "/runpod-volume"))
+    parser.add_argument("--volume-dir", default=os.environ.get("VOLUME_DIR") or None,
+                        help="default: the mounted network volume (/runpod-volume or /workspace)")
     parser.add_argument("--model-repo", default=os.environ.get("MODEL_REPO", MODEL_REPO))
     parser.add_argument("--model-revision", default=os.environ.get("MODEL_REVISION", "main"))
     parser.add_argument("--tokenizer-repo", default=os.environ.get("TOKENIZER_REPO", TOKENIZER_REPO))

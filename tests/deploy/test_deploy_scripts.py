@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, make_bucket, running_worker
 
-from higgs_tts.deploy.runpod import build_config
+from higgs_tts.deploy.runpod import CUDA_VERSIONS, GPU_POOLS_24GB_UP, DeployError, build_config, create, endpoint_url
 
 SCRIPTS = REPO / "scripts"
 
@@ -42,14 +42,52 @@ def test_config_and_test_script_without_docker(tmp_path):
     assert run.returncode == 0, run.stderr
     config = json.loads((tmp_path / "runpod-config.json").read_text())
     assert config == build_config("docker.io/me/higgs-tts:1", "vol42", workers_max=5)
-    env = config["template"]["env"]
+    # The file is the body of POST /v2/serverless, in REST v2's field names (no v1 template/endpoint split).
+    assert set(config) == {"name", "type", "image", "disk", "env", "gpu", "workers", "scaling", "flashboot",
+                           "timeout", "networkVolumes"}
+    assert config["type"] == "QUEUE" and config["image"] == "docker.io/me/higgs-tts:1" and config["disk"] == 10
+    env = config["env"]
     assert env["MODEL_PATH"].startswith("/runpod-volume/") and env["RUNPOD_LOG_LEVEL"] == "INFO"
-    endpoint = config["endpoint"]
-    assert endpoint["networkVolumeId"] == "vol42" and endpoint["flashboot"] is True
-    assert endpoint["workersMin"] == 0 and endpoint["workersMax"] == 5 and "NVIDIA H100 80GB HBM3" in endpoint[
-        "gpuTypeIds"]
+    assert env["DEVICE"] == "cuda" and all(isinstance(v, str) for v in env.values())
+    assert config["gpu"] == {"pools": GPU_POOLS_24GB_UP, "count": 1, "allowedCudaVersions": ["13.0"]}
+    assert "ADA_80_PRO" in config["gpu"]["pools"] and "AMPERE_16" not in config["gpu"]["pools"]
+    assert config["workers"] == {"min": 0, "max": 5, "idleTimeout": 5}
+    assert config["scaling"] == {"type": "QUEUE_DELAY", "queueDelay": 4}
+    assert config["networkVolumes"] == ["vol42"] and config["flashboot"] == "FLASHBOOT"
+    assert config["timeout"] == 600_000
     test_script = tmp_path / "test-endpoint.sh"
     assert os.access(test_script, os.X_OK) and "api.runpod.ai/v2/ENDPOINT_ID" in test_script.read_text()
+
+
+def test_config_options_and_refusals():
+    config = build_config("me/higgs:2", None, idle_timeout=30, container_disk_gb=20, gpu_pools=["ADA_24"],
+                          flashboot=False, streaming=True, execution_timeout_s=120)
+    assert "networkVolumes" not in config and config["flashboot"] == "OFF" and config["disk"] == 20
+    assert config["gpu"]["pools"] == ["ADA_24"] and config["env"]["STREAMING"] == "1"
+    assert config["workers"]["idleTimeout"] == 30 and config["timeout"] == 120_000
+    for bad in ({"gpu_pools": ["NVIDIA GeForce RTX 4090"]}, {"idle_timeout": 0}, {"workers_max": 0}):
+        with pytest.raises(DeployError):
+            build_config("me/higgs:2", None, **bad)
+    with pytest.raises(DeployError, match="v1"):
+        create({"template": {}, "endpoint": {}}, "rp-key", "http://127.0.0.1:1/v2")
+    with pytest.raises(DeployError, match="v1"):
+        create(build_config("me/higgs:2", None), "rp-key", "https://rest.runpod.io/v1")
+
+
+def test_pools_come_from_gpu_pools_and_v1_type_names_are_refused(tmp_path):
+    run = deploy("--image", "x", "--skip-build", "--skip-smoke", "--out", str(tmp_path),
+                 GPU_POOLS="ADA_24, AMPERE_48", GPU_TYPE_IDS="")
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "runpod-config.json").read_text())["gpu"]["pools"] == ["ADA_24", "AMPERE_48"]
+    old = deploy("--image", "x", "--skip-build", "--skip-smoke", "--out", str(tmp_path),
+                 GPU_TYPE_IDS="NVIDIA GeForce RTX 4090", GPU_POOLS="")
+    assert old.returncode == 1 and "GPU_POOLS" in old.stderr
+
+
+def test_endpoint_url_prefers_the_reply_request_urls():
+    reply = {"id": "ep1", "requestUrls": {"run": "https://example.test/v2/ep1/run", "runSync": "x"}}
+    assert endpoint_url(reply) == "https://example.test/v2/ep1"
+    assert endpoint_url({"id": "ep1"}) == "https://api.runpod.ai/v2/ep1"
 
 
 def test_bad_arguments_are_refused(tmp_path):
@@ -71,8 +109,34 @@ def test_build_without_a_daemon_says_so(tmp_path):
     assert run.returncode == 1 and ("no Docker daemon" in run.stderr or "not installed" in run.stderr)
 
 
+# CreateEndpointRequest (POST /v2/serverless), as far as this deployment uses it: the top-level fields v2
+# accepts (it rejects any other), and the ones it requires.
+V2_ENDPOINT_FIELDS = {"name", "type", "image", "args", "cmd", "entrypoint", "disk", "env", "ports", "registry",
+                      "gpu", "cpu", "workers", "scaling", "dataCenterIds", "flashboot", "networkVolumes",
+                      "templateId", "timeout"}
+
+
+def v2_problems(body: dict) -> list[str]:
+    problems = [f"unknown field {key}" for key in set(body) - V2_ENDPOINT_FIELDS]
+    problems += [f"{key} is required" for key in ("name", "type", "scaling", "image", "gpu") if key not in body]
+    gpu, workers, scaling = body.get("gpu", {}), body.get("workers", {}), body.get("scaling", {})
+    if not gpu.get("pools") or set(gpu) - {"pools", "excludedTypes", "count", "allowedCudaVersions",
+                                          "minCudaVersion"}:
+        problems.append("gpu: pools (required), excludedTypes, count, allowedCudaVersions, minCudaVersion")
+    if set(workers) - {"min", "max", "idleTimeout"} or not 1 <= workers.get("idleTimeout", 10) <= 3600:
+        problems.append("workers: min, max, idleTimeout (1..3600)")
+    if scaling != {"type": "QUEUE_DELAY", "queueDelay": scaling.get("queueDelay")} or scaling["queueDelay"] < 0.5:
+        problems.append("scaling: {type: QUEUE_DELAY, queueDelay >= 0.5}")
+    if body.get("type") not in ("QUEUE", "LOAD_BALANCER") or body.get("flashboot", "OFF") not in (
+            "OFF", "FLASHBOOT", "PRIORITY_FLASHBOOT"):
+        problems.append("type or flashboot: not one of the enum values")
+    if not all(isinstance(v, str) for v in body.get("env", {}).values()):
+        problems.append("env: values must be strings")
+    return problems
+
+
 class FakeRunPodAPI(BaseHTTPRequestHandler):
-    """RunPod's REST API cannot run here: this stands in for its two create calls."""
+    """RunPod's REST API cannot run here: this stands in for v2's POST /v2/serverless."""
 
     calls: list = []
     fail = False
@@ -80,13 +144,21 @@ class FakeRunPodAPI(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 - the http.server interface
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         FakeRunPodAPI.calls.append((self.path, self.headers["Authorization"], body))
-        if FakeRunPodAPI.fail:
-            reply, status = {"error": "invalid gpuTypeIds"}, 400
+        problems = v2_problems(body)
+        if self.path != "/v2/serverless":
+            reply, status = {"title": "Not Found", "status": 404, "detail": "resource not found"}, 404
+        elif FakeRunPodAPI.fail:
+            reply, status = {"title": "Bad Request", "status": 400, "detail": "no capacity in pools ADA_24"}, 400
+        elif problems:
+            reply, status = {"title": "Unprocessable Entity", "status": 422,
+                             "detail": "Request validation failed.", "errors": problems}, 422
         else:
-            reply, status = {"id": "tpl123" if self.path == "/templates" else "ep456", **body}, 200
+            urls = {"run": "https://api.runpod.ai/v2/ep456/run", "runSync": "https://api.runpod.ai/v2/ep456/runsync",
+                    "health": "https://api.runpod.ai/v2/ep456/health"}
+            reply, status = {"id": "ep456", "requestUrls": urls, "createdAt": "2026-11-27T00:00:00Z", **body}, 201
         data = json.dumps(reply).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "application/json" if status < 400 else "application/problem+json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -100,20 +172,26 @@ def runpod_api():
     FakeRunPodAPI.calls, FakeRunPodAPI.fail = [], False
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeRunPodAPI)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield f"http://127.0.0.1:{server.server_address[1]}/v2"
     server.shutdown()
 
 
-def test_create_makes_the_template_then_the_endpoint(tmp_path, runpod_api):
+def test_create_posts_the_endpoint_to_rest_v2(tmp_path, runpod_api):
     run = deploy("--image", "me/higgs:2", "--skip-build", "--skip-smoke", "--create", "--out", str(tmp_path),
                  RUNPOD_API_KEY="rp-key", RUNPOD_REST_URL=runpod_api, NETWORK_VOLUME_ID="vol9")
     assert run.returncode == 0, run.stderr
-    (template_path, auth, template), (endpoint_path, _, endpoint) = FakeRunPodAPI.calls
-    assert (template_path, endpoint_path, auth) == ("/templates", "/endpoints", "Bearer rp-key")
-    assert template["imageName"] == "me/higgs:2" and template["isServerless"] is True
-    assert endpoint["templateId"] == "tpl123" and endpoint["networkVolumeId"] == "vol9"
+    [(path, auth, endpoint)] = FakeRunPodAPI.calls  # one call: v2 takes no template id
+    assert (path, auth) == ("/v2/serverless", "Bearer rp-key")
+    assert v2_problems(endpoint) == []
+    assert endpoint == json.loads((tmp_path / "runpod-config.json").read_text())
+    assert endpoint["image"] == "me/higgs:2" and endpoint["type"] == "QUEUE" and endpoint["disk"] == 10
+    assert endpoint["networkVolumes"] == ["vol9"] and endpoint["env"]["DEVICE"] == "cuda"
+    assert endpoint["gpu"]["pools"] == GPU_POOLS_24GB_UP and endpoint["gpu"]["allowedCudaVersions"] == ["13.0"]
+    assert endpoint["workers"] == {"min": 0, "max": 3, "idleTimeout": 5} and endpoint["flashboot"] == "FLASHBOOT"
     created = json.loads((tmp_path / "runpod-endpoint.json").read_text())
+    assert created["endpoint_id"] == "ep456" and "template_id" not in created
     assert created["endpoint_url"] == "https://api.runpod.ai/v2/ep456"
+    assert created["request_urls"]["runSync"] == "https://api.runpod.ai/v2/ep456/runsync"
     assert "https://api.runpod.ai/v2/ep456" in (tmp_path / "test-endpoint.sh").read_text()
     assert "rp-key" not in run.stdout + run.stderr
 
@@ -122,12 +200,26 @@ def test_create_reports_the_api_error(tmp_path, runpod_api):
     FakeRunPodAPI.fail = True
     run = deploy("--image", "me/higgs:2", "--skip-build", "--skip-smoke", "--create", "--out", str(tmp_path),
                  RUNPOD_API_KEY="rp-key", RUNPOD_REST_URL=runpod_api)
-    assert run.returncode == 1 and "HTTP 400" in run.stderr and "invalid gpuTypeIds" in run.stderr
+    assert run.returncode == 1 and "HTTP 400" in run.stderr and "no capacity in pools ADA_24" in run.stderr
+    assert "/v2/serverless" in run.stderr and "rp-key" not in run.stdout + run.stderr
+    assert not (tmp_path / "runpod-endpoint.json").exists()
+    assert not (tmp_path / "runpod-endpoint.json.tmp").exists()
+
+
+def test_create_reports_v2_validation_errors(tmp_path, runpod_api):
+    config = tmp_path / "runpod-config.json"
+    config.write_text(json.dumps({**build_config("me/higgs:2", None), "gpuTypeIds": ["NVIDIA L4"]}))
+    with pytest.raises(DeployError, match="HTTP 422.*unknown field gpuTypeIds"):
+        create(json.loads(config.read_text()), "rp-key", runpod_api)
 
 
 def test_hub_files_describe_this_worker():
     hub = json.loads((REPO / ".runpod" / "hub.json").read_text())
     assert hub["category"] == "audio" and hub["type"] == "serverless"
+    # The Hub listing and --create deploy on the same GPU pools and CUDA version.
+    assert hub["config"]["gpuIds"].split(",") == GPU_POOLS_24GB_UP
+    assert hub["config"]["allowedCudaVersions"] == CUDA_VERSIONS
+    assert {"key": "DEVICE", "value": "cuda"} in hub["config"]["env"]
     keys = {e["key"] for e in hub["config"]["env"]}
     assert {"MODEL_PATH", "TOKENIZER_PATH", "VOICE_PROMPTS_PATH", "STREAMING"} <= keys
     assert all(set(p["defaults"]) <= keys for p in hub["config"]["presets"])
