@@ -64,7 +64,7 @@ def concurrency_modifier(current_concurrency: int) -> int:
 
 def _preload() -> None:
     try:
-        service.synthesizer.model()
+        service.synthesizer.prepare()
     except Exception as exc:  # reported by health and by the first job instead
         logging.getLogger("handler").warning("model preload failed: %s", exc)
 

@@ -213,6 +213,13 @@ class Synthesizer:
             self._engine[1].close()
             self._engine = None
 
+    def prepare(self) -> None:
+        """Load the model and start the engine (which captures its CUDA graphs), so that the
+        first request does not wait for either."""
+        loaded, _ = self.model()
+        if self.engine_name(loaded) == "fast":
+            self._engines(loaded)
+
     def model(self) -> tuple[LoadedModel, bool]:
         """The loaded model and whether this call loaded it."""
         return self._models.get(self.settings)

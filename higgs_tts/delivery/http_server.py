@@ -392,6 +392,13 @@ def _sse(chunks, input_tokens: int, output_tokens):
     yield f"data: {json.dumps({'type': 'speech.audio.done', 'usage': usage})}\n\n"
 
 
+def _preload(service: SpeechService) -> None:
+    try:
+        service.synthesizer.prepare()
+    except Exception as exc:  # reported by /health and by the first request instead
+        log.warning("model preload failed: %s", exc)
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     import os
 
@@ -399,5 +406,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
 
     api_key = os.environ.get("API_KEY") or None
     max_body = int(os.environ.get("MAX_REQUEST_BYTES", 20 * 1024 * 1024))
-    app = create_app(api_key=api_key, max_body_bytes=max_body)
+    service = SpeechService()
+    if os.environ.get("PRELOAD_MODEL", "1").lower() in ("1", "true", "yes"):
+        threading.Thread(target=_preload, args=(service,), name="preload", daemon=True).start()
+    app = create_app(service, api_key=api_key, max_body_bytes=max_body)
     uvicorn.run(app, host=host, port=port, log_level=os.environ.get("UVICORN_LOG_LEVEL", "info"), access_log=False)

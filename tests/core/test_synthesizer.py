@@ -139,3 +139,20 @@ def test_bad_requests_name_the_field(kwargs, message):
 def test_bad_sampling_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SamplingParams(**kwargs)
+
+
+def test_prepare_loads_the_model_and_starts_the_fast_engine(settings):
+    import dataclasses as dc
+
+    from higgs_tts.core.checkpoint import ModelCache as Cache
+
+    fast = Synthesizer(dc.replace(settings, engine="fast"), Cache())
+    assert fast.loaded_model() is None
+    fast.prepare()
+    assert fast.loaded_model() is not None and fast._engine is not None
+    assert fast.engine_load() == (0, 0, 0)
+    fast.unload()
+    assert fast._engine is None
+    reference = Synthesizer(dc.replace(settings, engine="reference"), Cache())
+    reference.prepare()
+    assert reference.loaded_model() is not None and reference._engine is None
