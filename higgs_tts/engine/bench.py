@@ -43,6 +43,9 @@ class BenchResult:
     engine_over_reference: float = 0.0
     roofline_fraction: float = 0.0
     concurrency: list[dict] = field(default_factory=list)  # continuous batching, N requests at once
+    stream_first_audio_ms: float = 0.0  # cloned voice, streamed: call -> first decoded audio chunk
+    stream_underruns: int = 0  # chunks that would arrive late for playback at 1x from the first chunk
+    stream_min_slack_s: float = 0.0  # the closest any chunk came to its playback deadline
 
     def table(self) -> str:
         rows = [
@@ -62,6 +65,8 @@ class BenchResult:
             ("time to first audio frame", f"{self.first_frame_ms:.1f} ms"),
             ("prefill, cloned-voice prompt", f"{self.clone_prefill_ms:.1f} ms ({self.clone_prompt_tokens} tokens)"),
             ("codec decode per minute of audio", f"{self.codec_decode_s_per_min:.3f} s"),
+            ("streamed, cloned voice", f"first audio {self.stream_first_audio_ms:.0f} ms, {self.stream_underruns} "
+                                       f"underrun(s) at 1x playback (min slack {self.stream_min_slack_s:.2f} s)"),
             ("reference generate(), batch 1", f"{self.reference_frames_per_s:.1f} frames/s "
                                               f"({self.reference_frames_per_s / FRAMES_PER_SECOND:.2f}x real time)"),
             ("fast engine / reference", f"{self.engine_over_reference:.1f}x"),
@@ -103,6 +108,40 @@ def copy_bandwidth(device: torch.device, megabytes: int) -> float:
         target.copy_(source)
     _sync(device)
     return 2 * source.numel() * repeats / (time.perf_counter() - started)
+
+
+def streamed(loaded: LoadedModel, engine: FastEngine, inputs: dict, steps: int) -> tuple[float, int, float]:
+    """One request streamed as the servers stream it (engine columns -> frames -> StreamingDecoder
+    chunks): time to the first audio chunk, and whether a player that starts at that chunk and
+    plays at 1x would run dry (underruns, and the smallest margin any chunk had)."""
+    from ..core.codes import generated_frames
+    from ..core.streaming import StreamingDecoder
+
+    def decode(frames: torch.Tensor):
+        codes = frames.transpose(0, 1)[None].to(loaded.device)
+        return loaded.codec.decode(codes).audio_values.reshape(-1).float().cpu().numpy()
+
+    decoder = StreamingDecoder(decode, hop=loaded.hop_length)
+    arrivals: list[tuple[float, int]] = []  # (time, samples) per chunk
+    columns, sent = [], 0
+    started = time.perf_counter()
+    with torch.inference_mode():
+        request = EngineRequest(inputs, SamplingParams(temperature=0.8, max_new_tokens=steps), 0)
+        for piece in engine.stream(request, ignore_eos=True):
+            columns.append(piece.cpu())
+            frames = generated_frames(torch.cat(columns))
+            for chunk in decoder.push(frames[sent:]):
+                arrivals.append((time.perf_counter(), len(chunk)))
+            sent = frames.shape[0]
+        arrivals.append((time.perf_counter(), len(decoder.finish())))
+    first = arrivals[0][0]
+    played, underruns, slack = arrivals[0][1], 0, float("inf")
+    for arrived, samples in arrivals[1:]:  # the first chunk starts the clock
+        deadline = first + played / loaded.sample_rate
+        slack = min(slack, deadline - arrived)
+        underruns += arrived > deadline + 1e-6
+        played += samples
+    return (first - started) * 1e3, underruns, slack if arrivals[1:] else played / loaded.sample_rate
 
 
 def concurrent(model, inputs: dict, counts: list[int], steps: int) -> list[dict]:
@@ -199,6 +238,8 @@ def run(loaded: LoadedModel, batch_sizes: list[int], steps: int, reference_steps
     engine.generate([EngineRequest(clone, short, 0)], ignore_eos=True)
     result.clone_prefill_ms = engine.stats.prefill_seconds * 1e3
     result.clone_prompt_tokens = int(clone["input_ids"].shape[1])
+    result.stream_first_audio_ms, result.stream_underruns, result.stream_min_slack_s = streamed(
+        loaded, engine, clone, max(steps, 96))
 
     minute = torch.randint(0, 1024, (1, 8, int(60 * FRAMES_PER_SECOND)), generator=generator).to(device)
     with torch.inference_mode():

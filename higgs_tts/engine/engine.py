@@ -72,9 +72,9 @@ class FastEngine:
         empty = torch.zeros((0, self.model.config.num_codebooks), dtype=torch.long)
         return [torch.cat(p) if p else empty for p in pieces]
 
-    def stream(self, request: EngineRequest) -> Iterator[torch.Tensor]:
+    def stream(self, request: EngineRequest, ignore_eos: bool = False) -> Iterator[torch.Tensor]:
         """One request's columns as they are generated, in pieces of up to `check_every` columns."""
-        for _, columns in self._run([Sequence(request)]):
+        for _, columns in self._run([Sequence(request, ignore_eos)]):
             yield columns
 
     def _run(self, sequences: list[Sequence]) -> Iterator[tuple[int, torch.Tensor]]:

@@ -25,6 +25,7 @@ def test_bench_json_has_every_figure(tiny_checkpoint):
                 "clone_prefill_ms", "codec_decode_s_per_min", "reference_frames_per_s", "roofline_fraction"):
         assert result[key] > 0, key
     assert result["clone_prompt_tokens"] > 250  # a 10 s reference clip is 259 audio positions
+    assert result["stream_first_audio_ms"] > 0 and result["stream_underruns"] >= 0
     assert [c["streams"] for c in result["concurrency"]] == [1, 3]
     for c in result["concurrency"]:
         assert c["audio_seconds_per_s"] > 0 and c["x_real_time_per_stream"] > 0 and c["time_to_first_audio_ms"] > 0
@@ -40,5 +41,5 @@ def test_bench_table_for_people(tiny_checkpoint):
     )
     assert done.returncode == 0, done.stderr
     for label in ("roofline, batch 1", "fast engine, batch 1", "time to first audio frame",
-                  "reference generate(), batch 1", "codec decode per minute of audio"):
+                  "reference generate(), batch 1", "codec decode per minute of audio", "streamed, cloned voice"):
         assert label in done.stdout
