@@ -286,7 +286,8 @@ def _speak(client: HiggsTTSClient, args: argparse.Namespace) -> dict:
             raise HiggsTTSError(f"the audio was uploaded to {output.get('audio_url')} and has no download URL")
         print(f"wrote {args.out} ({output.get('duration_seconds')} s)", file=sys.stderr)
     elif "audio_base64" in output:
-        raise HiggsTTSError("the audio came back inline: pass --out FILE to keep it")
+        reason = f" (the upload failed: {output['s3_upload_error']})" if output.get("s3_upload_error") else ""
+        raise HiggsTTSError(f"the audio came back inline{reason}: pass --out FILE to keep it", output)
     return _summary(output)
 
 

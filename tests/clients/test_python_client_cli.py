@@ -222,11 +222,13 @@ def test_cli_health_and_voices(worker):
         (["speak", "x", "--out", "x.wav", "--temperature", "3"], "temperature"),
         (["speak", "x", "--voice", "nobody", "--out", "x.wav", "--async"], "unknown voice 'nobody'"),
         (["speak", "x"], "pass --out FILE"),
+        (["speak", "x", "--s3-bucket", "no-such-bucket"], "the upload failed"),
         (["speak", "x", "--stream", "--out", "x.mp3"], "--stream writes a WAV file"),
         # the SDK's local server refuses /stream itself; RunPod fails the job naming STREAMING=1
         (["speak", "x", "--stream", "--out", "x.wav"], "generator"),
     ],
-    ids=["voice", "field", "temperature", "async", "no-out", "stream-suffix", "stream-unsupported"],
+    ids=["voice", "field", "temperature", "async", "no-out", "upload-failed", "stream-suffix",
+         "stream-unsupported"],
 )
 def test_cli_failures_exit_1_with_the_reason(worker, tmp_path, args, message):
     done = cli(*args, *QUICK_FLAGS, url=worker["url"], cwd=tmp_path)
