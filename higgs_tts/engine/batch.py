@@ -96,8 +96,6 @@ class Batch:
                                                         self.runner.codebook_size, self.device))
         self.pattern.reset_row(slot)
         self._set_history(slot, request)
-        sequence.slot = slot
-        sequence.admitted_at = time.perf_counter()
         self.sequences[slot] = sequence
 
     def _set_history(self, slot: int, request) -> None:
@@ -190,11 +188,15 @@ class Batch:
         self.history[:rows] = history
         return BurstResult(columns=self.columns[:rows].cpu(), counts=counts.tolist(), done=done.tolist())
 
-    def hand_out(self, result: BurstResult) -> list[Sequence]:
-        """Give each sequence its new columns; returns (and releases) the ones that ended."""
-        ended = []
+    def take(self, result: BurstResult) -> list[tuple[int, Sequence, torch.Tensor, bool]]:
+        """Per occupied slot: (slot, sequence, its new columns, whether it ended). Ended and
+        cancelled sequences are released here, so their slots are free for the next admission."""
+        taken = []
         for slot, sequence in list(self.sequences.items()):
-            sequence.deliver(result.columns[slot, : result.counts[slot]].clone())
-            if result.done[slot] or sequence.cancelled.is_set():
-                ended.append(self.release(slot))
-        return ended
+            columns = result.columns[slot, : result.counts[slot]].clone()
+            sequence.generated += int(columns.shape[0])
+            ended = result.done[slot] or sequence.cancelled.is_set()
+            if ended:
+                self.release(slot)
+            taken.append((slot, sequence, columns, ended))
+        return taken

@@ -83,10 +83,8 @@ class FastEngine:
         capacity = padded_batch(len(sequences)) if self.pad_batches else len(sequences)
         longest = max(s.needed_len for s in sequences) + self.check_every + 1
         batch = self._batch(capacity, bucket_length(longest))
-        index_of = {}
-        for slot, sequence in enumerate(sequences):
+        for slot, sequence in enumerate(sequences):  # slot = the sequence's index
             batch.admit(sequence, slot)
-            index_of[slot] = slot
         self._sync()
         prefilled = time.perf_counter()
         first_frame = None
@@ -97,13 +95,9 @@ class FastEngine:
                 result = batch.burst(mark_step=mark)
                 if mark is not None:
                     first_frame = batch.marked_at
-                for slot, sequence in list(batch.sequences.items()):
-                    columns = result.columns[slot, : result.counts[slot]].clone()
-                    sequence.generated += int(columns.shape[0])
-                    if result.done[slot]:
-                        batch.release(slot)
+                for slot, _, columns, _ in batch.take(result):
                     if columns.shape[0]:
-                        yield index_of[slot], columns
+                        yield slot, columns
         finally:
             for slot in list(batch.sequences):  # a reader that stopped early leaves nothing behind
                 batch.release(slot)

@@ -141,8 +141,10 @@ class Scheduler:
             for slot in list(self.batch.sequences):
                 self.batch.release(slot).finish(exc)
             return
-        for sequence in self.batch.hand_out(result):
-            sequence.finish()
+        for _, sequence, columns, ended in self.batch.take(result):
+            sequence.deliver(columns)
+            if ended:
+                sequence.finish()
 
     def _fail_all(self, error: BaseException) -> None:
         with self._wake:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,11 +29,8 @@ class Sequence:
         self.ignore_eos = ignore_eos  # run all max_new_tokens steps (benchmarks, warm-up)
         self.prompt_len = int(request.inputs["input_ids"].shape[1])
         self.max_new_tokens = request.params.max_new_tokens
-        self.slot: int | None = None
-        self.generated = 0  # columns produced so far
+        self.generated = 0  # columns produced so far (counted by the batch)
         self.cancelled = threading.Event()
-        self.submitted_at = time.perf_counter()
-        self.admitted_at: float | None = None
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
 
     @property
@@ -50,7 +46,6 @@ class Sequence:
         self.cancelled.set()
 
     def deliver(self, columns: torch.Tensor) -> None:
-        self.generated += int(columns.shape[0])
         if columns.shape[0]:
             self._outbox.put(columns)
 
