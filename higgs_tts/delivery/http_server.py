@@ -166,19 +166,17 @@ class Jobs:
             reply = runpod_reply(job_id, self.service.handle(job_input, job_id, cancel=cancel))
             self._set(job_id, **(reply if not cancel.is_set() else {**reply, "status": "CANCELLED"}))
             return
+        items: list[dict] = []  # read by /stream/{id} while they come
         with self.lock:
-            self.streams[job_id] = [[], 0]
-        items = []
+            self.streams[job_id] = [items, 0]
         stream = self.service.stream_job(job_input, job_id)
         for item in stream:
             if cancel.is_set():  # closing the stream gives the engine slot back
                 stream.close()
                 return
-            items.append(item)
             with self.lock:
-                if job_id in self.streams:
-                    self.streams[job_id][0].append(item)
-        self._set(job_id, **{**runpod_reply(job_id, items[-1]), "output": items})  # like RunPod's aggregate
+                items.append(item)
+        self._set(job_id, **runpod_reply(job_id, list(items)))
 
     def _set(self, job_id: str, **fields) -> None:
         with self.lock:
@@ -207,10 +205,13 @@ class Jobs:
             return reply
 
 
-def runpod_reply(job_id: str, output: dict) -> dict:
-    """The RunPod shape: FAILED with a top-level `error` when the output says success false."""
-    if output.get("success") is False:
-        return {"id": job_id, "status": "FAILED", "error": output.get("error"), "output": output}
+def runpod_reply(job_id: str, output: dict | list[dict]) -> dict:
+    """The RunPod shape: FAILED with a top-level `error` when the output says success false. A
+    stream job's output is the list of its items, as RunPod aggregates it; the last one says how
+    the job ended."""
+    last = output[-1] if isinstance(output, list) else output
+    if last.get("success") is False:
+        return {"id": job_id, "status": "FAILED", "error": last.get("error"), "output": output}
     return {"id": job_id, "status": "COMPLETED", "output": output}
 
 
@@ -288,21 +289,22 @@ def create_app(service: SpeechService | None = None, api_key: str | None = None,
             "X-Generation-Time": f"{result.generation_seconds:.3f}",
         }
         if body.stream_format == "sse":
-            events = _sse(_chunks(rendered.data, 48 * 1024), len(body.input), lambda: result.num_frames)
+            events = _sse(formats.pieces(rendered.data, 48 * 1024), len(body.input), lambda: result.num_frames)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        return StreamingResponse(_chunks(rendered.data), media_type=rendered.content_type, headers=headers)
+        return StreamingResponse(formats.pieces(rendered.data, 64 * 1024), media_type=rendered.content_type,
+                                 headers=headers)
 
     @app.post("/runsync")
     async def runsync(job: RunRequest):
         started = time.perf_counter()
         job_id = f"sync-{uuid.uuid4()}"
         if job.input.get("stream") is True:  # every item at once, as RunPod's /runsync gives a stream job
-            items = await anyio.to_thread.run_sync(lambda: list(service.stream_job(job.input, job_id)))
-            output, reply = items[-1], {**runpod_reply(job_id, items[-1]), "output": items}
+            output = await anyio.to_thread.run_sync(lambda: list(service.stream_job(job.input, job_id)))
         else:
             output = await anyio.to_thread.run_sync(service.handle, job.input, job_id)
-            reply = runpod_reply(job_id, output)
-        observe("runsync", started, 200, code=output.get("error_code"))
+        reply = runpod_reply(job_id, output)
+        last = output[-1] if isinstance(output, list) else output
+        observe("runsync", started, 200, code=last.get("error_code"))
         return reply
 
     @app.post("/run")
@@ -375,11 +377,6 @@ def _streaming_reply(items, first, body: SpeechRequest, started: float, audit, m
         return StreamingResponse(_sse(audio_bytes(), len(body.input), lambda: frames[0]),
                                  media_type="text/event-stream")
     return StreamingResponse(audio_bytes(), media_type=formats.content_type(body.response_format))
-
-
-def _chunks(data: bytes, size: int = 64 * 1024):
-    for start in range(0, len(data), size):
-        yield data[start : start + size]
 
 
 def _sse(chunks, input_tokens: int, output_tokens):

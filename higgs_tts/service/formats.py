@@ -26,6 +26,12 @@ def extension(fmt: str) -> str:
     return FORMATS[fmt][3]
 
 
+def pieces(data, size: int):
+    """`data` (bytes or samples) in consecutive slices of at most `size`."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
 def to_pcm16(samples: np.ndarray) -> bytes:
     clipped = np.clip(samples, -1.0, 1.0)
     return (clipped * 32767.0).round().astype("<i2").tobytes()

@@ -468,7 +468,7 @@ class SpeechService:
                 if not isinstance(item, np.ndarray):
                     result = item
                     break
-                for piece in _split(item, int(STREAM_ITEM_SECONDS * SAMPLE_RATE)):
+                for piece in formats.pieces(item, int(STREAM_ITEM_SECONDS * SAMPLE_RATE)):
                     yield {"type": "audio", "seq": seq, "audio_base64": base64.b64encode(formats.to_pcm16(piece))
                            .decode("ascii"), "format": "pcm", "sample_rate": SAMPLE_RATE,
                            "num_samples": len(piece), "start_seconds": round(sent / SAMPLE_RATE, 3)}
@@ -492,8 +492,3 @@ class SpeechService:
             if items is not None:
                 items.close()
             audit.emit(time.perf_counter() - started)
-
-
-def _split(samples: np.ndarray, size: int) -> Iterator[np.ndarray]:
-    for start in range(0, len(samples), size):
-        yield samples[start : start + size]
