@@ -146,7 +146,7 @@ class Synthesizer:
         self._models = models or ModelCache()
         self._voice_codes = VoiceCodeCache(self.settings.voice_cache_dir)
         self._engine_lock = threading.Lock()
-        self._reference_lock = threading.Lock()
+        self._unbatched_lock = threading.Lock()  # generation outside the scheduler: one at a time
         self._engine = None  # (model, Scheduler, FastEngine) for the loaded model
 
     def engine_name(self, loaded: LoadedModel) -> str:
@@ -163,7 +163,7 @@ class Synthesizer:
         early gives the slot back.
         """
         if self.engine_name(loaded) == "reference":
-            with self._reference_lock:  # generate() runs one request at a time
+            with self._unbatched_lock:
                 yield generate_reference(loaded.model, inputs, params, seed)
             return
         from ..engine.engine import EngineRequest
@@ -174,7 +174,7 @@ class Synthesizer:
             yield from scheduler.submit(request).pieces()
             return
         log.info("prompt does not fit the shared cache (ENGINE_MAX_LEN); generating it alone")
-        with self._reference_lock:
+        with self._unbatched_lock:
             yield from solo.stream(request)
 
     @contextmanager
