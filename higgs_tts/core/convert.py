@@ -410,17 +410,18 @@ def native_codec_config(legacy: dict):
 _RES_UNIT_LAYERS = ("snake1", "conv1", "snake2", "conv2")
 
 
+def _sequential_end(prefix: str, index: int, last: int) -> str | None:
+    """The layers around the blocks of a legacy Sequential: conv (0), snake (n + 1), conv (n + 2)."""
+    return {0: f"{prefix}.conv1", last: f"{prefix}.snake1", last + 1: f"{prefix}.conv2"}.get(index)
+
+
 def native_codec_key(key: str, num_blocks: int) -> str:
     """The native name of a legacy codec tensor (weight-norm suffixes kept); unknown names pass unchanged."""
     last = num_blocks + 1  # legacy Sequential: conv, blocks 1..n, snake, conv
     if m := re.match(r"encoder\.block\.(\d+)\.(.+)$", key):
         index, rest = int(m[1]), m[2]
-        if index == 0:
-            return f"acoustic_encoder.conv1.{rest}"
-        if index == last:
-            return f"acoustic_encoder.snake1.{rest}"
-        if index == last + 1:
-            return f"acoustic_encoder.conv2.{rest}"
+        if end := _sequential_end("acoustic_encoder", index, last):
+            return f"{end}.{rest}"
         block = f"acoustic_encoder.block.{index - 1}"
         if m := re.match(r"block\.([012])\.block\.([0-3])\.(.+)$", rest):
             return f"{block}.res_unit{int(m[1]) + 1}.{_RES_UNIT_LAYERS[int(m[2])]}.{m[3]}"
@@ -428,12 +429,8 @@ def native_codec_key(key: str, num_blocks: int) -> str:
             return f"{block}.{'snake1' if m[1] == '3' else 'conv1'}.{m[2]}"
     if m := re.match(r"decoder_2\.model\.(\d+)\.(.+)$", key):
         index, rest = int(m[1]), m[2]
-        if index == 0:
-            return f"acoustic_decoder.conv1.{rest}"
-        if index == last:
-            return f"acoustic_decoder.snake1.{rest}"
-        if index == last + 1:
-            return f"acoustic_decoder.conv2.{rest}"
+        if end := _sequential_end("acoustic_decoder", index, last):
+            return f"{end}.{rest}"
         block = f"acoustic_decoder.block.{index - 1}"
         if m := re.match(r"block\.([01])\.(.+)$", rest):
             return f"{block}.{'snake1' if m[1] == '0' else 'conv_t1'}.{m[2]}"
