@@ -152,3 +152,38 @@ def running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory, 
         process.terminate()
         process.wait(timeout=20)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory):
+    """The local RunPod worker (`handler.py --rp_serve_api`), one per test module."""
+    with running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def streaming_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory):
+    """The same with STREAMING=1 (a generator handler)."""
+    with running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory, STREAMING="1") as running:
+        yield running
+
+
+@contextlib.contextmanager
+def running_server(tiny_checkpoint, voice_prompts, tmp_path_factory, **extra_env):
+    """`higgs-tts serve` in a subprocess on the tiny checkpoint, with its own copy of the voices;
+    yields its URL."""
+    model_dir, codec_dir = tiny_checkpoint
+    voices = tmp_path_factory.mktemp("serve") / "voices"
+    shutil.copytree(voice_prompts, voices)
+    port = free_port()
+    env = {**os.environ, "MODEL_PATH": str(model_dir), "TOKENIZER_PATH": str(codec_dir),
+           "VOICE_PROMPTS_PATH": str(voices), **extra_env}
+    process = subprocess.Popen([sys.executable, "-m", "higgs_tts.cli", "serve", "--port", str(port)], cwd=REPO,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(url + "/health", process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

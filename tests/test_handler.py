@@ -7,15 +7,9 @@ import json
 import httpx
 import pytest
 import soundfile as sf
-from conftest import make_bucket, running_worker
+from conftest import make_bucket
 
 from higgs_tts.client import HiggsTTSClient, HiggsTTSError
-
-
-@pytest.fixture(scope="module")
-def worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory):
-    with running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory) as running:
-        yield running
 
 
 def runsync(worker, job_input, timeout=300):
@@ -144,12 +138,6 @@ def test_worker_log_has_no_transcripts(worker):
 
 
 # -- a streaming worker (STREAMING=1) ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def streaming_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory):
-    with running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory, STREAMING="1") as running:
-        yield running
 
 
 def test_stream_endpoint_gives_audio_items_and_a_final_response(streaming_worker):

@@ -5,10 +5,9 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
-from conftest import REPO, free_port, running_worker, wait_for_http
+from conftest import REPO, running_server
 
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not on PATH")
@@ -16,35 +15,10 @@ JS = REPO / "clients" / "js"
 
 
 @pytest.fixture(scope="module")
-def worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory):
-    with running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def streaming_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory):
-    with running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory, STREAMING="1") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def serve(tiny_checkpoint, voice_prompts, tmp_path_factory):
     """`higgs-tts serve` with an API key: the RunPod job routes with GET polling, as RunPod has them."""
-    model_dir, codec_dir = tiny_checkpoint
-    voices = tmp_path_factory.mktemp("serve") / "voices"
-    shutil.copytree(voice_prompts, voices)
-    port = free_port()
-    env = {**os.environ, "MODEL_PATH": str(model_dir), "TOKENIZER_PATH": str(codec_dir),
-           "VOICE_PROMPTS_PATH": str(voices), "API_KEY": SERVE_KEY}
-    process = subprocess.Popen([sys.executable, "-m", "higgs_tts.cli", "serve", "--port", str(port)], cwd=REPO,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(url + "/health", process)
+    with running_server(tiny_checkpoint, voice_prompts, tmp_path_factory, API_KEY=SERVE_KEY) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 SERVE_KEY = "js-test-key"

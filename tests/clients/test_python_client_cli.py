@@ -11,7 +11,7 @@ import wave
 import httpx
 import pytest
 import soundfile as sf
-from conftest import REPO, free_port, make_bucket, running_worker, wait_for_http
+from conftest import REPO, make_bucket, running_server
 
 from higgs_tts import client as client_module
 from higgs_tts.client import HiggsTTSClient, HiggsTTSError, generate_audio
@@ -20,39 +20,14 @@ QUICK = {"max_new_tokens": 40, "seed": 5}
 QUICK_FLAGS = ["--max-new-tokens", "40", "--seed", "5"]
 
 
-@pytest.fixture(scope="module")
-def worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory):
-    with running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def streaming_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory):
-    with running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory, STREAMING="1") as running:
-        yield running
-
-
 SERVE_KEY = "py-test-key"
 
 
 @pytest.fixture(scope="module")
 def serve(tiny_checkpoint, voice_prompts, tmp_path_factory):
     """`higgs-tts serve` with an API key: the RunPod job routes with GET polling, as RunPod has them."""
-    model_dir, codec_dir = tiny_checkpoint
-    voices = tmp_path_factory.mktemp("serve") / "voices"
-    shutil.copytree(voice_prompts, voices)
-    port = free_port()
-    env = {**os.environ, "MODEL_PATH": str(model_dir), "TOKENIZER_PATH": str(codec_dir),
-           "VOICE_PROMPTS_PATH": str(voices), "API_KEY": SERVE_KEY}
-    process = subprocess.Popen([sys.executable, "-m", "higgs_tts.cli", "serve", "--port", str(port)], cwd=REPO,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(url + "/health", process)
+    with running_server(tiny_checkpoint, voice_prompts, tmp_path_factory, API_KEY=SERVE_KEY) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def cli(*args, url=None, cwd=None, env=None):

@@ -3,16 +3,13 @@
 import base64
 import io
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 import soundfile as sf
-from conftest import free_port, wait_for_http
+from conftest import running_server
 
 from higgs_tts.client import HiggsTTSClient, HiggsTTSError
 
@@ -21,21 +18,9 @@ KEY = "test-key-123"
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, voice_prompts, tmp_path_factory):
-    model_dir, codec_dir = tiny_checkpoint
-    voices = tmp_path_factory.mktemp("http") / "voices"
-    shutil.copytree(voice_prompts, voices)
-    port = free_port()
-    env = {**os.environ, "MODEL_PATH": str(model_dir), "TOKENIZER_PATH": str(codec_dir),
-           "VOICE_PROMPTS_PATH": str(voices), "API_KEY": KEY, "MAX_REQUEST_BYTES": "200000"}
-    process = subprocess.Popen([sys.executable, "-m", "higgs_tts.cli", "serve", "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(url + "/health", process)
+    with running_server(tiny_checkpoint, voice_prompts, tmp_path_factory, API_KEY=KEY,
+                        MAX_REQUEST_BYTES="200000") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 AUTH = {"Authorization": f"Bearer {KEY}"}

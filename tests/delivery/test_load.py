@@ -2,40 +2,22 @@
 tiny checkpoint): all complete and equal their solo runs; cancelled jobs free their slots; past the
 admission limit requests get the busy error."""
 
-import os
 import re
-import shutil
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import free_port, wait_for_http
+from conftest import running_server
 
-
-def start_server(tiny_checkpoint, voice_prompts, tmp_path_factory, **env):
-    model_dir, codec_dir = tiny_checkpoint
-    voices = tmp_path_factory.mktemp("load") / "voices"
-    shutil.copytree(voice_prompts, voices)
-    port = free_port()
-    environment = {**os.environ, "MODEL_PATH": str(model_dir), "TOKENIZER_PATH": str(codec_dir),
-                   "VOICE_PROMPTS_PATH": str(voices), "ENGINE": "fast", "DEVICE": "cpu", **env}
-    process = subprocess.Popen([sys.executable, "-m", "higgs_tts.cli", "serve", "--port", str(port)],
-                               env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    wait_for_http(url + "/health", process)
-    return process, url
+FAST = {"ENGINE": "fast", "DEVICE": "cpu"}
 
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, voice_prompts, tmp_path_factory):
-    process, url = start_server(tiny_checkpoint, voice_prompts, tmp_path_factory, ENGINE_SLOTS="8",
-                                ENGINE_QUEUE="16", ENGINE_MAX_LEN="2048", MAX_CONCURRENCY="4")
-    yield url
-    process.terminate()
-    process.wait(timeout=20)
+    with running_server(tiny_checkpoint, voice_prompts, tmp_path_factory, **FAST, ENGINE_SLOTS="8",
+                        ENGINE_QUEUE="16", ENGINE_MAX_LEN="2048", MAX_CONCURRENCY="4") as url:
+        yield url
 
 
 TEXTS = ["Hello there.", "A somewhat longer sentence to speak.", "Short.", "Numbers one two three.",
@@ -88,9 +70,8 @@ def test_cancelling_a_job_frees_its_slot(server):
 
 
 def test_requests_past_the_admission_limit_are_told_busy(tiny_checkpoint, voice_prompts, tmp_path_factory):
-    process, url = start_server(tiny_checkpoint, voice_prompts, tmp_path_factory, ENGINE_SLOTS="1",
-                                ENGINE_QUEUE="1", MAX_CONCURRENCY="4")
-    try:
+    with running_server(tiny_checkpoint, voice_prompts, tmp_path_factory, **FAST, ENGINE_SLOTS="1", ENGINE_QUEUE="1",
+                        MAX_CONCURRENCY="4") as url:
         with ThreadPoolExecutor(max_workers=2) as pool:
             running = [pool.submit(runsync, url, LONG) for _ in range(2)]
             wait_until(lambda: engine_load(url).get("admitted", 0) == 2)
@@ -101,6 +82,3 @@ def test_requests_past_the_admission_limit_are_told_busy(tiny_checkpoint, voice_
             assert speech.status_code == 503 and speech.json()["error"]["code"] == "busy"
             assert all(f.result()["status"] == "COMPLETED" for f in running)  # the admitted ones finish
         assert runsync(url, {"transcript": "Room again.", "seed": 3, "max_new_tokens": 30})["status"] == "COMPLETED"
-    finally:
-        process.terminate()
-        process.wait(timeout=20)

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_bucket, running_worker
+from conftest import REPO, make_bucket
 
 from higgs_tts.deploy.runpod import CUDA_VERSIONS, GPU_POOLS_24GB_UP, DeployError, build_config, create, endpoint_url
 
@@ -231,12 +231,6 @@ def test_hub_files_describe_this_worker():
 
 
 # -- test-runpod-api.sh against the real local worker -------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory):
-    with running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory) as running:
-        yield running
 
 
 def api_check(url: str, out: Path, **env) -> subprocess.CompletedProcess:
