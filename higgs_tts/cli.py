@@ -8,6 +8,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .core.sampling import MAX_SEED, sampling_knobs
+from .core.text import CHUNK_METHODS
 from .settings import Settings
 
 
@@ -36,8 +38,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _speak(args: argparse.Namespace) -> int:
     from .core.audio import write_audio
-    from .core.generation import SamplingParams
-    from .core.synthesizer import SynthesisRequest, Synthesizer
+    from .core.sampling import SamplingParams
+    from .synthesis.synthesizer import SynthesisRequest, Synthesizer
 
     text = args.text if args.text is not None else Path(args.text_file).read_text(encoding="utf-8")
     request = SynthesisRequest(
@@ -77,7 +79,7 @@ def _voices(args: argparse.Namespace) -> int:
 
 
 def _tiny_checkpoint(args: argparse.Namespace) -> int:
-    from .core.tiny_checkpoint import write_tiny_checkpoint
+    from .tools.tiny_checkpoint import write_tiny_checkpoint
 
     model_dir, codec_dir = write_tiny_checkpoint(args.dir, seed=args.seed)
     print(f"MODEL_PATH={model_dir}")
@@ -86,7 +88,7 @@ def _tiny_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _convert_checkpoint(args: argparse.Namespace) -> int:
-    from .core.convert import convert_checkpoint
+    from .tools.convert import convert_checkpoint
 
     if (args.tokenizer_src is None) != (args.tokenizer_dst is None):
         raise ValueError("--tokenizer-src and --tokenizer-dst go together")
@@ -95,11 +97,11 @@ def _convert_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .engine import bench
+    from .tools import bench
 
     settings = _settings(args)
     if args.random_weights:
-        from .core.tiny_checkpoint import full_size_random_model
+        from .tools.tiny_checkpoint import full_size_random_model
 
         loaded = full_size_random_model(settings.device, settings.dtype)
     else:
@@ -118,7 +120,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .delivery.http_server import serve
+    from .delivery.app import serve
 
     serve(args.host, args.port)
     return 0
@@ -137,18 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     speak.add_argument("--scene", help="scene description (default: a quiet room; '' for none)")
     speak.add_argument("--voice-in-system", action="store_true",
                        help="put reference voices in the system block instead of as examples")
-    speak.add_argument("--chunk-method", choices=["speaker", "word", "sentence"], default=None)
+    speak.add_argument("--chunk-method", choices=CHUNK_METHODS, default=None)
     speak.add_argument("--chunk-max-word-num", type=int, default=200)
     speak.add_argument("--chunk-max-num-turns", type=int, default=1)
     speak.add_argument("--chunk-buffer-size", type=int, default=None,
                        help="earlier chunks kept as context (default: all)")
-    speak.add_argument("--seed", type=int, default=None)
-    speak.add_argument("--temperature", type=float, default=0.8)
-    speak.add_argument("--top-k", type=int, default=50)
-    speak.add_argument("--top-p", type=float, default=0.95)
-    speak.add_argument("--max-new-tokens", type=int, default=2048, help="per chunk; 25 tokens = 1 s")
-    speak.add_argument("--ras-win-len", type=int, default=7)
-    speak.add_argument("--ras-win-max-num-repeat", type=int, default=2)
+    speak.add_argument("--seed", type=int, default=None, help=f"0 to {MAX_SEED} (default: random, logged)")
+    for knob in sampling_knobs():  # one flag per sampling knob, with its default and meaning
+        speak.add_argument("--" + knob.name.replace("_", "-"), type=knob.type, default=knob.default,
+                           help=f"{knob.help} ({knob.rule()}; default {knob.default})")
     speak.add_argument("--print-prompt", action="store_true", help="print the rendered prompt and exit")
     speak.add_argument("--out", help="output audio file (.wav, .flac, .ogg)")
     _add_model_options(speak)

@@ -103,6 +103,8 @@ class ServiceSettings:
     idle_cleanup_seconds: float = 300.0
     unload_after_idle: bool = False
     max_concurrency: int = 1
+    s3_endpoint_url: str | None = None  # an S3-compatible store; None: AWS
+    s3_region: str = "us-east-1"
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -116,4 +118,27 @@ class ServiceSettings:
             idle_cleanup_seconds=_number("IDLE_CLEANUP_SECONDS", 300.0, float),
             unload_after_idle=_flag("UNLOAD_AFTER_IDLE"),
             max_concurrency=_number("MAX_CONCURRENCY", 1),
+            s3_endpoint_url=_optional("AWS_ENDPOINT_URL"),
+            s3_region=_optional("AWS_DEFAULT_REGION") or "us-east-1",
+        )
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the processes start: the HTTP server's key and limits, preloading, the worker's mode."""
+
+    api_key: str | None = None  # every HTTP route but /health needs `Authorization: Bearer <key>`
+    max_request_bytes: int = 20 * 1024 * 1024
+    log_level: str = "info"  # uvicorn's
+    preload_model: bool = True  # load the model (and capture graphs) when the process starts
+    streaming: bool = False  # RunPod worker: a generator handler, so `stream: true` jobs stream
+
+    @classmethod
+    def from_env(cls) -> ServerSettings:
+        return cls(
+            api_key=_optional("API_KEY"),
+            max_request_bytes=_number("MAX_REQUEST_BYTES", 20 * 1024 * 1024),
+            log_level=_optional("UVICORN_LOG_LEVEL") or "info",
+            preload_model=_flag("PRELOAD_MODEL", True),
+            streaming=_flag("STREAMING"),
         )

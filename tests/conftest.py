@@ -52,6 +52,27 @@ def settings(tiny_checkpoint, voice_prompts) -> Settings:
     )
 
 
+MODELS = None  # one loaded tiny model for every in-process speech service
+
+
+@pytest.fixture
+def service(settings, tmp_path):
+    """An in-process speech service on the tiny checkpoint, with its own copy of the voices."""
+    import dataclasses
+
+    from higgs_tts.core.checkpoint import ModelCache
+    from higgs_tts.service.speech import SpeechService
+    from higgs_tts.settings import ServiceSettings
+    from higgs_tts.synthesis.synthesizer import Synthesizer
+
+    global MODELS
+    MODELS = MODELS or ModelCache()
+    voices = tmp_path / "voices"
+    shutil.copytree(settings.voice_prompts_path, voices)
+    local = dataclasses.replace(settings, voice_prompts_path=voices)
+    return SpeechService(local, ServiceSettings(), Synthesizer(local, MODELS))
+
+
 def free_port() -> int:
     import socket
 

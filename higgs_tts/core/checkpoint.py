@@ -67,40 +67,75 @@ def resolve_path(path_or_repo: str, revision: str | None = None) -> Path:
 
 def read_config(folder: Path) -> dict:
     config_file = folder / "config.json"
+    if not folder.exists():
+        raise CheckpointError(f"{folder} does not exist")
     if not config_file.is_file():
         raise CheckpointError(f"{folder} has no config.json; not a Higgs Audio V2 checkpoint")
     try:
-        return json.loads(config_file.read_text())
+        config = json.loads(config_file.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{config_file} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file} does not hold a JSON object")
+    return config
 
 
-def check_model_format(folder: Path) -> None:
-    model_type = read_config(folder).get("model_type")
-    if model_type == NATIVE_MODEL_TYPE:
-        return
-    if model_type == LEGACY_MODEL_TYPE:
+def layout(folder: Path, kind: str) -> str:
+    """'native' or 'legacy' for a `kind` "model" or "codec" folder; anything else is refused.
+
+    The one test of a checkpoint's layout, used by loading, conversion and volume setup.
+    """
+    if kind == "codec" and not (folder / "config.json").is_file() and (folder / "model.pth").is_file():
+        return "legacy"
+    config = read_config(folder)
+    model_type = config.get("model_type")
+    if kind == "model":
+        if model_type in (NATIVE_MODEL_TYPE, LEGACY_MODEL_TYPE):
+            return "native" if model_type == NATIVE_MODEL_TYPE else "legacy"
         raise CheckpointError(
-            f"{folder} holds the legacy Higgs Audio release (model_type '{LEGACY_MODEL_TYPE}'); convert it to "
-            f"the native layout with `{CONVERT_COMMAND}` or use a native checkpoint"
+            f"{folder} has model_type {model_type!r}; expected '{NATIVE_MODEL_TYPE}' (Higgs Audio V2, native layout) "
+            f"or the legacy release's '{LEGACY_MODEL_TYPE}'"
         )
+    if model_type == NATIVE_CODEC_TYPE:
+        return "native"
+    # The legacy config.json is the keyword arguments of boson_multimodal's HiggsAudioTokenizer; it has no model_type.
+    if model_type is None and ({"ratios", "n_q", "bins"} <= config.keys() or (folder / "model.pth").is_file()):
+        return "legacy"
     raise CheckpointError(
-        f"{folder} has model_type {model_type!r}; expected '{NATIVE_MODEL_TYPE}' (Higgs Audio V2, native layout)"
+        f"{folder} is not a Higgs Audio V2 audio tokenizer (model_type {model_type!r}); expected model_type "
+        f"'{NATIVE_CODEC_TYPE}' or the legacy folder (config.json + model.pth)"
     )
 
 
-def check_codec_format(folder: Path) -> None:
-    config_file = folder / "config.json"
-    legacy_config = config_file.is_file() and "model_type" not in read_config(folder)
-    if (not config_file.is_file() or legacy_config) and (folder / "model.pth").is_file():
+def check_native(folder: Path, kind: str) -> None:
+    """Refuse a legacy or foreign checkpoint, naming the converter for a legacy one."""
+    if layout(folder, kind) == "legacy":
+        what = (f"Higgs Audio release (model_type '{LEGACY_MODEL_TYPE}')" if kind == "model"
+                else "audio tokenizer (model.pth)")
         raise CheckpointError(
-            f"{folder} holds the legacy audio tokenizer (model.pth); convert it with `{CONVERT_COMMAND}`"
+            f"{folder} holds the legacy {what}; convert it to the native layout with `{CONVERT_COMMAND}` "
+            "or use a native checkpoint"
         )
-    model_type = read_config(folder).get("model_type")
-    if model_type != NATIVE_CODEC_TYPE:
-        raise CheckpointError(
-            f"{folder} has model_type {model_type!r}; expected '{NATIVE_CODEC_TYPE}' (the Higgs Audio V2 codec)"
-        )
+
+
+def probe(settings: Settings) -> str:
+    """'healthy' when the checkpoint loads without a download, is in the native layout and the
+    device exists; otherwise 'unhealthy: <why>'. Loads nothing."""
+    for kind, path, revision in (("model", settings.model_path, settings.model_revision),
+                                 ("codec", settings.tokenizer_path, settings.tokenizer_revision)):
+        label = "model" if kind == "model" else "tokenizer"
+        reason = unavailable_reason(path, revision)
+        if reason:
+            return f"unhealthy: {label} {reason}"
+        try:
+            check_native(resolve_path(path, revision), kind)
+        except CheckpointError as exc:
+            return f"unhealthy: {label}: {exc}"
+    try:
+        pick_device(settings.device)
+    except CheckpointError as exc:
+        return f"unhealthy: {exc}"
+    return "healthy"
 
 
 def pick_device(requested: str | None) -> torch.device:
@@ -202,8 +237,8 @@ def locate(settings: Settings) -> tuple[Path, Path]:
     """The model and codec folders, checked to be in the native format."""
     model_dir = resolve_path(settings.model_path, settings.model_revision)
     codec_dir = resolve_path(settings.tokenizer_path, settings.tokenizer_revision)
-    check_model_format(model_dir)
-    check_codec_format(codec_dir)
+    check_native(model_dir, "model")
+    check_native(codec_dir, "codec")
     return model_dir, codec_dir
 
 
@@ -241,25 +276,32 @@ def load_model(settings: Settings) -> LoadedModel:
     )
 
 
+def _load_key(settings: Settings) -> tuple:
+    """What loading reads: settings that differ only in engine knobs share one loaded model."""
+    s = settings
+    return (s.model_path, s.model_revision, s.tokenizer_path, s.tokenizer_revision, s.device, s.dtype)
+
+
 class ModelCache:
-    """Loads the model once per settings and hands the same instance to every caller."""
+    """Loads the model once per checkpoint and device, and hands the same instance to every caller."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._loaded: dict[Settings, LoadedModel] = {}
+        self._loaded: dict[tuple, LoadedModel] = {}
 
     def get(self, settings: Settings) -> tuple[LoadedModel, bool]:
         """The loaded model and whether this call loaded it."""
+        key = _load_key(settings)
         with self._lock:
-            if settings in self._loaded:
-                return self._loaded[settings], False
+            if key in self._loaded:
+                return self._loaded[key], False
             loaded = load_model(settings)
-            self._loaded[settings] = loaded
+            self._loaded[key] = loaded
             return loaded, True
 
     def peek(self, settings: Settings) -> LoadedModel | None:
         """The loaded model if it is loaded; never loads, never waits for a load under way."""
-        return self._loaded.get(settings)
+        return self._loaded.get(_load_key(settings))
 
     def unload(self) -> bool:
         """Drop every loaded model (the next request loads again); True if something was loaded."""

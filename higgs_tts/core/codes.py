@@ -1,4 +1,4 @@
-"""Audio codes and the delay pattern the language model reads and writes (facts sheet, section 1).
+"""Audio codes and the delay pattern the language model reads and writes (docs/model-facts.md, section 1).
 
 Frames are `[T, num_codebooks]` tensors of codec codes (0..1023). The model sees a clip wrapped
 in one all-BOS and one all-EOS column and delayed so that codebook k lags k positions: T frames

@@ -1,6 +1,6 @@
 """Conversations for every reference case, rendered with the checkpoint's chat template.
 
-The strings are the reference pipeline's, byte for byte (facts sheet, section 4). The scene block
+The strings are the reference pipeline's, byte for byte (docs/model-facts.md, section 4). The scene block
 is written into the system turn here, because the native template's `scene` role cannot express
 a block that starts with a voice line; the rendered text is the same either way.
 """

@@ -1,7 +1,7 @@
 """Transcript normalization and chunking, with the reference pipeline's semantics.
 
 The model was trained on text normalized this way, so the steps and their order follow the
-reference implementation (see the project's facts sheet, section 4).
+reference implementation (see docs/model-facts.md, section 4).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable
 from functools import lru_cache
 
-CHUNK_METHODS = (None, "speaker", "word", "sentence")
+CHUNK_METHODS = ("speaker", "word", "sentence")  # or None: the whole text as one chunk
 
 # Full-width / CJK punctuation to ASCII, as the reference pipeline maps it.
 _CJK_PUNCTUATION = {
@@ -218,4 +218,4 @@ def chunk_text(
         return chunk_by_word(text, max_word_num)
     if method == "sentence":
         return chunk_by_sentence(text, max_word_num)
-    raise ValueError(f"chunk_method must be one of null, 'speaker', 'word', 'sentence'; got {method!r}")
+    raise ValueError(f"chunk_method must be null or one of {', '.join(CHUNK_METHODS)}; got {method!r}")

@@ -8,14 +8,17 @@ The documented catalog names always exist: with audio they clone it, without the
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from .audio import read_audio
+from .audio import read_audio, write_audio
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
@@ -29,6 +32,10 @@ CATALOG = {
     "elsa": "Female voice with clear articulation",
     "jorts": "Male voice with casual tone",
 }
+
+
+class VoiceExists(ValueError):
+    """A voice of that name exists and the caller did not ask to replace it."""
 
 
 class VoiceError(ValueError):
@@ -67,6 +74,25 @@ def validate_name(name: str) -> str:
 class VoiceLibrary:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self._writing = threading.Lock()  # one add() at a time per library
+
+    def add(self, name: str, audio: np.ndarray, transcript: str, overwrite: bool = False) -> Voice:
+        """Store a clone voice as NAME.wav + NAME.txt (24 kHz mono audio, its transcript).
+
+        Each file is written to a temporary name and renamed into place. Raises VoiceExists when
+        the name has audio and `overwrite` is not set, OSError when the folder cannot be written.
+        """
+        validate_name(name)
+        with self._writing:
+            existing = [self.root / f"{name}{s}" for s in AUDIO_SUFFIXES if (self.root / f"{name}{s}").exists()]
+            if existing and not overwrite:
+                raise VoiceExists(f"voice {name!r} already exists; set overwrite to true to replace it")
+            self.root.mkdir(parents=True, exist_ok=True)
+            for path in existing:
+                path.unlink()
+            _atomic_write(self.root, f"{name}.txt", lambda p: p.write_text(transcript.strip() + "\n", encoding="utf-8"))
+            _atomic_write(self.root, f"{name}.wav", lambda p: write_audio(p, audio))
+        return self.get(name)
 
     def _inside(self, path: Path) -> bool:
         """True when the path, with every symlink followed, stays inside the voices folder."""
@@ -146,3 +172,14 @@ class VoiceLibrary:
 
     def suggestions(self) -> list[dict]:
         return [{"name": v.name, "description": v.description} for v in self.list()]
+
+
+def _atomic_write(folder: Path, filename: str, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=Path(filename).suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, folder / filename)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
@@ -33,6 +35,13 @@ class Metrics:
                            ["kind"], registry=self.registry)
             for index, kind in enumerate(("running", "waiting", "admitted")):
                 engine.labels(kind).set_function(lambda index=index: engine_load()[index])
+
+    def observe(self, endpoint: str, started: float, status: int, model: str = "", code: str | None = None) -> None:
+        """One finished request: its count by endpoint, model and status, its duration, its error code."""
+        self.requests.labels(endpoint, model[:64], str(status)).inc()
+        self.duration.labels(endpoint).observe(time.perf_counter() - started)
+        if code:
+            self.errors.labels(endpoint, code).inc()
 
     def record(self, result) -> None:
         """Audio produced and its real-time factor (compute seconds per audio second)."""

@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.checkpoint import LEGACY_MODEL_TYPE, NATIVE_CODEC_TYPE, NATIVE_MODEL_TYPE
+from ..core.checkpoint import CheckpointError, layout
 
 log = logging.getLogger("higgs_tts.volume")
 
@@ -108,13 +108,12 @@ def check_space(folder: Path, needed_bytes: int) -> None:
         raise SetupError(f"{folder} has {free / 1e9:.1f} GB free; {needed_bytes / 1e9:.1f} GB are needed")
 
 
-def _config(folder: Path) -> dict:
+def _layout(kind: str, folder: Path) -> str:
+    """'native' or 'legacy' (core.checkpoint.layout), as a SetupError when neither."""
     try:
-        return json.loads((folder / "config.json").read_text())
-    except FileNotFoundError:
-        raise SetupError(f"{folder} has no config.json") from None
-    except json.JSONDecodeError as exc:
-        raise SetupError(f"{folder}/config.json is not valid JSON ({exc})") from None
+        return layout(folder, "model" if kind == "model" else "codec")
+    except CheckpointError as exc:
+        raise SetupError(str(exc)) from None
 
 
 def _files(folder: Path) -> dict[str, int]:
@@ -128,10 +127,8 @@ def _files(folder: Path) -> dict[str, int]:
 
 def verify_checkpoint(kind: str, folder: Path) -> dict[str, int]:
     """The files of an installed native checkpoint; raises SetupError naming what is wrong."""
-    model_type = _config(folder).get("model_type")
-    expected = NATIVE_MODEL_TYPE if kind == "model" else NATIVE_CODEC_TYPE
-    if model_type != expected:
-        raise SetupError(f"{folder}: config.json has model_type {model_type!r}; expected {expected!r}")
+    if _layout(kind, folder) != "native":
+        raise SetupError(f"{folder}: still in the legacy layout after installing")
     files = _files(folder)
     empty = [name for name, size in files.items() if size == 0]
     if empty:
@@ -234,8 +231,7 @@ def install_checkpoint(checkpoint: Checkpoint, cache_dir: Path, token: str | Non
     staging = checkpoint.target.with_name(checkpoint.target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.parent.mkdir(parents=True, exist_ok=True)
-    model_type = _config(snapshot).get("model_type") if (snapshot / "config.json").is_file() else None
-    legacy = model_type == LEGACY_MODEL_TYPE or (model_type is None and (snapshot / "model.pth").is_file())
+    legacy = _layout(checkpoint.kind, snapshot) == "legacy"
     if legacy:
         _convert_legacy(checkpoint.kind, snapshot, staging)
     else:
@@ -251,8 +247,7 @@ def install_checkpoint(checkpoint: Checkpoint, cache_dir: Path, token: str | Non
 
 def _convert_legacy(kind: str, source: Path, destination: Path) -> None:
     """The legacy release (boson_multimodal's layout) into the native one, offline."""
-    from ..core.checkpoint import CheckpointError
-    from ..core.convert import convert_codec, convert_model
+    from ..tools.convert import convert_codec, convert_model
 
     destination.mkdir(parents=True)
     try:

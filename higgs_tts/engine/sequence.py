@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.generation import SamplingParams
+from ..core.sampling import SamplingParams
 
 _END = object()
 

@@ -1,29 +1,44 @@
-"""Encoding generated audio into the formats the API offers."""
+"""The output formats the API offers, defined once (the schema's choices come from FORMATS),
+and encoding generated audio into them."""
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
 
-# format -> (libsndfile container, subtype, content type, file extension)
+
+@dataclass(frozen=True)
+class Format:
+    container: str | None  # libsndfile's (ADTS: PyAV's encoder; None: raw samples)
+    subtype: str | None
+    content_type: str
+    extension: str
+    streams: bool = False  # sent while it is generated (HTTP), not only when the clip is done
+
+
 FORMATS = {
-    "wav": ("WAV", "PCM_16", "audio/wav", "wav"),
-    "flac": ("FLAC", "PCM_16", "audio/flac", "flac"),
-    "mp3": ("MP3", "MPEG_LAYER_III", "audio/mpeg", "mp3"),
-    "opus": ("OGG", "OPUS", "audio/ogg; codecs=opus", "opus"),
-    "aac": ("ADTS", "aac", "audio/aac", "aac"),  # encoded with PyAV (libsndfile has no AAC)
-    "pcm": (None, None, "audio/pcm", "pcm"),  # raw signed 16-bit little-endian mono
+    "wav": Format("WAV", "PCM_16", "audio/wav", "wav", streams=True),
+    "flac": Format("FLAC", "PCM_16", "audio/flac", "flac"),
+    "mp3": Format("MP3", "MPEG_LAYER_III", "audio/mpeg", "mp3"),
+    "opus": Format("OGG", "OPUS", "audio/ogg; codecs=opus", "opus"),
+    "aac": Format("ADTS", "aac", "audio/aac", "aac"),  # encoded with PyAV (libsndfile has no AAC)
+    "pcm": Format(None, None, "audio/pcm", "pcm", streams=True),  # raw signed 16-bit little-endian mono
 }
 
 
 def content_type(fmt: str) -> str:
-    return FORMATS[fmt][2]
+    return FORMATS[fmt].content_type
 
 
 def extension(fmt: str) -> str:
-    return FORMATS[fmt][3]
+    return FORMATS[fmt].extension
+
+
+def streams(fmt: str) -> bool:
+    return FORMATS[fmt].streams
 
 
 def pieces(data, size: int):
@@ -65,7 +80,7 @@ def encode(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     """Bytes of the audio in `fmt` (one of FORMATS)."""
     if fmt not in FORMATS:
         raise ValueError(f"output_format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    container, subtype, _, _ = FORMATS[fmt]
+    container, subtype = FORMATS[fmt].container, FORMATS[fmt].subtype
     if container is None:
         return to_pcm16(samples)
     if container == "ADTS":

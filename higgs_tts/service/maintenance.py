@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
 from collections.abc import Callable
+
+from ..synthesis.generator import free_memory
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,7 @@ class IdleCleaner:
                 return None
             self._cleaned = True
         unloaded = self.unload and self.synthesizer.unload()
-        gc.collect()
-        from ..engine.graphs import free_cached_memory
-
-        free_cached_memory()
+        free_memory()
         action = "unloaded the model and freed memory" if unloaded else "freed cached memory"
         log.info("idle for %.0f s: %s", self.idle_seconds, action)
         return action

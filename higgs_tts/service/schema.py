@@ -11,23 +11,19 @@ import binascii
 import unicodedata
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
+from ..core.sampling import MAX_SEED, sampling_knobs
+from ..core.text import CHUNK_METHODS
 from ..core.voices import NAME_PATTERN
+from .errors import InputError
+from .formats import FORMATS
 from .storage import validate_bucket, validate_key
 
 ACTIONS = ("generate", "health", "list_voices", "add_voice")
-MAX_SEED = 2**31 - 1
 PRIVATE_FIELDS = {"transcript", "scene_prompt", "ref_audio_transcript", "ref_audio_base64"}
-
-
-class InputError(ValueError):
-    """A request that breaks a rule; `field` names the offending input field."""
-
-    def __init__(self, message: str, field: str | None = None, code: str = "invalid_input") -> None:
-        super().__init__(message)
-        self.field = field
-        self.code = code
+OutputFormat = Literal[tuple(FORMATS)]
+ChunkMethod = Literal[CHUNK_METHODS]
 
 
 def _has_control_characters(text: str) -> bool:
@@ -56,25 +52,27 @@ class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class GenerateInput(_Input):
+def sampling_fields() -> dict:
+    """Pydantic fields for every knob of core.sampling, with its default and bounds."""
+    return {k.name: (k.type, Field(k.default, ge=k.ge, gt=k.gt, le=k.le, description=k.help))
+            for k in sampling_knobs()}
+
+
+class _GenerateFields(_Input):
+    """Generation fields besides the sampling knobs (those come from core.sampling)."""
+
     action: Literal["generate"] = "generate"
     transcript: str
     ref_audio: str | None = None
     scene_prompt: str | None = None
-    temperature: float = Field(0.8, ge=0.0, le=2.0)
-    top_k: int = Field(50, ge=0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(2048, ge=1, le=8192)
-    chunk_method: Literal["speaker", "word", "sentence"] | None = None
+    chunk_method: ChunkMethod | None = None
     chunk_max_word_num: int = Field(200, ge=1, le=10_000)
     chunk_max_num_turns: int = Field(1, ge=1, le=1000)
-    ras_win_len: int = Field(7, ge=0, le=1000)
-    ras_win_max_num_repeat: int = Field(2, ge=0, le=1000)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     s3_bucket: str | None = None
     s3_key: str | None = None
     # Extensions.
-    output_format: Literal["wav", "flac", "mp3", "opus", "aac", "pcm"] = "wav"
+    output_format: OutputFormat = "wav"
     generation_chunk_buffer_size: int | None = Field(None, ge=0, le=1000)
     ref_audio_in_system_message: bool = False
     ref_audio_base64: str | None = None
@@ -123,6 +121,9 @@ class GenerateInput(_Input):
     @classmethod
     def _key(cls, value: str | None) -> str | None:
         return None if value is None else validate_key(value)
+
+
+GenerateInput = create_model("GenerateInput", __base__=_GenerateFields, __module__=__name__, **sampling_fields())
 
 
 class HealthInput(_Input):

@@ -10,88 +10,29 @@ from __future__ import annotations
 import base64
 import dataclasses
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 
-from ..core.audio import (
-    SAMPLE_RATE,
-    AudioError,
-    AudioTooLong,
-    duration_seconds,
-    read_audio,
-    time_stretch,
-    write_audio,
-)
-from ..core.checkpoint import (
-    CheckpointError,
-    check_codec_format,
-    check_model_format,
-    pick_device,
-    resolve_path,
-    unavailable_reason,
-)
-from ..core.generation import SamplingParams
-from ..core.synthesizer import Cancelled, ReferenceClip, SynthesisRequest, SynthesisResult, Synthesizer
+from ..core.audio import duration_seconds, time_stretch
+from ..core.checkpoint import probe
+from ..core.sampling import SamplingParams
 from ..core.text import normalize_transcript
-from ..core.voices import AUDIO_SUFFIXES, VoiceError
-from ..engine.scheduler import EngineBusy
+from ..core.voices import VoiceExists
 from ..settings import ServiceSettings, Settings
+from ..synthesis.synthesizer import ReferenceClip, SynthesisRequest, SynthesisResult, Synthesizer
 from . import formats
 from .audit import AuditRecord
-from .schema import AddVoiceInput, GenerateInput, InputError, decode_base64, parse_input
+from .errors import Failure, InputError, JobError, as_job_error, describe_failure
+from .references import reference_audio
+from .schema import AddVoiceInput, GenerateInput, parse_input
 from .storage import S3Storage, S3Target, StorageError, generated_key
 
 log = logging.getLogger(__name__)
-
-STREAM_ITEM_SECONDS = 5.0  # per RunPod stream item: 240 KB of PCM, 320 KB as base64
-
-
-class JobError(RuntimeError):
-    """A job that failed for a reason the caller should see (not their input)."""
-
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def _free_accelerator_memory() -> None:
-    import gc
-
-    from ..engine.graphs import free_cached_memory
-
-    gc.collect()
-    free_cached_memory()
-
-
-@dataclass(frozen=True)
-class Failure:
-    message: str
-    code: str
-    field: str | None = None
-    suggestions: list | None = None
-
-    def response(self) -> dict:
-        response = {"success": False, "error": self.message, "error_code": self.code}
-        if self.field:
-            response["error_field"] = self.field
-        if self.suggestions is not None:
-            response["voice_suggestions"] = self.suggestions
-        return response
 
 
 @dataclass(frozen=True)
@@ -114,7 +55,8 @@ class SpeechService:
         self.settings = settings or Settings.from_env()
         self.service = service or ServiceSettings.from_env()
         self.synthesizer = synthesizer or Synthesizer(self.settings)
-        self.storage = storage or S3Storage(presign_seconds=self.service.presign_seconds)
+        self.storage = storage or S3Storage(presign_seconds=self.service.presign_seconds,
+                                            endpoint_url=self.service.s3_endpoint_url, region=self.service.s3_region)
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -153,14 +95,7 @@ class SpeechService:
     @staticmethod
     def describe_failure(exc: BaseException, job_id: str = "") -> Failure:
         """What the caller is told about a failed job (never a traceback)."""
-        if isinstance(exc, InputError):
-            return Failure(str(exc), exc.code, exc.field)
-        if isinstance(exc, VoiceError):
-            return Failure(f"ref_audio: {exc}", "unknown_voice", "ref_audio", exc.suggestions)
-        if isinstance(exc, JobError):
-            return Failure(str(exc), exc.code)
-        log.error("job %s failed", job_id, exc_info=exc)
-        return Failure(f"internal error ({type(exc).__name__}); the job was not completed", "internal_error")
+        return describe_failure(exc, job_id)
 
     # -- actions -------------------------------------------------------------------------------
 
@@ -170,7 +105,7 @@ class SpeechService:
         if loaded is not None:
             status, device = "healthy", str(loaded.device)
         else:
-            status, device = self._loadable(), self.settings.device or self._default_device()
+            status, device = probe(self.settings), self.settings.device or self._default_device()
         return {
             "success": True,
             "status": status,
@@ -179,9 +114,8 @@ class SpeechService:
                 "model_path": self.settings.model_path,
                 "device": device,
                 "models_loaded": loaded is not None,
-                "voice_prompts_available": voices_dir.is_dir() and any(
-                    p.suffix.lower() in AUDIO_SUFFIXES for p in voices_dir.iterdir()
-                ),
+                "voice_prompts_available": any(v.kind == "clone" for v in self.synthesizer.voices.list())
+                if voices_dir.is_dir() else False,
             },
             "voice_suggestions": self.synthesizer.voices.suggestions(),
         }
@@ -192,26 +126,6 @@ class SpeechService:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
-    def _loadable(self) -> str:
-        """'healthy' when the checkpoint can be loaded without downloading, is in the native
-        layout, and the device exists; else the reason."""
-        for label, path, revision, check in (
-            ("model", self.settings.model_path, self.settings.model_revision, check_model_format),
-            ("tokenizer", self.settings.tokenizer_path, self.settings.tokenizer_revision, check_codec_format),
-        ):
-            reason = unavailable_reason(path, revision)
-            if reason:
-                return f"unhealthy: {label} {reason}"
-            try:
-                check(resolve_path(path, revision))
-            except CheckpointError as exc:
-                return f"unhealthy: {label}: {exc}"
-        try:
-            pick_device(self.settings.device)
-        except CheckpointError as exc:
-            return f"unhealthy: {exc}"
-        return "healthy"
-
     def list_voices(self) -> dict:
         voices = self.synthesizer.voices.list()
         return {
@@ -221,59 +135,24 @@ class SpeechService:
         }
 
     def _reference_audio(self, encoded: str, field: str) -> np.ndarray:
-        data = decode_base64(encoded, field, self.service.max_reference_bytes)
-        limit = self.service.max_reference_seconds
-        try:
-            audio = read_audio(data, max_seconds=limit)
-        except AudioTooLong as exc:
-            raise InputError(f"{field}: {exc}", field, "too_long") from None
-        except AudioError as exc:
-            raise InputError(f"{field}: {exc} (send WAV, FLAC, MP3 or OGG)", field) from None
-        seconds = duration_seconds(audio)
-        if seconds > limit + 0.5:  # a header that understated the length
-            raise InputError(f"{field}: audio is {seconds:.1f} s long; the limit is {limit:g} s", field, "too_long")
-        if seconds < 0.5:
-            raise InputError(f"{field}: audio is {seconds:.2f} s long; at least 0.5 s is needed", field)
-        return audio
+        return reference_audio(encoded, field, self.service.max_reference_bytes, self.service.max_reference_seconds)
 
     def add_voice(self, request: AddVoiceInput) -> dict:
         library = self.synthesizer.voices
-        root = library.root
-        name = request.voice_name
         audio = self._reference_audio(request.ref_audio_base64, "ref_audio_base64")
-        existing = [root / f"{name}{s}" for s in AUDIO_SUFFIXES if (root / f"{name}{s}").exists()]
-        if existing and not request.overwrite:
-            raise InputError(
-                f"voice_name: voice {name!r} already exists; set overwrite to true to replace it",
-                "voice_name", "voice_exists",
-            )
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            for path in existing:
-                path.unlink()
-            self._atomic_write(root, f"{name}.txt", lambda p: p.write_text(request.ref_audio_transcript.strip() + "\n"))
-            self._atomic_write(root, f"{name}.wav", lambda p: write_audio(p, audio))
+            voice = library.add(request.voice_name, audio, request.ref_audio_transcript, request.overwrite)
+        except VoiceExists as exc:
+            raise InputError(f"voice_name: {exc}", "voice_name", "voice_exists") from None
         except OSError as exc:
             raise JobError(f"cannot write to the voices folder ({exc.strerror or type(exc).__name__})",
                            "storage_error") from None
-        voice = library.get(name)
         return {
             "success": True,
             "voice": {"name": voice.name, "kind": voice.kind, "description": voice.description},
             "duration_seconds": round(duration_seconds(audio), 3),
             "voice_suggestions": library.suggestions(),
         }
-
-    @staticmethod
-    def _atomic_write(folder: Path, filename: str, write) -> None:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=Path(filename).suffix)
-        os.close(fd)
-        try:
-            write(Path(tmp))
-            os.replace(tmp, folder / filename)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -308,30 +187,10 @@ class SpeechService:
         )
 
     def _synthesize(self, request: SynthesisRequest, cancel: threading.Event | None = None) -> SynthesisResult:
-        with self._job_errors():
-            return self.synthesizer.synthesize(request, cancel)
-
-    @staticmethod
-    @contextmanager
-    def _job_errors():
-        """Model and GPU-memory failures as JobErrors the caller can act on (memory freed first)."""
         try:
-            yield
-        except CheckpointError as exc:
-            raise JobError(f"model unavailable: {exc}", "model_unavailable") from None
-        except EngineBusy as exc:
-            raise JobError(str(exc), "busy") from None
-        except Cancelled:
-            raise JobError("the job was cancelled", "cancelled") from None
-        except (RuntimeError, MemoryError) as exc:
-            if not _is_out_of_memory(exc):
-                raise
-            _free_accelerator_memory()
-            raise JobError(
-                "out of GPU memory for this request; retry with a shorter text, chunk_method 'sentence' "
-                "or fewer max_new_tokens",
-                "out_of_memory",
-            ) from None
+            return self.synthesizer.synthesize(request, cancel)
+        except Exception as exc:
+            raise as_job_error(exc) from None
 
     def _s3_target(self, request: GenerateInput, s3_config: dict | None) -> S3Target | None:
         if s3_config and (request.s3_bucket or s3_config.get("bucketName")):
@@ -347,9 +206,12 @@ class SpeechService:
         """
         return self._streamed(self.synthesizer.stream(self._synthesis_request(request)))
 
-    def _streamed(self, stream: Iterator) -> Iterator:
-        with self._job_errors():
+    @staticmethod
+    def _streamed(stream: Iterator) -> Iterator:
+        try:
             yield from stream
+        except Exception as exc:
+            raise as_job_error(exc) from None
 
     def render(self, request: GenerateInput, cancel: threading.Event | None = None) -> RenderedAudio:
         """Synthesize and encode, without delivery (the HTTP server streams the bytes itself)."""
@@ -438,43 +300,30 @@ class SpeechService:
             voice_suggestions=self.synthesizer.voices.suggestions(),
         )
 
-    # -- RunPod streaming ----------------------------------------------------------------------
+    # -- streamed jobs ---------------------------------------------------------------------------
 
-    def stream_job(self, raw: object, job_id: str = "local", s3_config: dict | None = None) -> Iterator[dict]:
-        """RunPod's streaming contract. A job with `stream: true` yields audio items while it is
-        generated, then a final item with the usual response fields (and the S3 URL when
-        uploading); a failure ends the stream with an error item. Any other job yields exactly its
-        `handle` response.
-
-        Audio items: {"type": "audio", "seq", "audio_base64" (16-bit little-endian mono PCM),
-        "format": "pcm", "sample_rate", "num_samples", "start_seconds"}, each at most
-        STREAM_ITEM_SECONDS long (about 320 KB of base64, well under RunPod's 1 MB item limit).
-        """
-        if not (isinstance(raw, dict) and raw.get("stream") is True):
-            yield self.handle(raw, job_id, s3_config)
-            return
+    def stream(self, raw: object, job_id: str = "local", s3_config: dict | None = None) -> Iterator:
+        """A `stream: true` job: audio chunks (float32 arrays) while generating, then the final
+        response (with the S3 URL when uploading) or, on a failure, the failure response. The
+        transport decides how each goes on the wire (RunPod items: `delivery/runpod.py`)."""
         started = time.perf_counter()
         audit = AuditRecord(job_id=job_id, raw=raw)
-        seq = 0
         items: Iterator | None = None
         try:
             request = parse_input(raw)
+            if not isinstance(request, GenerateInput):
+                raise InputError(f"stream: only generation streams, not action {request.action!r}", "stream")
             if request.speed != 1.0:
                 raise InputError("speed: must be 1.0 when stream is true (speed changes need the whole clip)",
                                  "speed")
             items = self.open_stream(request)
-            sent = 0
             for item in items:
                 if not isinstance(item, np.ndarray):
                     result = item
                     break
-                for piece in formats.pieces(item, int(STREAM_ITEM_SECONDS * SAMPLE_RATE)):
-                    yield {"type": "audio", "seq": seq, "audio_base64": base64.b64encode(formats.to_pcm16(piece))
-                           .decode("ascii"), "format": "pcm", "sample_rate": SAMPLE_RATE,
-                           "num_samples": len(piece), "start_seconds": round(sent / SAMPLE_RATE, 3)}
-                    seq, sent = seq + 1, sent + len(piece)
+                yield item
             first_audio = result.first_audio_seconds if result.first_audio_seconds is not None else 0.0
-            response: dict = {"success": True, "type": "final", "seq": seq, "audio_items": seq}
+            response: dict = {"success": True}
             upload_seconds = 0.0
             if self._s3_target(request, s3_config) is not None:  # the whole clip, in output_format
                 data = formats.encode(result.audio, result.sample_rate, request.output_format)
@@ -485,9 +334,9 @@ class SpeechService:
             audit.facts["delivery"] = "stream" + ("+s3" if "audio_url" in response else "")
             yield response
         except Exception as exc:
-            failure = self.describe_failure(exc, job_id)
+            failure = describe_failure(exc, job_id)
             audit.fail(failure.code)
-            yield {**failure.response(), "type": "error", "seq": seq}
+            yield failure.response()
         finally:
             if items is not None:
                 items.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -72,9 +71,11 @@ class Upload:
 
 
 class S3Storage:
-    def __init__(self, presign_seconds: int = 3600, timeout_seconds: float = 30.0) -> None:
+    def __init__(self, presign_seconds: int = 3600, timeout_seconds: float = 30.0, endpoint_url: str | None = None,
+                 region: str = "us-east-1") -> None:
         self.presign_seconds = presign_seconds
         self.timeout_seconds = timeout_seconds
+        self.endpoint_url, self.region = endpoint_url, region  # defaults for targets that name none
 
     def _client(self, target: S3Target):
         import boto3
@@ -88,8 +89,8 @@ class S3Storage:
         )
         return boto3.client(
             "s3",
-            endpoint_url=target.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
-            region_name=target.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            endpoint_url=target.endpoint_url or self.endpoint_url,
+            region_name=target.region or self.region,
             aws_access_key_id=target.access_key_id,
             aws_secret_access_key=target.secret_access_key,
             config=config,

@@ -8,7 +8,7 @@ from higgs_tts.core.checkpoint import (
     CONVERT_COMMAND,
     CheckpointError,
     ModelCache,
-    check_model_format,
+    check_native,
     load_model,
     pick_device,
     pick_dtype,
@@ -48,18 +48,18 @@ def _copy_with_model_type(src, dst, model_type):
 def test_legacy_checkpoint_names_the_converter(tiny_checkpoint, tmp_path):
     legacy = _copy_with_model_type(tiny_checkpoint[0], tmp_path / "legacy", "higgs_audio")
     with pytest.raises(CheckpointError, match=f"legacy.*`{CONVERT_COMMAND}`"):
-        check_model_format(legacy)
+        check_native(legacy, "model")
 
 
 def test_other_model_type_is_rejected(tiny_checkpoint, tmp_path):
     other = _copy_with_model_type(tiny_checkpoint[0], tmp_path / "other", "llama")
     with pytest.raises(CheckpointError, match="model_type 'llama'; expected 'higgs_audio_v2'"):
-        check_model_format(other)
+        check_native(other, "model")
 
 
 def test_folder_without_config_is_rejected(tmp_path):
     with pytest.raises(CheckpointError, match="no config.json"):
-        check_model_format(tmp_path)
+        check_native(tmp_path, "model")
 
 
 def test_missing_local_folder_is_a_clear_error(tmp_path):

@@ -4,7 +4,7 @@ import torch
 
 from higgs_tts.core.checkpoint import ModelCache
 from higgs_tts.core.streaming import StreamingDecoder
-from higgs_tts.core.synthesizer import Synthesizer
+from higgs_tts.synthesis.synthesizer import Synthesizer
 
 TOLERANCE = 1e-4  # stated tolerance: max absolute sample difference (samples are in [-1, 1])
 

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from higgs_tts.core.checkpoint import ModelCache
-from higgs_tts.core.synthesizer import Synthesizer
 from higgs_tts.core.voice_cache import VoiceCodeCache
+from higgs_tts.synthesis.synthesizer import Synthesizer
 
 
 def test_codes_survive_a_new_cache_instance(tmp_path):

@@ -235,7 +235,9 @@ def test_build_context_holds_what_the_dockerfile_copies_and_nothing_local():
     for source in sources:
         assert (REPO / source).exists(), source
         assert not dockerignore_excludes(patterns, source), f"{source} is left out of the build context"
-    for inside in ("higgs_tts/service/speech.py", "higgs_tts/core/synthesizer.py"):
+    inside_files = ("higgs_tts/service/speech.py", "higgs_tts/synthesis/synthesizer.py",
+                    "higgs_tts/tools/chat_template.jinja")
+    for inside in inside_files:
         assert not dockerignore_excludes(patterns, inside)
     for outside in (".venv/bin/python", ".git/HEAD", "tests/conftest.py", "out/x.wav", ".cache/tiny/model",
                     "higgs_tts/__pycache__/cli.cpython-311.pyc", "higgs_tts.egg-info/PKG-INFO"):

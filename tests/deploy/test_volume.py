@@ -152,8 +152,8 @@ def test_upload_through_the_s3_api(cache, voice_prompts, tmp_path, s3_server):
 
 
 def test_a_legacy_model_is_converted_while_installing(tiny_checkpoint, voice_prompts, tmp_path):
-    from core.test_convert import write_legacy_model
     from safetensors.torch import load_file
+    from tools.test_convert import write_legacy_model
 
     legacy = tmp_path / "legacy"
     write_legacy_model(tiny_checkpoint[0], legacy)

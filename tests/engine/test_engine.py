@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from higgs_tts.core.checkpoint import ModelCache, load_model
-from higgs_tts.core.generation import SamplingParams, generate_reference
 from higgs_tts.core.prompt import PromptRenderer, PromptVoice, build_prompt
-from higgs_tts.core.synthesizer import SynthesisRequest, Synthesizer
+from higgs_tts.core.reference import generate_reference
+from higgs_tts.core.sampling import SamplingParams
 from higgs_tts.engine.engine import EngineRequest, FastEngine
+from higgs_tts.synthesis.synthesizer import SynthesisRequest, Synthesizer
 
 GREEDY = SamplingParams(temperature=0.0, ras_win_len=0, max_new_tokens=64)
 

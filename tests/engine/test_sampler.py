@@ -1,7 +1,7 @@
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from higgs_tts.core.generation import SamplingParams
+from higgs_tts.core.sampling import SamplingParams
 from higgs_tts.engine.sampler import DelayPattern, SamplingTensors, gumbel_noise, warp
 
 

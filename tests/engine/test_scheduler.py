@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from higgs_tts.core.checkpoint import load_model
-from higgs_tts.core.generation import SamplingParams
 from higgs_tts.core.prompt import PromptRenderer, build_prompt
+from higgs_tts.core.sampling import SamplingParams
 from higgs_tts.engine.engine import EngineRequest, FastEngine
 from higgs_tts.engine.scheduler import EngineBusy, Scheduler
 

@@ -1,6 +1,6 @@
 from higgs_tts.core.checkpoint import ModelCache
-from higgs_tts.core.synthesizer import Synthesizer
 from higgs_tts.service.maintenance import IdleCleaner
+from higgs_tts.synthesis.synthesizer import Synthesizer
 
 
 class Clock:

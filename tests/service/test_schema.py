@@ -2,7 +2,8 @@ import base64
 
 import pytest
 
-from higgs_tts.service.schema import GenerateInput, InputError, decode_base64, parse_input
+from higgs_tts.service.errors import InputError
+from higgs_tts.service.schema import GenerateInput, decode_base64, parse_input
 
 
 def test_defaults_match_the_documented_api():

@@ -14,19 +14,8 @@ import torch
 from conftest import make_bucket
 
 from higgs_tts.core.checkpoint import ModelCache
-from higgs_tts.core.synthesizer import Synthesizer
 from higgs_tts.service.speech import SpeechService
-from higgs_tts.settings import ServiceSettings
-
-MODELS = ModelCache()
-
-
-@pytest.fixture
-def service(settings, tmp_path):
-    voices = tmp_path / "voices"
-    shutil.copytree(settings.voice_prompts_path, voices)
-    local = dataclasses.replace(settings, voice_prompts_path=voices)
-    return SpeechService(local, ServiceSettings(), Synthesizer(local, MODELS))
+from higgs_tts.synthesis.synthesizer import Synthesizer
 
 
 def b64_file(path) -> str:
@@ -242,7 +231,7 @@ class OutOfMemoryOnce(Synthesizer):
 
 def test_out_of_memory_fails_the_job_and_the_worker_goes_on(service):
     flaky = SpeechService(service.settings, service.service,
-                          OutOfMemoryOnce(service.settings, MODELS))
+                          OutOfMemoryOnce(service.settings, service.synthesizer._models))
     first = flaky.handle({"transcript": "Big.", **BASE})
     assert first["success"] is False and first["error_code"] == "out_of_memory"
     assert flaky.handle({"transcript": "Small.", **BASE})["success"] is True
@@ -255,10 +244,11 @@ class OutOfMemoryStream(Synthesizer):
 
 
 def test_out_of_memory_while_streaming_is_the_same_clear_error(service):
+    from higgs_tts.service.errors import JobError
     from higgs_tts.service.schema import parse_input
-    from higgs_tts.service.speech import JobError
 
-    streaming = SpeechService(service.settings, service.service, OutOfMemoryStream(service.settings, MODELS))
+    models = service.synthesizer._models
+    streaming = SpeechService(service.settings, service.service, OutOfMemoryStream(service.settings, models))
     items = streaming.open_stream(parse_input({"transcript": "Stream.", **BASE}))
     with pytest.raises(JobError) as err:
         next(items)
@@ -277,62 +267,6 @@ def test_audit_line_has_no_transcript(service, caplog):
 
 
 # -- RunPod streaming jobs ------------------------------------------------------------------------
-
-
-def pcm_of(items) -> np.ndarray:
-    data = b"".join(base64.b64decode(i["audio_base64"]) for i in items if i["type"] == "audio")
-    return np.frombuffer(data, dtype="<i2")
-
-
-def test_stream_job_sends_audio_items_then_the_final_response(service, monkeypatch):
-    import higgs_tts.service.speech as speech
-
-    monkeypatch.setattr(speech, "STREAM_ITEM_SECONDS", 0.05)  # forces long pieces to be split
-    job = {"transcript": "Streamed to the caller.", "ref_audio": "belinda", **BASE}
-    items = list(service.stream_job({**job, "stream": True}, "job-s"))
-    audio, final = items[:-1], items[-1]
-    assert len(audio) >= 2 and all(i["type"] == "audio" and i["format"] == "pcm" for i in audio)
-    assert [i["seq"] for i in items] == list(range(len(items)))
-    assert all(i["num_samples"] <= 0.05 * 24000 and len(i["audio_base64"]) < 1_000_000 for i in audio)
-    starts = np.cumsum([0] + [i["num_samples"] for i in audio[:-1]]) / 24000
-    assert [i["start_seconds"] for i in audio] == pytest.approx(starts, abs=1e-3)
-
-    assert final["success"] is True and final["type"] == "final" and final["audio_items"] == len(audio)
-    assert "audio_base64" not in final and final["metadata"]["voice_clone"] == ["belinda"]
-    streamed = pcm_of(items)
-    assert final["duration_seconds"] == pytest.approx(len(streamed) / 24000, abs=1e-3)
-    metrics = final["generation_metrics"]
-    assert 0 < metrics["time_to_first_audio"] <= metrics["total_request_time"]
-
-    whole, _ = decoded_audio(service.handle(job))
-    assert len(streamed) == len(whole)
-    assert np.abs(streamed / 32767.0 - whole).max() < 2e-4  # the decoder's stated 1e-4, plus rounding
-
-
-def test_stream_job_uploads_the_whole_clip_when_a_bucket_is_set(service, s3_env):
-    make_bucket(s3_env, "stream-out")
-    items = list(service.stream_job({"transcript": "Stream and keep.", "stream": True, "s3_bucket": "stream-out",
-                                     "s3_key": "s/one.wav", **BASE}))
-    final = items[-1]
-    assert final["audio_url"] == "s3://stream-out/s/one.wav" and "audio_base64" not in final
-    stored, rate = sf.read(io.BytesIO(httpx.get(final["presigned_url"]).content), dtype="int16")
-    assert rate == 24000 and np.array_equal(stored, pcm_of(items))
-
-
-def test_stream_job_failure_ends_with_an_error_item(service):
-    items = list(service.stream_job({"transcript": "Too fast.", "stream": True, "speed": 2.0, **BASE}))
-    assert len(items) == 1 and items[0]["type"] == "error" and items[0]["success"] is False
-    assert items[0]["error_field"] == "speed"
-    unknown = list(service.stream_job({"transcript": "Who?", "stream": True, "ref_audio": "nobody", **BASE}))
-    assert unknown[-1]["error_code"] == "unknown_voice"
-
-
-def test_jobs_without_stream_yield_their_one_response(service):
-    items = list(service.stream_job({"action": "health"}))
-    assert len(items) == 1 and items[0]["status"] == "healthy"
-    whole = list(service.stream_job({"transcript": "Whole.", **BASE}))
-    assert len(whole) == 1 and decoded_audio(whole[0])[1] == 24000
-    assert whole[0]["generation_metrics"]["time_to_first_audio"] > 0
 
 
 def test_a_whole_response_worker_refuses_stream_naming_the_field(service):

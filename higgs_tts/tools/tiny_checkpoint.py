@@ -12,7 +12,9 @@ import json
 import time
 from pathlib import Path
 
-# Llama-3 special tokens with the ids Higgs Audio V2 uses (facts sheet, section 2).
+from .chat_template import CHAT_TEMPLATE
+
+# Llama-3 special tokens with the ids Higgs Audio V2 uses (docs/model-facts.md, section 2).
 SPECIAL_TOKENS = {
     128000: "<|begin_of_text|>",
     128001: "<|end_of_text|>",
@@ -31,57 +33,6 @@ SPECIAL_TOKENS = {
 }
 VOCAB_SIZE = 128256
 FIRST_SPECIAL_ID = 128000
-
-# The native chat template's rendering, written from the facts sheet (section 4): a required
-# system turn, an optional `scene` turn folded into it, audio-only assistant turns, and a
-# generation prompt that opens an audio-out stream.
-CHAT_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- if not messages or messages[0]['role'] != 'system' %}"
-    "{{- raise_exception('A system message is required but not provided!') }}"
-    "{%- endif %}"
-    "{%- macro text_of(content) %}"
-    "{%- if content is string %}{{- content | trim }}"
-    "{%- else %}{%- for item in content if item['type'] == 'text' %}{{- item['text'] | trim }}{%- endfor %}"
-    "{%- endif %}"
-    "{%- endmacro %}"
-    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}{{- text_of(messages[0]['content']) }}"
-    "{%- set rest = messages[1:] %}"
-    "{%- if rest and rest[0]['role'] == 'scene' %}"
-    "{{- '\\n\\n<|scene_desc_start|>\\n' }}"
-    "{%- if rest[0]['content'] is string %}{{- rest[0]['content'] | trim }}"
-    "{%- else %}"
-    "{%- for item in rest[0]['content'] %}"
-    "{%- if item['type'] == 'text' %}"
-    "{{- item['text'] | trim }}"
-    "{%- if loop.first and not loop.last %}{{- '\\n\\n' }}"
-    "{%- elif not loop.first and not loop.last and rest[0]['content'][loop.index]['type'] != 'audio' %}"
-    "{{- '\\n' }}{%- endif %}"
-    "{%- elif item['type'] == 'audio' %}"
-    "{{- ' <|audio_out_bos|><|AUDIO_OUT|><|audio_eos|>' }}{%- if not loop.last %}{{- '\\n' }}{%- endif %}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- endif %}"
-    "{{- '\\n<|scene_desc_end|>' }}"
-    "{%- set rest = rest[1:] %}"
-    "{%- endif %}"
-    "{{- '<|eot_id|>' }}"
-    "{%- for message in rest %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{%- if message['content'] is string or message['content'][0]['type'] != 'audio' %}"
-    "{{- raise_exception('Assistant messages must contain audio content only!') }}"
-    "{%- endif %}"
-    "{{- '<|audio_out_bos|><|AUDIO_OUT|><|audio_eos|>' }}"
-    "{%- else %}{{- text_of(message['content']) }}"
-    "{%- endif %}"
-    "{{- '<|eot_id|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n<|audio_out_bos|>' }}"
-    "{%- endif %}"
-)
-
 
 def _text_tokenizer():
     """A byte-level BPE tokenizer whose special tokens sit at Llama-3's ids."""
@@ -231,7 +182,7 @@ def full_size_random_model(device: str | None = None, dtype: str | None = None):
         HiggsAudioV2TokenizerModel,
     )
 
-    from .checkpoint import LoadedModel, pick_device, pick_dtype
+    from ..core.checkpoint import LoadedModel, pick_device, pick_dtype
 
     target = pick_device(device)
     weights_dtype = pick_dtype(dtype, target)

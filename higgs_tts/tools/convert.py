@@ -28,16 +28,16 @@ from pathlib import Path
 
 import torch
 
+from ..core.checkpoint import NATIVE_CODEC_TYPE, NATIVE_MODEL_TYPE, CheckpointError, layout
 from ..settings import DEFAULT_TOKENIZER
-from .checkpoint import LEGACY_MODEL_TYPE, NATIVE_CODEC_TYPE, NATIVE_MODEL_TYPE, CheckpointError
-from .tiny_checkpoint import CHAT_TEMPLATE
+from .chat_template import CHAT_TEMPLATE
 
 log = logging.getLogger(__name__)
 
 LEGACY_CODEC_REVISION = "9d4988fbd4ad07b4cac3a5fa462741a41810dbec"
 NATIVE_CODEC_REPOS = ("bosonai/higgs-audio-v2-tokenizer (main)", "eustlb/higgs-audio-v2-tokenizer")
 
-# Native generation defaults (facts sheet, section 3): RAS window 7, max repeats 2, eos 128009, pad 128001.
+# Native generation defaults (docs/model-facts.md, section 3): RAS window 7, max repeats 2, eos 128009, pad 128001.
 GENERATION_DEFAULTS = {"bos_token_id": 1, "eos_token_id": 128009, "pad_token_id": 128001,
                        "ras_win_len": 7, "ras_win_max_num_repeat": 2}
 AUDIO_DELAY_TOKEN = "<|reserved_special_token_6|>"
@@ -59,42 +59,6 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} does not hold a JSON object")
     return data
-
-
-def _existing_dir(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise CheckpointError(f"{what} {path} does not exist (give a local folder; nothing is downloaded)")
-    if not path.is_dir():
-        raise CheckpointError(f"{what} {path} is not a folder")
-    return path
-
-
-def model_layout(folder: Path) -> str:
-    """'legacy' or 'native'; anything else is refused."""
-    model_type = _read_json(_existing_dir(folder, "model folder") / "config.json").get("model_type")
-    if model_type == LEGACY_MODEL_TYPE:
-        return "legacy"
-    if model_type == NATIVE_MODEL_TYPE:
-        return "native"
-    raise CheckpointError(
-        f"{folder} has model_type {model_type!r}; this converter reads the legacy Higgs Audio V2 release "
-        f"(model_type '{LEGACY_MODEL_TYPE}') and writes '{NATIVE_MODEL_TYPE}'"
-    )
-
-
-def codec_layout(folder: Path) -> str:
-    """'legacy' (config.json of HiggsAudioTokenizer arguments + model.pth) or 'native'."""
-    config = _read_json(_existing_dir(folder, "audio tokenizer folder") / "config.json")
-    model_type = config.get("model_type")
-    if model_type == NATIVE_CODEC_TYPE:
-        return "native"
-    # The legacy config.json is the keyword arguments of boson_multimodal's HiggsAudioTokenizer; it has no model_type.
-    if model_type is None and {"ratios", "n_q", "bins"} <= config.keys():
-        return "legacy"
-    raise CheckpointError(
-        f"{folder} is not a Higgs Audio V2 audio tokenizer (model_type {model_type!r}); expected the legacy "
-        f"folder (config.json + model.pth) or model_type '{NATIVE_CODEC_TYPE}'"
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -577,7 +541,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, tokenizer_src: str | Pa
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     jobs: list[tuple[str, Path, Path, Callable[[Path], str]]] = []
 
-    if model_layout(src) == "native":
+    if layout(src, "model") == "native":
         say(f"{src} is already native (model_type '{NATIVE_MODEL_TYPE}'); nothing to convert")
     else:
         _check_destination(dst, src)
@@ -593,7 +557,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, tokenizer_src: str | Pa
         if tokenizer_dst is None:
             raise CheckpointError("--tokenizer-src needs --tokenizer-dst")
         codec_src, codec_dst = Path(tokenizer_src).expanduser(), Path(tokenizer_dst).expanduser()
-        if codec_layout(codec_src) == "native":
+        if layout(codec_src, "codec") == "native":
             say(f"{codec_src} is already native (model_type '{NATIVE_CODEC_TYPE}'); nothing to convert")
         else:
             _check_destination(codec_dst, codec_src)

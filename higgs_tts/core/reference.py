@@ -7,51 +7,10 @@ engine is not available.
 from __future__ import annotations
 
 import copy
-import dataclasses
-from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Per-chunk sampling settings. `temperature` 0 is greedy; `top_k` 0 and RAS 0 disable them."""
-
-    temperature: float = 0.8
-    top_k: int = 50
-    top_p: float = 0.95
-    max_new_tokens: int = 2048
-    ras_win_len: int = 7
-    ras_win_max_num_repeat: int = 2
-
-    def __post_init__(self) -> None:
-        checks = (
-            ("temperature", 0.0 <= self.temperature <= 2.0, "must be between 0 and 2"),
-            ("top_k", isinstance(self.top_k, int) and self.top_k >= 0, "must be an integer >= 0 (0 disables)"),
-            ("top_p", 0.0 < self.top_p <= 1.0, "must be in (0, 1]"),
-            ("max_new_tokens", isinstance(self.max_new_tokens, int) and 1 <= self.max_new_tokens <= 8192,
-             "must be an integer from 1 to 8192"),
-            ("ras_win_len", isinstance(self.ras_win_len, int) and self.ras_win_len >= 0,
-             "must be an integer >= 0 (0 disables)"),
-            ("ras_win_max_num_repeat", isinstance(self.ras_win_max_num_repeat, int)
-             and self.ras_win_max_num_repeat >= 0, "must be an integer >= 0 (0 disables)"),
-        )
-        for name, ok, rule in checks:
-            if not ok:
-                raise ValueError(f"{name} {rule}; got {getattr(self, name)!r}")
-
-    @classmethod
-    def from_fields(cls, source: object) -> SamplingParams:
-        """Read the same-named attributes of `source` (parsed CLI arguments, an API request)."""
-        return cls(**{f.name: getattr(source, f.name) for f in dataclasses.fields(cls)})
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
-    @property
-    def ras_enabled(self) -> bool:
-        return self.ras_win_len > 0 and self.ras_win_max_num_repeat > 0
+from .sampling import SamplingParams
 
 
 def generation_config_for(model, params: SamplingParams):

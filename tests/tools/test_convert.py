@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from higgs_tts.cli import main
 from higgs_tts.core.checkpoint import load_model
-from higgs_tts.core.convert import native_codec_config, native_model_config, native_model_key
+from higgs_tts.tools.convert import native_codec_config, native_model_config, native_model_key
 
 REPO = Path(__file__).resolve().parents[2]
 

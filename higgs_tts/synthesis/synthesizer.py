@@ -11,26 +11,24 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 
 import numpy as np
 import torch
 
+from ..core.checkpoint import LoadedModel, ModelCache, load_processor
+from ..core.codes import generated_frames
+from ..core.prompt import DEFAULT_SCENE, Prompt, PromptRenderer, PromptVoice, build_prompt
+from ..core.sampling import MAX_SEED, SamplingParams
+from ..core.streaming import StreamingDecoder
+from ..core.text import CHUNK_METHODS, chunk_text, normalize_transcript
+from ..core.voice_cache import VoiceCodeCache
+from ..core.voices import Voice, VoiceLibrary
 from ..settings import Settings
-from .checkpoint import LoadedModel, ModelCache, load_processor
-from .codes import generated_frames
-from .generation import SamplingParams, generate_reference
-from .prompt import DEFAULT_SCENE, Prompt, PromptRenderer, PromptVoice, build_prompt
-from .streaming import StreamingDecoder
-from .text import CHUNK_METHODS, chunk_text, normalize_transcript
-from .voice_cache import VoiceCodeCache
-from .voices import Voice, VoiceLibrary
+from .generator import Generator, generator_kind, make_generator
 
 log = logging.getLogger(__name__)
-
-MAX_SEED = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -63,9 +61,9 @@ class SynthesisRequest:
     def __post_init__(self) -> None:
         if not isinstance(self.text, str) or not self.text.strip():
             raise ValueError("text must be a non-empty string")
-        if self.chunk_method not in CHUNK_METHODS:
+        if self.chunk_method is not None and self.chunk_method not in CHUNK_METHODS:
             raise ValueError(
-                f"chunk_method must be one of null, 'speaker', 'word', 'sentence'; got {self.chunk_method!r}"
+                f"chunk_method must be null or one of {', '.join(CHUNK_METHODS)}; got {self.chunk_method!r}"
             )
         if not (isinstance(self.chunk_max_word_num, int) and self.chunk_max_word_num >= 1):
             raise ValueError(f"chunk_max_word_num must be an integer >= 1; got {self.chunk_max_word_num!r}")
@@ -145,80 +143,37 @@ class Synthesizer:
         self.voices = VoiceLibrary(self.settings.voice_prompts_path)
         self._models = models or ModelCache()
         self._voice_codes = VoiceCodeCache(self.settings.voice_cache_dir)
-        self._engine_lock = threading.Lock()
-        self._unbatched_lock = threading.Lock()  # generation outside the scheduler: one at a time
-        self._engine = None  # (model, Scheduler, FastEngine) for the loaded model
+        self._generator_lock = threading.Lock()
+        self._generator: Generator | None = None
+        self._generator_model = None  # the model the generator was made for
 
-    def engine_name(self, loaded: LoadedModel) -> str:
-        """'fast' or 'reference': the setting, with 'auto' meaning fast on CUDA."""
-        if self.settings.engine != "auto":
-            return self.settings.engine
-        return "fast" if loaded.device.type == "cuda" else "reference"
+    def generator_kind(self, loaded: LoadedModel) -> str:
+        """'batched' (our decode loop) or 'reference' (transformers' generate())."""
+        return generator_kind(self.settings, loaded.device)
 
-    def _generate(self, loaded: LoadedModel, inputs: dict, params: SamplingParams, seed: int) -> Iterator[torch.Tensor]:
-        """The generated columns of one prompt, in pieces as the engine produces them.
-
-        With the fast engine the prompt joins the shared, continuously batched decode loop; one
-        that does not fit its cache runs alone in a cache of its own size. Closing the iterator
-        early gives the slot back.
-        """
-        if self.engine_name(loaded) == "reference":
-            with self._unbatched_lock:
-                yield generate_reference(loaded.model, inputs, params, seed)
-            return
-        from ..engine.engine import EngineRequest
-
-        scheduler, solo = self._engines(loaded)
-        request = EngineRequest(inputs, params, seed)
-        if scheduler.fits(request):
-            yield from scheduler.submit(request).pieces()
-            return
-        log.info("prompt does not fit the shared cache (ENGINE_MAX_LEN); generating it alone")
-        with self._unbatched_lock:
-            yield from solo.stream(request)
-
-    @contextmanager
-    def _admission(self, loaded: LoadedModel) -> Iterator[None]:
-        """One place in the engine for a whole request (EngineBusy when there is none)."""
-        if self.engine_name(loaded) == "reference":
-            yield
-            return
-        with self._engines(loaded)[0].request():
-            yield
-
-    def _engines(self, loaded: LoadedModel):
-        """The scheduler and the one-off engine for the loaded model (made on first use)."""
-        from ..engine.engine import FastEngine
-        from ..engine.scheduler import Scheduler
-
-        with self._engine_lock:
-            if self._engine is None or self._engine[0] is not loaded.model:
-                self._close_engine()
-                s = self.settings
-                scheduler = Scheduler(loaded.model, s.engine_slots, s.engine_max_len, s.engine_queue)
-                # Long prompts run alone, eagerly: no second graph capture beside the scheduler's.
-                self._engine = (loaded.model, scheduler, FastEngine(loaded.model, use_cuda_graphs=False))
-            return self._engine[1], self._engine[2]
+    def generator(self, loaded: LoadedModel) -> Generator:
+        """The generator for the loaded model (made on first use; a new model gets a new one)."""
+        with self._generator_lock:
+            if self._generator is None or self._generator_model is not loaded.model:
+                self._close_generator()
+                self._generator, self._generator_model = make_generator(self.settings, loaded.model), loaded.model
+            return self._generator
 
     def engine_load(self) -> tuple[int, int, int]:
-        """(running sequences, waiting sequences, admitted requests) of the fast engine; zeros
-        before it starts."""
-        engine = self._engine
-        if engine is None:
-            return 0, 0, 0
-        return (*engine[1].load(), engine[1].admitted)
+        """(running sequences, waiting sequences, admitted requests); zeros before the first request."""
+        generator = self._generator
+        return (0, 0, 0) if generator is None else generator.load()
 
-    def _close_engine(self) -> None:
-        if self._engine is not None:
-            self._engine[1].close()
-            self._engine = None
+    def _close_generator(self) -> None:
+        if self._generator is not None:
+            self._generator.close()
+            self._generator = self._generator_model = None
 
     def prepare(self) -> None:
-        """Load the model and start the engine (which captures its CUDA graphs), so that the
-        first request does not wait for either."""
+        """Load the model and start the generator (the engine captures its CUDA graphs), so that
+        the first request waits for neither."""
         loaded, _ = self.model()
-        if self.engine_name(loaded) == "fast":
-            self._engines(loaded)
+        self.generator(loaded)
 
     def model(self) -> tuple[LoadedModel, bool]:
         """The loaded model and whether this call loaded it."""
@@ -230,8 +185,8 @@ class Synthesizer:
 
     def unload(self) -> bool:
         """Free the model (after a long idle time); the next request loads it again."""
-        with self._engine_lock:
-            self._close_engine()
+        with self._generator_lock:
+            self._close_generator()
             return self._models.unload()
 
     # -- prompts -----------------------------------------------------------------------------
@@ -362,13 +317,14 @@ class Synthesizer:
         """Generate every chunk in order, with earlier chunks as context; yields new frames as they
         are complete (per engine check with the fast engine, per chunk with the reference path)."""
         started = time.perf_counter()
-        with self._admission(run.loaded):  # a busy engine says so before any work is done
+        with self.generator(run.loaded).admission():  # a busy engine says so before any work is done
             yield from self._chunks(run, request)
         run.generation_seconds = time.perf_counter() - started
 
     def _chunks(self, run: _Run, request: SynthesisRequest) -> Iterator[torch.Tensor]:
         loaded = run.loaded
         renderer = PromptRenderer(loaded.processor)
+        generator = self.generator(loaded)
         prompt_voices = [self._prompt_voice(v) for v in run.voices]
         if request.reference is not None:
             prompt_voices.append(self._reference_voice(request.reference))
@@ -379,7 +335,7 @@ class Synthesizer:
             inputs = renderer.inputs(prompt, loaded.device)
             columns: list[torch.Tensor] = []
             frames = torch.zeros((0, loaded.model.config.num_codebooks), dtype=torch.long)
-            for piece in self._generate(loaded, inputs, request.sampling, run.seed):
+            for piece in generator.generate(inputs, request.sampling, run.seed):
                 columns.append(piece.cpu())
                 sent, frames = frames.shape[0], generated_frames(torch.cat(columns))
                 if frames.shape[0] > sent:

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.checkpoint import LoadedModel
-from ..core.generation import SamplingParams, generate_reference
 from ..core.prompt import PromptRenderer, PromptVoice, build_prompt
-from .batch import bucket_length
-from .engine import EngineRequest, FastEngine
-from .scheduler import Scheduler
+from ..core.reference import generate_reference
+from ..core.sampling import SamplingParams
+from ..engine.batch import bucket_length
+from ..engine.engine import EngineRequest, FastEngine
+from ..engine.scheduler import Scheduler
 
 FRAMES_PER_SECOND = 25.0
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the forest."

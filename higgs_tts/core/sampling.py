@@ -1,0 +1,86 @@
+"""Every sampling knob, defined once: its type, default, bounds and meaning.
+
+The API schema (`service/schema.py`), the command line and both decode loops read these
+definitions, so a new knob is one field here plus the code that implements it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+MAX_SEED = 2**31 - 1  # seeds are 0..MAX_SEED, in every surface
+
+
+def knob(default, *, help: str, ge: float | None = None, gt: float | None = None, le: float | None = None):
+    """A dataclass field with its bounds (`ge`/`gt` below, `le` above) and its meaning."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "help": help})
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    type: type  # int or float
+    default: float
+    ge: float | None
+    gt: float | None
+    le: float | None
+    help: str
+
+    def rule(self) -> str:
+        """The bounds in words, e.g. 'an integer from 1 to 8192'."""
+        kind = "an integer" if self.type is int else "a number"
+        if self.ge is not None and self.le is not None:
+            return f"{kind} from {self.ge:g} to {self.le:g}"
+        low = f">= {self.ge:g}" if self.ge is not None else f"> {self.gt:g}" if self.gt is not None else None
+        high = f"<= {self.le:g}" if self.le is not None else None
+        return f"{kind} {' and '.join(b for b in (low, high) if b)}"
+
+    def check(self, value: object) -> None:
+        typed = isinstance(value, int) if self.type is int else isinstance(value, int | float)
+        if isinstance(value, bool) or not typed:
+            raise ValueError(f"{self.name} must be {self.rule()}; got {value!r}")
+        if value != value:  # NaN
+            raise ValueError(f"{self.name} must be {self.rule()}; got {value!r}")
+        if ((self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
+                or (self.le is not None and value > self.le)):
+            raise ValueError(f"{self.name} must be {self.rule()}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-chunk sampling settings, with the reference pipeline's defaults."""
+
+    temperature: float = knob(0.8, ge=0.0, le=2.0, help="0 = greedy (RAS still redraws repeats; see README)")
+    top_k: int = knob(50, ge=0, help="keep the k most likely codes; 0 disables")
+    top_p: float = knob(0.95, gt=0.0, le=1.0, help="nucleus sampling; 1 disables")
+    max_new_tokens: int = knob(2048, ge=1, le=8192, help="audio frames per chunk; 25 = 1 s")
+    ras_win_len: int = knob(7, ge=0, le=1000, help="repetition-aware sampling window; 0 disables")
+    ras_win_max_num_repeat: int = knob(2, ge=0, le=1000, help="repeats in the window before a redraw; 0 disables")
+
+    def __post_init__(self) -> None:
+        for k in sampling_knobs():
+            k.check(getattr(self, k.name))
+
+    @classmethod
+    def from_fields(cls, source: object) -> SamplingParams:
+        """Read the same-named attributes of `source` (parsed CLI arguments, an API request)."""
+        return cls(**{k.name: getattr(source, k.name) for k in sampling_knobs()})
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def ras_enabled(self) -> bool:
+        return self.ras_win_len > 0 and self.ras_win_max_num_repeat > 0
+
+
+def sampling_knobs() -> list[Knob]:
+    """The knobs of SamplingParams, in field order."""
+    types = {"float": float, "int": int}
+    return [
+        Knob(f.name, types[f.type] if isinstance(f.type, str) else f.type, f.default, f.metadata["ge"],
+             f.metadata["gt"], f.metadata["le"], f.metadata["help"])
+        for f in dataclasses.fields(SamplingParams)
+    ]

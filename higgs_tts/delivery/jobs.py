@@ -1,0 +1,168 @@
+"""RunPod's job API on the HTTP server (`/run`, `/runsync`, `/status`, `/stream`, `/cancel`), so
+RunPod clients work unchanged against `higgs-tts serve`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+import anyio
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from ..service.speech import SpeechService
+from .metrics import Metrics
+from .middleware import openai_error
+from .runpod import runpod_reply, stream_items
+
+log = logging.getLogger(__name__)
+
+MAX_JOBS_KEPT = 1000
+
+
+class RunRequest(BaseModel):
+    input: dict
+    webhook: str | None = None
+
+
+class Jobs:
+    """RunPod-style asynchronous jobs, kept in memory (the newest MAX_JOBS_KEPT).
+
+    A job with `stream: true` collects its items as they are produced; `/stream/{id}` hands out
+    the ones not read yet, as RunPod's endpoint does.
+    """
+
+    def __init__(self, service: SpeechService, workers: int) -> None:
+        self.service = service
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="job")
+        self.lock = threading.Lock()
+        self.jobs: OrderedDict[str, dict] = OrderedDict()
+        self.streams: dict[str, list] = {}  # job id -> [items, number read]
+        self.cancels: dict[str, threading.Event] = {}
+
+    def submit(self, job_input: dict) -> str:
+        job_id = f"job-{uuid.uuid4()}"
+        with self.lock:
+            self.jobs[job_id] = {"id": job_id, "status": "IN_QUEUE"}
+            self.cancels[job_id] = threading.Event()
+            while len(self.jobs) > MAX_JOBS_KEPT:
+                oldest = self.jobs.popitem(last=False)[0]
+                self.streams.pop(oldest, None)
+                self.cancels.pop(oldest, None)
+        self.pool.submit(self._run, job_id, job_input)
+        return job_id
+
+    def cancel(self, job_id: str) -> dict | None:
+        """RunPod's /cancel: a queued job never runs; a running one stops within one engine burst."""
+        with self.lock:
+            job, event = self.jobs.get(job_id), self.cancels.get(job_id)
+            if job is None or event is None:
+                return None
+            event.set()
+            if job["status"] in ("IN_QUEUE", "IN_PROGRESS"):
+                job["status"] = "CANCELLED"
+            return {"id": job_id, "status": job["status"]}
+
+    def _run(self, job_id: str, job_input: dict) -> None:
+        cancel = self.cancels.get(job_id) or threading.Event()
+        if cancel.is_set():
+            return
+        try:
+            self._set(job_id, status="IN_PROGRESS")
+            self._execute(job_id, job_input, cancel)
+        except Exception as exc:  # never leave a job IN_PROGRESS forever
+            log.exception("job %s crashed", job_id)
+            self._set(job_id, status="FAILED", error=f"internal error ({type(exc).__name__})")
+
+    def _execute(self, job_id: str, job_input: dict, cancel: threading.Event) -> None:
+        if not (isinstance(job_input, dict) and job_input.get("stream") is True):
+            reply = runpod_reply(job_id, self.service.handle(job_input, job_id, cancel=cancel))
+            self._set(job_id, **(reply if not cancel.is_set() else {**reply, "status": "CANCELLED"}))
+            return
+        items: list[dict] = []  # read by /stream/{id} while they come
+        with self.lock:
+            self.streams[job_id] = [items, 0]
+        stream = stream_items(self.service, job_input, job_id)
+        for item in stream:
+            if cancel.is_set():  # closing the stream gives the engine slot back
+                stream.close()
+                return
+            with self.lock:
+                items.append(item)
+        self._set(job_id, **runpod_reply(job_id, list(items)))
+
+    def _set(self, job_id: str, **fields) -> None:
+        with self.lock:
+            job = self.jobs.get(job_id)
+            if job is not None and not (job["status"] == "CANCELLED" and fields.get("status") == "IN_PROGRESS"):
+                job.update(fields)
+
+    def get(self, job_id: str) -> dict | None:
+        with self.lock:
+            job = self.jobs.get(job_id)
+            return dict(job) if job else None
+
+    def read_stream(self, job_id: str) -> dict | None:
+        """The job's status and the stream items produced since the last read."""
+        with self.lock:
+            job, stream = self.jobs.get(job_id), self.streams.get(job_id)
+            if job is None:
+                return None
+            if stream is None:
+                return {"id": job_id, "status": job["status"], "stream": []}
+            items, read = stream
+            stream[1] = len(items)
+            reply = {"id": job_id, "status": job["status"], "stream": [{"output": i} for i in items[read:]]}
+            if job.get("error"):
+                reply["error"] = job["error"]
+            return reply
+
+
+
+def router(service: SpeechService, metrics: Metrics) -> APIRouter:
+    api = APIRouter()
+    jobs = Jobs(service, service.service.max_concurrency)
+
+    @api.post("/runsync")
+    async def runsync(job: RunRequest):
+        started = time.perf_counter()
+        job_id = f"sync-{uuid.uuid4()}"
+        if job.input.get("stream") is True:  # every item at once, as RunPod's /runsync gives a stream job
+            output = await anyio.to_thread.run_sync(lambda: list(stream_items(service, job.input, job_id)))
+        else:
+            output = await anyio.to_thread.run_sync(service.handle, job.input, job_id)
+        reply = runpod_reply(job_id, output)
+        last = output[-1] if isinstance(output, list) else output
+        metrics.observe("runsync", started, 200, code=last.get("error_code"))
+        return reply
+
+    @api.post("/run")
+    def run(job: RunRequest):
+        return {"id": jobs.submit(job.input), "status": "IN_QUEUE"}
+
+    @api.api_route("/status/{job_id}", methods=["GET", "POST"])
+    def status(job_id: str):
+        job = jobs.get(job_id)
+        if job is None:
+            return openai_error(404, f"no job {job_id!r}", "not_found", "job_id")
+        return job
+
+    @api.post("/cancel/{job_id}")
+    def cancel(job_id: str):
+        reply = jobs.cancel(job_id)
+        if reply is None:
+            return openai_error(404, f"no job {job_id!r}", "not_found", "job_id")
+        return reply
+
+    @api.api_route("/stream/{job_id}", methods=["GET", "POST"])
+    def stream(job_id: str):
+        reply = jobs.read_stream(job_id)
+        if reply is None:
+            return openai_error(404, f"no job {job_id!r}", "not_found", "job_id")
+        return reply
+
+    return api

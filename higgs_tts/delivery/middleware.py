@@ -1,0 +1,61 @@
+"""What every HTTP route shares: OpenAI's error body, the body-size limit and the API key."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from starlette.middleware.base import BaseHTTPMiddleware
+
+from ..service.errors import Failure
+
+
+def openai_error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    if status == 401:
+        kind = "authentication_error"
+    return JSONResponse(status_code=status,
+                        content={"error": {"message": message, "type": kind, "param": param, "code": code}})
+
+
+def failure_response(failure: Failure) -> JSONResponse:
+    return openai_error(failure.status, failure.message, failure.code, failure.field)
+
+
+class BodyLimit(BaseHTTPMiddleware):
+    """Refuse bodies above the limit before reading them (413, OpenAI error body)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        super().__init__(app)
+        self.max_bytes = max_bytes
+
+    async def dispatch(self, request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return openai_error(413, f"request body is above the limit of {self.max_bytes} bytes", "too_large")
+        if length is None and request.method in ("POST", "PUT"):
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > self.max_bytes:
+                    return openai_error(413, f"request body is above the limit of {self.max_bytes} bytes",
+                                        "too_large")
+            request._body = body  # starlette reuses it for the endpoint
+        return await call_next(request)
+
+
+class BearerAuth(BaseHTTPMiddleware):
+    """With an API key set, every route but /health needs `Authorization: Bearer <key>`."""
+
+    def __init__(self, app, api_key: str) -> None:
+        super().__init__(app)
+        self.api_key = api_key.encode()
+
+    async def dispatch(self, request: Request, call_next):
+        if request.url.path != "/health":
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key):
+                return openai_error(401, "missing or wrong API key (send Authorization: Bearer <key>)",
+                                    "invalid_api_key")
+        return await call_next(request)

@@ -1,0 +1,118 @@
+"""RunPod's side of the contract: the worker's handlers, stream items and reply shapes.
+
+Pure functions over the speech service: `handler.py` wires them into the SDK, and the HTTP
+server's RunPod-compatible routes (`jobs.py`) use the same items and replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..core.audio import SAMPLE_RATE
+from ..service import formats
+from ..service.maintenance import IdleCleaner
+from ..service.speech import SpeechService
+
+log = logging.getLogger(__name__)
+
+STREAM_ITEM_SECONDS = 5.0  # per RunPod stream item: 240 KB of PCM, 320 KB as base64 (the limit is 1 MB)
+
+
+def stream_items(service: SpeechService, raw: object, job_id: str = "local",
+                 s3_config: dict | None = None) -> Iterator[dict]:
+    """RunPod's streaming contract. A job with `stream: true` yields audio items while it is
+    generated, then a final item with the usual response fields (and the S3 URL when uploading);
+    a failure ends the stream with an error item. Any other job yields exactly its response.
+
+    Audio items: {"type": "audio", "seq", "audio_base64" (16-bit little-endian mono PCM),
+    "format": "pcm", "sample_rate", "num_samples", "start_seconds"}, each at most
+    STREAM_ITEM_SECONDS long.
+    """
+    if not (isinstance(raw, dict) and raw.get("stream") is True):
+        yield service.handle(raw, job_id, s3_config)
+        return
+    seq = sent = 0
+    events = service.stream(raw, job_id, s3_config)
+    try:
+        for event in events:
+            if isinstance(event, np.ndarray):
+                for piece in formats.pieces(event, int(STREAM_ITEM_SECONDS * SAMPLE_RATE)):
+                    yield {"type": "audio", "seq": seq,
+                           "audio_base64": base64.b64encode(formats.to_pcm16(piece)).decode("ascii"),
+                           "format": "pcm", "sample_rate": SAMPLE_RATE, "num_samples": len(piece),
+                           "start_seconds": round(sent / SAMPLE_RATE, 3)}
+                    seq, sent = seq + 1, sent + len(piece)
+            elif event.get("success"):
+                yield {"success": True, "type": "final", "seq": seq, "audio_items": seq,
+                       **{k: v for k, v in event.items() if k != "success"}}
+            else:
+                yield {**event, "type": "error", "seq": seq}
+    finally:
+        events.close()
+
+
+def runpod_reply(job_id: str, output: dict | list[dict]) -> dict:
+    """The RunPod shape: FAILED with a top-level `error` when the output says success false. A
+    stream job's output is the list of its items, as RunPod aggregates it; the last one says how
+    the job ended."""
+    last = output[-1] if isinstance(output, list) else output
+    if last.get("success") is False:
+        return {"id": job_id, "status": "FAILED", "error": last.get("error"), "output": output}
+    return {"id": job_id, "status": "COMPLETED", "output": output}
+
+
+class Worker:
+    """The serverless worker's handlers over one speech service."""
+
+    def __init__(self, service: SpeechService | None = None) -> None:
+        self.service = service or SpeechService()
+        self.cleaner = IdleCleaner(self.service.synthesizer, idle_seconds=self.service.service.idle_cleanup_seconds,
+                                   unload=self.service.service.unload_after_idle)
+
+    async def handler(self, job: dict) -> dict:
+        """One job: generation runs in a worker thread so the SDK's event loop stays free. Up to
+        MAX_CONCURRENCY jobs run at once; the engine decodes them together."""
+        self.cleaner.job_started()
+        cancel = threading.Event()
+        try:
+            return await asyncio.to_thread(self.service.handle, job.get("input"), str(job.get("id", "")),
+                                           job.get("s3Config"), cancel)
+        except asyncio.CancelledError:  # the job was cancelled or timed out: give its engine slot back
+            cancel.set()
+            raise
+        finally:
+            self.cleaner.job_finished()
+
+    async def streaming_handler(self, job: dict):
+        """Streaming jobs: each item is produced in a worker thread; other jobs yield their one response."""
+        self.cleaner.job_started()
+        items = stream_items(self.service, job.get("input"), str(job.get("id", "")), job.get("s3Config"))
+        try:
+            while (item := await asyncio.to_thread(next, items, None)) is not None:
+                yield item
+        finally:
+            await asyncio.to_thread(items.close)
+            self.cleaner.job_finished()
+
+    def concurrency_modifier(self, current_concurrency: int) -> int:
+        return max(1, self.service.service.max_concurrency)
+
+    def preload(self) -> None:
+        try:
+            self.service.synthesizer.prepare()
+        except Exception as exc:  # reported by health and by the first job instead
+            log.warning("model preload failed: %s", exc)
+
+    def config(self, streaming: bool) -> dict:
+        """What `runpod.serverless.start` takes."""
+        return {
+            "handler": self.streaming_handler if streaming else self.handler,
+            "concurrency_modifier": self.concurrency_modifier,
+            "return_aggregate_stream": True,  # /run and /runsync of a streaming worker get the items as a list
+        }

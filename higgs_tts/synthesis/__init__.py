@@ -1,0 +1,1 @@
+"""Text, voices and a scene in; speech out: the synthesizer over one of two generators."""

@@ -1,0 +1,124 @@
+"""The two ways to turn a prompt into audio columns, behind one protocol.
+
+    reference:  transformers' own generate(), one request at a time (the ground truth; CPU default)
+    batched:    our decode loop (engine/), requests decoded together by the scheduler (CUDA default)
+
+The service above sees only this module: admission (EngineBusy when full), load, freeing memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+import torch
+
+from ..core.reference import generate_reference
+from ..core.sampling import SamplingParams
+from ..engine.engine import EngineRequest, FastEngine
+from ..engine.graphs import free_cached_memory
+from ..engine.scheduler import EngineBusy, Scheduler
+from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+GENERATORS = ("reference", "batched")
+
+__all__ = ["GENERATORS", "BatchedGenerator", "EngineBusy", "Generator", "ReferenceGenerator", "free_memory",
+           "make_generator"]
+
+
+class Generator(Protocol):
+    def admission(self) -> AbstractContextManager:
+        """One place for a whole request (all its chunks); raises EngineBusy when there is none."""
+
+    def generate(self, inputs: dict[str, torch.Tensor], params: SamplingParams, seed: int) -> Iterator[torch.Tensor]:
+        """The prompt's generated columns `[n, K]`, in pieces; closing the iterator early stops it."""
+
+    def load(self) -> tuple[int, int, int]:
+        """(running sequences, waiting sequences, admitted requests)."""
+
+    def close(self) -> None: ...
+
+
+class ReferenceGenerator:
+    def __init__(self, model) -> None:
+        self.model = model
+        self._lock = threading.Lock()  # generate() calls run one at a time
+        self._running = 0
+
+    def admission(self) -> AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def generate(self, inputs, params, seed):
+        with self._lock:
+            self._running = 1
+            try:
+                yield generate_reference(self.model, inputs, params, seed)
+            finally:
+                self._running = 0
+
+    def load(self) -> tuple[int, int, int]:
+        return self._running, 0, 0
+
+    def close(self) -> None:
+        pass
+
+
+class BatchedGenerator:
+    """The continuously batched scheduler; a prompt too long for its cache runs alone, eagerly."""
+
+    def __init__(self, model, slots: int, max_len: int, queue: int) -> None:
+        self.model = model
+        self.scheduler = Scheduler(model, slots, max_len, queue)
+        # Long prompts run alone, eagerly: no second graph capture beside the scheduler's.
+        self.solo = FastEngine(model, use_cuda_graphs=False)
+        self._solo_lock = threading.Lock()
+        self._solo_running = 0
+
+    def admission(self) -> AbstractContextManager:
+        return self.scheduler.request()
+
+    def generate(self, inputs, params, seed):
+        request = EngineRequest(inputs, params, seed)
+        if self.scheduler.fits(request):
+            yield from self.scheduler.submit(request).pieces()
+            return
+        log.info("prompt does not fit the shared cache (ENGINE_MAX_LEN); generating it alone")
+        with self._solo_lock:
+            self._solo_running = 1
+            try:
+                yield from self.solo.stream(request)
+            finally:
+                self._solo_running = 0
+
+    def load(self) -> tuple[int, int, int]:
+        running, waiting = self.scheduler.load()
+        return running + self._solo_running, waiting, self.scheduler.admitted
+
+    def close(self) -> None:
+        self.scheduler.close()
+
+
+def generator_kind(settings: Settings, device: torch.device) -> str:
+    """'batched' or 'reference': the ENGINE setting, with 'auto' meaning batched on CUDA."""
+    if settings.engine == "auto":
+        return "batched" if device.type == "cuda" else "reference"
+    return "batched" if settings.engine == "fast" else "reference"
+
+
+def make_generator(settings: Settings, model) -> Generator:
+    if generator_kind(settings, model.device) == "reference":
+        return ReferenceGenerator(model)
+    return BatchedGenerator(model, settings.engine_slots, settings.engine_max_len, settings.engine_queue)
+
+
+def free_memory() -> None:
+    """Garbage and cached accelerator memory back to the system (never during a graph capture)."""
+    gc.collect()
+    free_cached_memory()
