@@ -255,6 +255,18 @@ def load_processor(settings: Settings):
     return _build_processor(model_dir, _load_codec(codec_dir, torch.device("cpu")))
 
 
+def check_codec_matches(model_config, codec_config, codec_dir: Path) -> None:
+    """The codec must write as many codebooks as the model reads: a config whose default
+    bandwidth selects another quantizer count would silently produce wrong codes."""
+    quantizers, codebooks = int(codec_config.num_quantizers), int(model_config.num_codebooks)
+    if quantizers != codebooks:
+        raise CheckpointError(
+            f"the audio tokenizer in {codec_dir} encodes with {quantizers} quantizers (target_bandwidths "
+            f"{list(codec_config.target_bandwidths)}) but the model reads {codebooks} codebooks; use the codec "
+            "released with the model"
+        )
+
+
 def load_model(settings: Settings) -> LoadedModel:
     from transformers import HiggsAudioV2ForConditionalGeneration
 
@@ -265,7 +277,9 @@ def load_model(settings: Settings) -> LoadedModel:
     log.info("loading model from %s on %s (%s)", model_dir, device, dtype)
 
     model = HiggsAudioV2ForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-    processor = _build_processor(model_dir, _load_codec(codec_dir, device))
+    codec = _load_codec(codec_dir, device)
+    check_codec_matches(model.config, codec.config, codec_dir)
+    processor = _build_processor(model_dir, codec)
     return LoadedModel(
         model=model,
         processor=processor,

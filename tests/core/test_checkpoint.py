@@ -86,3 +86,17 @@ def test_device_and_dtype_choice():
         assert pick_device(None) == torch.device("cpu")
         with pytest.raises(CheckpointError, match="CUDA is not available"):
             pick_device("cuda")
+
+
+def test_a_codec_with_another_quantizer_count_is_refused_at_load(tiny_checkpoint, tmp_path):
+    from higgs_tts.core.checkpoint import load_model
+    from higgs_tts.settings import Settings
+
+    codec = tmp_path / "codec16"
+    shutil.copytree(tiny_checkpoint[1], codec)
+    config = json.loads((codec / "config.json").read_text())
+    config["target_bandwidths"] = [0.5, 1, 1.5, 2, 4]  # 4 kbps at 25 frames/s of 10 bits: 16 quantizers
+    (codec / "config.json").write_text(json.dumps(config))
+    settings = Settings(model_path=str(tiny_checkpoint[0]), tokenizer_path=str(codec), device="cpu")
+    with pytest.raises(CheckpointError, match="encodes with 16 quantizers .* reads 8 codebooks"):
+        load_model(settings)
