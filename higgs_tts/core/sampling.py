@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 MAX_SEED = 2**31 - 1  # seeds are 0..MAX_SEED, in every surface
+# Temperatures below this decode greedily: dividing logits by 1e-45 overflows every sampler.
+GREEDY_BELOW = 1e-3
 
 
 def knob(default, *, help: str, ge: float | None = None, gt: float | None = None, le: float | None = None):
@@ -51,7 +53,8 @@ class Knob:
 class SamplingParams:
     """Per-chunk sampling settings, with the reference pipeline's defaults."""
 
-    temperature: float = knob(0.8, ge=0.0, le=2.0, help="0 = greedy (RAS still redraws repeats; see README)")
+    temperature: float = knob(0.8, ge=0.0, le=2.0,
+                              help="below 0.001 = greedy (RAS still redraws repeats; see README)")
     top_k: int = knob(50, ge=0, help="keep the k most likely codes; 0 disables")
     top_p: float = knob(0.95, gt=0.0, le=1.0, help="nucleus sampling; 1 disables")
     max_new_tokens: int = knob(2048, ge=1, le=8192, help="audio frames per chunk; 25 = 1 s")
@@ -69,7 +72,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
 
     @property
     def ras_enabled(self) -> bool:

@@ -54,3 +54,14 @@ def test_delay_pattern_forcing():
     masked = pattern.apply(zeros, torch.tensor([9]))
     assert torch.isinf(masked[0, 0, :1025]).all() and torch.isfinite(masked[0, 1]).all()
     assert pattern.observe(torch.full((1, 8), 1025)).all()
+
+
+def test_tiny_temperatures_decode_greedily_without_overflow():
+    from higgs_tts.engine.sampler import SamplingTensors
+
+    for tiny in (1e-45, 1e-300, 5e-324, 0.0):
+        params = SamplingParams(temperature=tiny)
+        assert params.greedy
+        tensors = SamplingTensors.build([params], [1], 1026, torch.device("cpu"))
+        assert bool(tensors.greedy[0]) and float(tensors.temperature[0]) == 1.0
+    assert not SamplingParams(temperature=0.001).greedy

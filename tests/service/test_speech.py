@@ -273,3 +273,11 @@ def test_a_whole_response_worker_refuses_stream_naming_the_field(service):
     response = service.handle({"transcript": "Stream?", "stream": True, **BASE})
     assert response["success"] is False and response["error_field"] == "stream"
     assert "STREAMING=1" in response["error"]
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 5e-324])
+def test_a_vanishing_temperature_decodes_greedily(service, temperature):
+    response = service.handle({"transcript": "Cold.", "temperature": temperature, **BASE})
+    assert response["success"] is True, response.get("error")
+    greedy = service.handle({"transcript": "Cold.", "temperature": 0, **BASE})
+    assert response["audio_base64"] == greedy["audio_base64"]
