@@ -12,7 +12,7 @@ log = logging.getLogger("higgs_tts.audit")
 
 def fingerprint(text: str) -> str:
     """A short hash that links repeated transcripts without revealing them."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]  # any str, even invalid Unicode
 
 
 @dataclass

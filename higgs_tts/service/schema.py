@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import unicodedata
 from typing import Literal
 
@@ -26,8 +27,20 @@ OutputFormat = Literal[tuple(FORMATS)]
 ChunkMethod = Literal[CHUNK_METHODS]
 
 
-def _has_control_characters(text: str) -> bool:
-    return any(unicodedata.category(c) == "Cc" and c not in "\n\r\t" for c in text)
+# The model's control tokens are all spelled <|...|>; typed into a text they would become prompt structure.
+CONTROL_TOKEN = re.compile(r"<\|[^|<>\s]{1,40}\|>")
+
+
+def check_text(text: str) -> str:
+    """A user text that can go into a prompt: no control characters, no lone UTF-16 surrogates
+    (they cannot be encoded), no control-token strings (prompt injection). ValueError saying which."""
+    if any(unicodedata.category(c) == "Cc" and c not in "\n\r\t" for c in text):
+        raise ValueError("must not contain control characters")
+    if any(unicodedata.category(c) == "Cs" for c in text):
+        raise ValueError("must not contain lone UTF-16 surrogates (invalid Unicode)")
+    if token := CONTROL_TOKEN.search(text):
+        raise ValueError(f"must not contain the model's control tokens such as {token.group()!r}")
+    return text
 
 
 def decode_base64(value: str, field: str, max_bytes: int) -> bytes:
@@ -85,15 +98,13 @@ class _GenerateFields(_Input):
     def _transcript(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
-        if _has_control_characters(value):
-            raise ValueError("must not contain control characters")
-        return value
+        return check_text(value)
 
     @field_validator("scene_prompt", "ref_audio_transcript")
     @classmethod
     def _text(cls, value: str | None) -> str | None:
-        if value is not None and _has_control_characters(value):
-            raise ValueError("must not contain control characters")
+        if value is not None:
+            check_text(value)
         if value is not None and len(value) > 5000:
             raise ValueError("must be at most 5000 characters")
         return value
@@ -151,8 +162,8 @@ class AddVoiceInput(_Input):
     @field_validator("ref_audio_transcript")
     @classmethod
     def _text(cls, value: str | None) -> str | None:
-        if value is not None and _has_control_characters(value):
-            raise ValueError("must not contain control characters")
+        if value is not None:
+            check_text(value)
         if value is not None and not value.strip():
             raise ValueError("must not be empty")
         return value
@@ -185,7 +196,7 @@ def parse_input(raw: object) -> GenerateInput | HealthInput | ListVoicesInput | 
     if not isinstance(raw, dict):
         raise InputError("input must be a JSON object", "input")
     action = raw.get("action", "generate")
-    if action not in _MODELS:
+    if not isinstance(action, str) or action not in _MODELS:
         raise InputError(f"action must be one of {', '.join(ACTIONS)}; got {action!r}", "action")
     try:
         return _MODELS[action].model_validate(raw)
