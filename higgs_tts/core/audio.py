@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,13 @@ import soundfile as sf
 import torch
 
 SAMPLE_RATE = 24000
+# Bounds on what a reference may cost, checked from the header before decoding: the source rate,
+# and the decoded size (60 s of 192 kHz stereo fits; an 8-channel 655 kHz "bomb" does not).
+MAX_SOURCE_RATE = 384_000
+MAX_DECODED_BYTES = 128 * 2**20
+# A rate whose ratio to 24 kHz reduces to more than this many input samples (24001 Hz: 24001) would
+# make the resampler's kernel grow with the product of the two rates; such rates are rounded first.
+MAX_RATIO_TERM = 1000
 
 
 class AudioError(ValueError):
@@ -20,33 +28,46 @@ class AudioTooLong(AudioError):
     """Audio longer than the caller allows."""
 
 
+def resampling_rate(sample_rate: int) -> int:
+    """The rate to resample from: the rate itself when its ratio to 24 kHz is small, else the
+    nearest multiple of 100 Hz (24001 Hz plays 0.004% fast; the resampler's cost stays bounded)."""
+    if sample_rate // math.gcd(sample_rate, SAMPLE_RATE) <= MAX_RATIO_TERM:
+        return sample_rate
+    return max(100, round(sample_rate / 100) * 100)
+
+
 def to_mono_24k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     """Mix to mono and resample to 24 kHz; returns float32 in [-1, 1]."""
     if samples.ndim == 2:
         samples = samples.mean(axis=1)
     samples = np.asarray(samples, dtype=np.float32)
-    if sample_rate != SAMPLE_RATE:
+    source_rate = resampling_rate(sample_rate)
+    if source_rate != SAMPLE_RATE:
         import torchaudio.functional as F
 
-        samples = F.resample(torch.from_numpy(samples), sample_rate, SAMPLE_RATE).numpy()
+        samples = F.resample(torch.from_numpy(samples), source_rate, SAMPLE_RATE).numpy()
     return np.clip(samples, -1.0, 1.0).astype(np.float32, copy=False)
 
 
 def read_audio(source: str | Path | bytes, max_seconds: float | None = None) -> np.ndarray:
     """Decode WAV/FLAC/OGG/MP3 (anything libsndfile reads) from a path or bytes to 24 kHz mono.
 
-    With `max_seconds`, longer audio is refused from its header, before anything is decoded.
+    Longer audio than `max_seconds`, rates above MAX_SOURCE_RATE and audio that decodes to more
+    than MAX_DECODED_BYTES are refused from the header, before anything is decoded.
     """
     handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     try:
-        if max_seconds is not None:
-            info = sf.info(handle)
-            if info.samplerate and info.frames / info.samplerate > max_seconds:
-                raise AudioTooLong(
-                    f"audio is {info.frames / info.samplerate:.1f} s long; the limit is {max_seconds:g} s"
-                )
-            if isinstance(handle, io.BytesIO):
-                handle.seek(0)
+        info = sf.info(handle)
+        if max_seconds is not None and info.samplerate and info.frames / info.samplerate > max_seconds:
+            raise AudioTooLong(f"audio is {info.frames / info.samplerate:.1f} s long; the limit is {max_seconds:g} s")
+        if info.samplerate > MAX_SOURCE_RATE:
+            raise AudioError(f"sample rate {info.samplerate} Hz is above the limit of {MAX_SOURCE_RATE} Hz")
+        decoded = info.frames * info.channels * 4
+        if decoded > MAX_DECODED_BYTES:
+            raise AudioError(f"audio decodes to {decoded / 2**20:.0f} MiB ({info.channels} channels at "
+                             f"{info.samplerate} Hz); the limit is {MAX_DECODED_BYTES // 2**20} MiB")
+        if isinstance(handle, io.BytesIO):
+            handle.seek(0)
         samples, sample_rate = sf.read(handle, dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioError(f"cannot decode audio: {exc}") from exc

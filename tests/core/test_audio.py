@@ -51,3 +51,43 @@ def test_time_stretch_keeps_pitch_and_scales_duration():
         peak_hz = np.argmax(spectrum) * 24000 / (len(out) - 4096)
         assert abs(peak_hz - 440) < 15
     assert time_stretch(tone, 1.0) is tone
+
+
+BOMB_PROBE = """
+import io, resource, sys
+import numpy as np, soundfile as sf
+from higgs_tts.core.audio import AudioError, read_audio
+
+rate, channels, seconds, fmt = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+buffer = io.BytesIO()
+t = np.arange(int(rate * seconds)) / rate
+tone = 0.3 * np.sin(2 * np.pi * 220 * t).astype(np.float32)
+sf.write(buffer, np.stack([tone] * channels, axis=1) if channels > 1 else tone, rate, format=fmt)
+data = buffer.getvalue()
+del t, tone, buffer
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    audio = read_audio(data, max_seconds=60)
+    outcome = f"decoded {len(audio)}"
+except AudioError as exc:
+    outcome = f"refused {exc}"
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(f"{outcome}|{grown:.0f}")
+"""
+
+
+@pytest.mark.parametrize(("rate", "channels", "seconds", "fmt", "expect"), [
+    (24001, 1, 1.0, "WAV", "decoded"),  # a rate coprime with 24 kHz: once 40 s and +9.5 GB
+    (47999, 1, 1.0, "WAV", "decoded"),
+    (655_350, 8, 59.0, "FLAC", "refused"),  # 8 channels at 655 kHz: a small file, a huge decode
+])
+def test_resampler_and_decoded_size_bombs_stay_within_100_mb(rate, channels, seconds, fmt, expect):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", BOMB_PROBE, str(rate), str(channels), str(seconds), fmt],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    outcome, grown = done.stdout.strip().rsplit("|", 1)
+    assert outcome.startswith(expect), outcome
+    assert float(grown) < 100, f"peak memory grew by {grown} MB"
