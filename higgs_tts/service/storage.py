@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
 import uuid
 from dataclasses import dataclass
@@ -9,6 +10,10 @@ from datetime import UTC, datetime
 
 BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MAX_KEY_BYTES = 1024
+
+
+# Uploads run here so that a deadline can end the wait for one (a thread cannot be killed).
+_ONE_UPLOAD = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="s3-upload")
 
 
 class StorageError(RuntimeError):
@@ -71,10 +76,12 @@ class Upload:
 
 
 class S3Storage:
-    def __init__(self, presign_seconds: int = 3600, timeout_seconds: float = 30.0, endpoint_url: str | None = None,
-                 region: str = "us-east-1") -> None:
+    def __init__(self, presign_seconds: int = 3600, timeout_seconds: float = 10.0, endpoint_url: str | None = None,
+                 region: str = "us-east-1", deadline_seconds: float = 45.0) -> None:
         self.presign_seconds = presign_seconds
-        self.timeout_seconds = timeout_seconds
+        self.timeout_seconds = timeout_seconds  # per connect and per read
+        # The whole upload, retries included: a store that trickles bytes never trips a read timeout.
+        self.deadline_seconds = deadline_seconds
         self.endpoint_url, self.region = endpoint_url, region  # defaults for targets that name none
 
     def _client(self, target: S3Target):
@@ -104,7 +111,14 @@ class S3Storage:
         started = time.perf_counter()
         try:
             client = self._client(target)
-            client.put_object(Bucket=target.bucket, Key=key, Body=data, ContentType=content_type)
+            put = _ONE_UPLOAD.submit(client.put_object, Bucket=target.bucket, Key=key, Body=data,
+                                     ContentType=content_type)
+            try:
+                put.result(timeout=self.deadline_seconds)
+            except concurrent.futures.TimeoutError:
+                client.close()  # the abandoned request's connection goes with it
+                raise StorageError(f"S3 upload to bucket {target.bucket!r} failed: no answer within "
+                                   f"{self.deadline_seconds:g} s (the store is too slow)") from None
             presigned = client.generate_presigned_url(
                 "get_object", Params={"Bucket": target.bucket, "Key": key}, ExpiresIn=self.presign_seconds
             )

@@ -44,3 +44,39 @@ def test_generated_keys_are_unique_and_valid():
     assert len(keys) == 50
     for key in keys:
         assert validate_key(key) == key and key.endswith(".wav")
+
+
+def test_a_store_that_trickles_its_answer_is_given_up_at_the_deadline(s3_env):
+    """A server on loopback that accepts the upload and answers one byte every second never trips
+    a read timeout; the upload's deadline ends it."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def trickle():
+        connection, _ = listener.accept()
+        connection.settimeout(1.0)
+        with connection:
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+                if stop.is_set():
+                    return
+                try:
+                    connection.recv(65536)
+                except OSError:
+                    pass
+                connection.sendall(bytes([byte]))
+                time.sleep(1.0)
+
+    threading.Thread(target=trickle, daemon=True).start()
+    target = S3Target("slow-bucket", endpoint_url=f"http://127.0.0.1:{listener.getsockname()[1]}")
+    try:
+        with pytest.raises(StorageError, match="no answer within 3 s"):
+            S3Storage(timeout_seconds=5, deadline_seconds=3).upload(target, "k.wav", b"x" * 1000, "audio/wav")
+    finally:
+        stop.set()
+        listener.close()
