@@ -80,6 +80,12 @@ def normalize_transcript(text: str) -> str:
     return text
 
 
+def speakable(text: str) -> bool:
+    """Whether a normalized text has anything to say: a letter or digit outside its speaker tags
+    (zero-width characters, punctuation or tags alone say nothing)."""
+    return any(c.isalnum() for c in SPEAKER_TAG.sub("", text))
+
+
 def speaker_tags(text: str) -> list[str]:
     """Distinct `[SPEAKERn]` tags in the text, sorted as the reference does (`SPEAKER0`, ...)."""
     return sorted(set(SPEAKER_TAG.findall(text)))

@@ -25,6 +25,14 @@ from .middleware import failure_response, openai_error
 
 log = logging.getLogger(__name__)
 
+# The model names metrics count by name; any other `model` a caller sends counts as "other", so a
+# caller cannot grow the label set (and /metrics) without bound.
+MODEL_NAMES = ("higgs-audio-v2", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+
+
+def model_label(model: str) -> str:
+    return model if model in MODEL_NAMES else "other"
+
 
 class SpeechRequest(BaseModel):
     """OpenAI's `POST /v1/audio/speech` body (plus the seed, which OpenAI lacks).
@@ -79,7 +87,7 @@ def router(service: SpeechService, metrics: Metrics) -> APIRouter:
             failure = service.describe_failure(exc, audit.job_id)
             audit.fail(failure.code)
             audit.emit(time.perf_counter() - started)
-            metrics.observe("speech", started, failure.status, body.model, failure.code)
+            metrics.observe("speech", started, failure.status, model_label(body.model), failure.code)
             return failure_response(failure)
 
         result = rendered.result
@@ -89,7 +97,7 @@ def router(service: SpeechService, metrics: Metrics) -> APIRouter:
         audit.status = "ok"
         audit.facts.update(audio_duration=round(result.duration_seconds, 3), delivery="http")
         audit.emit(ready)
-        metrics.observe("speech", started, 200, body.model)
+        metrics.observe("speech", started, 200, model_label(body.model))
         headers = {
             "X-Audio-Duration": f"{result.duration_seconds:.3f}",
             "X-Seed": str(result.seed),
@@ -113,7 +121,7 @@ def _streaming_reply(items, first, body: SpeechRequest, started: float, audit, m
     """Chunked PCM/WAV (or SSE deltas of it) from a running synthesis."""
 
     def observe(status: int, code: str | None = None) -> None:
-        metrics.observe("speech", started, status, body.model, code)
+        metrics.observe("speech", started, status, model_label(body.model), code)
     frames = [0]  # audio frames generated, known once the result arrives
 
     def audio_bytes():

@@ -21,7 +21,7 @@ import numpy as np
 from ..core.audio import duration_seconds, time_stretch
 from ..core.checkpoint import probe
 from ..core.sampling import SamplingParams
-from ..core.text import normalize_transcript
+from ..core.text import normalize_transcript, speakable
 from ..core.voices import VoiceExists
 from ..settings import ServiceSettings, Settings
 from ..synthesis.synthesizer import ReferenceClip, SynthesisRequest, SynthesisResult, Synthesizer
@@ -163,7 +163,7 @@ class SpeechService:
                 f"{self.service.max_transcript_chars}; split the text or raise MAX_TRANSCRIPT_CHARS",
                 "transcript", "too_long",
             )
-        if not normalize_transcript(request.transcript):
+        if not speakable(normalize_transcript(request.transcript)):
             raise InputError("transcript: has nothing to speak after normalization", "transcript")
         if request.ref_audio_transcript and not request.ref_audio_base64:
             raise InputError("ref_audio_transcript: needs ref_audio_base64", "ref_audio_transcript")

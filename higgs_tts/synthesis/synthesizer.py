@@ -22,7 +22,7 @@ from ..core.codes import generated_frames
 from ..core.prompt import DEFAULT_SCENE, Prompt, PromptRenderer, PromptVoice, build_prompt
 from ..core.sampling import MAX_SEED, SamplingParams
 from ..core.streaming import StreamingDecoder
-from ..core.text import CHUNK_METHODS, chunk_text, normalize_transcript
+from ..core.text import CHUNK_METHODS, chunk_text, normalize_transcript, speakable
 from ..core.voice_cache import VoiceCodeCache
 from ..core.voices import Voice, VoiceLibrary
 from ..settings import Settings
@@ -193,7 +193,7 @@ class Synthesizer:
 
     def _plan(self, request: SynthesisRequest) -> tuple[str, list[str], list[Voice], str]:
         text = normalize_transcript(request.text)
-        if not text:
+        if not speakable(text):
             raise ValueError("text has nothing to speak after normalization")
         chunks = chunk_text(text, request.chunk_method, request.chunk_max_word_num, request.chunk_max_num_turns)
         voices = self.voices.resolve(request.voices)

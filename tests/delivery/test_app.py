@@ -180,9 +180,13 @@ def test_runpod_stream_contract_and_our_client(server):
 
 def test_metrics(server):
     speech(server, model="my-model-name", input="Count me.", **QUICK)
+    speech(server, model="tts-1", input="Count me too.", **QUICK)
     speech(server, input="Fail me.", voice="nobody")
     text = httpx.get(server + "/metrics", headers=AUTH).text
-    assert 'higgs_requests_total{endpoint="speech",model="my-model-name",status="200"}' in text
+    # A caller's own model string never becomes a label: the label set stays bounded.
+    assert 'higgs_requests_total{endpoint="speech",model="other",status="200"}' in text
+    assert 'higgs_requests_total{endpoint="speech",model="tts-1",status="200"}' in text
+    assert "my-model-name" not in text
     assert "higgs_time_to_first_audio_seconds_count" in text
     assert "higgs_real_time_factor_count" in text
     assert 'higgs_request_errors_total{code="unknown_voice",endpoint="speech"}' in text

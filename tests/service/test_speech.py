@@ -116,6 +116,8 @@ def test_add_voice_gives_a_documented_voice_its_audio(service):
         ({"ref_audio_transcript": "words"}, "ref_audio_transcript", "invalid_input", "needs ref_audio_base64"),
         ({"transcript": "x" * 20_001}, "transcript", "too_long", "limit of 20000"),
         ({"transcript": "( )"}, "transcript", "invalid_input", "nothing to speak"),
+        ({"transcript": "\u200b\u200b"}, "transcript", "invalid_input", "nothing to speak"),
+        ({"transcript": "[SPEAKER0] [SPEAKER1]"}, "transcript", "invalid_input", "nothing to speak"),
     ],
 )
 def test_bad_requests_fail_clearly(service, extra, field, code, message):
