@@ -60,6 +60,7 @@ class VoiceCodeCache:
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
             with os.fdopen(fd, "wb") as handle:
                 np.save(handle, codes.cpu().numpy().astype(np.int16))
+            os.chmod(tmp, 0o644)  # readable by every worker sharing the volume, like the voices
             os.replace(tmp, path)  # readers never see a partial file
         except OSError as exc:  # a read-only or full volume costs speed, not the request
             log.warning("cannot write the voice cache under %s: %s", self.directory, exc)

@@ -179,6 +179,7 @@ def _atomic_write(folder: Path, filename: str, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the voice from other users of the volume
         os.replace(tmp, folder / filename)
     finally:
         if os.path.exists(tmp):

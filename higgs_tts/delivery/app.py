@@ -46,6 +46,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
     server = ServerSettings.from_env()
+    if not server.api_key and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without API_KEY: anyone who can reach this port can generate speech and "
+                    "add voices; set API_KEY", host)
     service = SpeechService()
     if server.preload_model:
         threading.Thread(target=_preload, args=(service,), name="preload", daemon=True).start()

@@ -14,6 +14,8 @@ def test_codes_survive_a_new_cache_instance(tmp_path):
     VoiceCodeCache(tmp_path).put(key, codes)
     assert torch.equal(VoiceCodeCache(tmp_path).get(key), codes)
     assert VoiceCodeCache(None).get(key) is None
+    (stored,) = tmp_path.rglob("*.npy")
+    assert stored.stat().st_mode & 0o777 == 0o644  # other workers on the volume read it too
 
 
 def test_key_depends_on_audio_and_codec():

@@ -118,3 +118,21 @@ def test_missing_folder_still_has_the_catalog(tmp_path):
     library = VoiceLibrary(tmp_path / "absent")
     assert {v.name for v in library.list()} == set(CATALOG)
     assert library.get("belinda").kind == "described"
+
+
+def test_added_voices_are_readable_by_everyone_sharing_the_volume(tmp_path):
+    import stat
+
+    from higgs_tts.core.voices import VoiceExists
+
+    library = VoiceLibrary(tmp_path / "voices")
+    audio = (0.1 * np.sin(np.arange(24000) / 10)).astype(np.float32)
+    voice = library.add("fresh", audio, "A fresh voice.")
+    assert voice.kind == "clone" and voice.transcript == "A fresh voice."
+    for suffix in (".wav", ".txt"):
+        mode = stat.S_IMODE((tmp_path / "voices" / f"fresh{suffix}").stat().st_mode)
+        assert mode == 0o644, oct(mode)
+    with pytest.raises(VoiceExists):
+        library.add("fresh", audio, "Again.")
+    assert library.add("fresh", audio, "Replaced.", overwrite=True).transcript == "Replaced."
+    assert not [p for p in (tmp_path / "voices").iterdir() if p.name.startswith(".tmp-")]
