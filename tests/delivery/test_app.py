@@ -222,3 +222,25 @@ def test_unencodable_text_and_control_tokens_get_a_clear_error_over_http(server,
     reply = httpx.post(server + "/v1/audio/speech", content=spoken,
                        headers={**AUTH, "Content-Type": "application/json"}, timeout=60)
     assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_input"
+
+
+def test_serving_on_every_interface_without_a_key_warns(tiny_checkpoint, tmp_path):
+    import os
+    import sys
+
+    from conftest import REPO, free_port, wait_for_http
+
+    port = free_port()
+    env = {**os.environ, "MODEL_PATH": str(tiny_checkpoint[0]), "TOKENIZER_PATH": str(tiny_checkpoint[1]),
+           "PRELOAD_MODEL": "0"}
+    env.pop("API_KEY", None)
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "higgs_tts.cli", "serve", "--host", "0.0.0.0", "--port",
+                                    str(port)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/health", process)
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+    assert "serving on 0.0.0.0 without API_KEY" in log.read_text()
