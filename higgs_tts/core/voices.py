@@ -79,8 +79,10 @@ class VoiceLibrary:
     def add(self, name: str, audio: np.ndarray, transcript: str, overwrite: bool = False) -> Voice:
         """Store a clone voice as NAME.wav + NAME.txt (24 kHz mono audio, its transcript).
 
-        Each file is written to a temporary name and renamed into place. Raises VoiceExists when
-        the name has audio and `overwrite` is not set, OSError when the folder cannot be written.
+        Both files are written under temporary names first and renamed into place only when both
+        are complete, so a full disk or a crash never leaves half a voice or loses the old one.
+        Raises VoiceExists when the name has audio and `overwrite` is not set, OSError when the
+        folder cannot be written. Calls are serialized: of N concurrent creations one wins.
         """
         validate_name(name)
         with self._writing:
@@ -88,10 +90,20 @@ class VoiceLibrary:
             if existing and not overwrite:
                 raise VoiceExists(f"voice {name!r} already exists; set overwrite to true to replace it")
             self.root.mkdir(parents=True, exist_ok=True)
-            for path in existing:
-                path.unlink()
-            _atomic_write(self.root, f"{name}.txt", lambda p: p.write_text(transcript.strip() + "\n", encoding="utf-8"))
-            _atomic_write(self.root, f"{name}.wav", lambda p: write_audio(p, audio))
+            staged: list[tuple[str, str]] = []
+            try:
+                staged.append((_staged(self.root, ".txt", lambda p: p.write_text(transcript.strip() + "\n",
+                                                                                encoding="utf-8")), ".txt"))
+                staged.append((_staged(self.root, ".wav", lambda p: write_audio(p, audio)), ".wav"))
+            except BaseException:
+                for tmp, _ in staged:
+                    os.unlink(tmp)
+                raise
+            for tmp, suffix in staged:
+                os.replace(tmp, self.root / f"{name}{suffix}")
+            for old in existing:  # audio of another format would shadow or duplicate the new clip
+                if old.suffix != ".wav":
+                    old.unlink(missing_ok=True)
         return self.get(name)
 
     def _inside(self, path: Path) -> bool:
@@ -174,13 +186,14 @@ class VoiceLibrary:
         return [{"name": v.name, "description": v.description} for v in self.list()]
 
 
-def _atomic_write(folder: Path, filename: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=Path(filename).suffix)
+def _staged(folder: Path, suffix: str, write) -> str:
+    """A complete file written by `write` under a hidden temporary name in `folder` (0644)."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
     os.close(fd)
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the voice from other users of the volume
-        os.replace(tmp, folder / filename)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp

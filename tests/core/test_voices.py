@@ -136,3 +136,58 @@ def test_added_voices_are_readable_by_everyone_sharing_the_volume(tmp_path):
         library.add("fresh", audio, "Again.")
     assert library.add("fresh", audio, "Replaced.", overwrite=True).transcript == "Replaced."
     assert not [p for p in (tmp_path / "voices").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_full_disk_keeps_the_old_voice_whole(library, monkeypatch):
+    import errno
+
+    import higgs_tts.core.voices as voices
+
+    before = library.get("chadwick")
+    wav, txt = before.audio_path.read_bytes(), (library.root / "chadwick.txt").read_text()
+
+    def disk_full(path, samples, sample_rate=SAMPLE_RATE):
+        path.write_bytes(b"RIFF")  # part of the file made it before the disk filled up
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(voices, "write_audio", disk_full)
+    audio = np.zeros(24000, dtype=np.float32)
+    with pytest.raises(OSError, match="No space left"):
+        library.add("chadwick", audio, "A new transcript.", overwrite=True)
+    with pytest.raises(OSError):
+        library.add("newcomer", audio, "Never stored.")
+    assert before.audio_path.read_bytes() == wav and (library.root / "chadwick.txt").read_text() == txt
+    assert library.get("chadwick").kind == "clone"
+    assert not (library.root / "newcomer.txt").exists()
+    assert not [p for p in library.root.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_of_concurrent_creations_of_one_name_exactly_one_wins(tmp_path):
+    import threading
+
+    from higgs_tts.core.voices import VoiceExists
+
+    library = VoiceLibrary(tmp_path / "voices")
+    outcomes: list[str] = []
+    start = threading.Barrier(20)
+
+    def create(i: int) -> None:
+        audio = np.full(24000, i / 100, dtype=np.float32)
+        start.wait()
+        try:
+            library.add("racer", audio, f"Take {i}.")
+            outcomes.append(f"won {i}")
+        except VoiceExists:
+            outcomes.append("exists")
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [o for o in outcomes if o.startswith("won")]
+    assert len(winners) == 1 and outcomes.count("exists") == 19
+    i = int(winners[0].split()[1])
+    voice = library.get("racer")
+    assert voice.transcript == f"Take {i}."  # the transcript and the audio of the same call
+    assert abs(float(voice.load_audio()[100]) - i / 100) < 1e-3
