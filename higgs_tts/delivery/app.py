@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 
 from ..service.speech import SpeechService
 from ..settings import ServerSettings
 from . import jobs, openai, operations
 from .metrics import Metrics
-from .middleware import BearerAuth, BodyLimit
+from .middleware import BearerAuth, BodyLimit, openai_error
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,29 @@ def create_app(service: SpeechService | None = None, server: ServerSettings | No
     app.add_middleware(BodyLimit, max_bytes=server.max_request_bytes)
     for surface in (operations, openai, jobs):
         app.include_router(surface.router(service, metrics))
+    _error_bodies(app)
     return app
+
+
+def _error_bodies(app: FastAPI) -> None:
+    """Every error status answers OpenAI's body, never FastAPI's `{"detail": ...}` or plain text."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+        return openai_error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid"}
+        field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        return openai_error(400, f"{field}: {first['msg']}", "invalid_input", field)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        request_id = uuid.uuid4().hex[:12]
+        log.error("request %s to %s failed", request_id, request.url.path, exc_info=exc)  # the traceback: log only
+        return openai_error(500, f"internal error ({type(exc).__name__}); request id {request_id}", "internal_error")
 
 
 def _preload(service: SpeechService) -> None:
