@@ -70,7 +70,9 @@ def read_audio(source: str | Path | bytes, max_seconds: float | None = None) -> 
             handle.seek(0)
         samples, sample_rate = sf.read(handle, dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise AudioError(f"cannot decode audio: {exc}") from exc
+        # libsndfile's own words, without the Python object it was handed ("<_io.BytesIO object at 0x...>")
+        detail = getattr(exc, "error_string", None) or str(exc)
+        raise AudioError(f"cannot decode audio: {detail}") from exc
     if samples.size == 0:
         raise AudioError("audio is empty")
     return to_mono_24k(samples, sample_rate)

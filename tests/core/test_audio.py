@@ -91,3 +91,9 @@ def test_resampler_and_decoded_size_bombs_stay_within_100_mb(rate, channels, sec
     outcome, grown = done.stdout.strip().rsplit("|", 1)
     assert outcome.startswith(expect), outcome
     assert float(grown) < 100, f"peak memory grew by {grown} MB"
+
+
+def test_an_undecodable_file_is_described_without_python_internals():
+    with pytest.raises(AudioError) as err:
+        read_audio(b"not audio at all" * 10)
+    assert str(err.value) == "cannot decode audio: Format not recognised."
