@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import logging
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from ..service.speech import SpeechService
 
 log = logging.getLogger(__name__)
 
+# Streamed jobs' steps (each runs until its next item is ready) run on these threads.
+_STEPS = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="stream-step")
 STREAM_ITEM_SECONDS = 5.0  # per RunPod stream item: 240 KB of PCM, 320 KB as base64 (the limit is 1 MB)
 
 
@@ -55,6 +58,14 @@ def stream_items(service: SpeechService, raw: object, job_id: str = "local",
                 yield {**event, "type": "error", "seq": seq}
     finally:
         events.close()
+
+
+def _close_after(step: concurrent.futures.Future | None, items: Iterator) -> None:
+    """Close a generator once its running step (if any) has returned: closing it while another
+    thread runs it raises 'generator already executing' and leaves it, and its slot, open."""
+    if step is not None:
+        concurrent.futures.wait([step])
+    items.close()
 
 
 def runpod_reply(job_id: str, output: dict | list[dict]) -> dict:
@@ -93,12 +104,18 @@ class Worker:
         """Streaming jobs: each item is produced in a worker thread; other jobs yield their one response."""
         self.cleaner.job_started()
         items = stream_items(self.service, job.get("input"), str(job.get("id", "")), job.get("s3Config"))
+        step: concurrent.futures.Future | None = None
         try:
-            while (item := await asyncio.to_thread(next, items, None)) is not None:
+            while True:
+                step = _STEPS.submit(next, items, None)
+                if (item := await asyncio.wrap_future(step)) is None:
+                    break
                 yield item
         finally:
-            await asyncio.to_thread(items.close)
-            self.cleaner.job_finished()
+            try:  # cancelled mid-step: let that step end, then close (frees the engine slot)
+                await asyncio.to_thread(_close_after, step, items)
+            finally:
+                self.cleaner.job_finished()
 
     def concurrency_modifier(self, current_concurrency: int) -> int:
         return max(1, self.service.service.max_concurrency)

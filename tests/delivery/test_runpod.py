@@ -72,3 +72,30 @@ def test_runpod_reply_fails_the_job_when_the_last_item_failed():
     assert runpod_reply("j", {"success": True})["status"] == "COMPLETED"
     failed = runpod_reply("j", [{"type": "audio"}, {"success": False, "error": "boom"}])
     assert failed["status"] == "FAILED" and failed["error"] == "boom" and len(failed["output"]) == 2
+
+
+def test_a_cancelled_streaming_job_frees_its_slot_and_the_idle_count(service):
+    import asyncio
+
+    from higgs_tts.delivery.runpod import Worker
+
+    worker = Worker(service)
+    job = {"id": "s-1", "input": {"transcript": "One. Two. Three. Four.", "stream": True, "chunk_method": "sentence",
+                                  "chunk_max_word_num": 1, **BASE}}
+
+    async def cancel_after_the_first_item():
+        got = asyncio.Event()
+
+        async def consume():
+            async for _ in worker.streaming_handler(job):
+                got.set()
+
+        task = asyncio.create_task(consume())
+        await got.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_after_the_first_item())
+    assert worker.cleaner._active == 0  # idle cleanup and unload can run again
+    assert service.synthesizer.engine_load() == (0, 0, 0)
