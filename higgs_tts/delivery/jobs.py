@@ -21,7 +21,8 @@ from .runpod import runpod_reply, stream_items
 
 log = logging.getLogger(__name__)
 
-MAX_JOBS_KEPT = 1000
+MAX_JOBS_KEPT = 1000  # finished jobs' results kept for /status, newest first
+MAX_PENDING_JOBS = 64  # jobs queued or running; the next /run is told `busy` (each holds its input in memory)
 
 
 class RunRequest(BaseModel):
@@ -44,9 +45,13 @@ class Jobs:
         self.streams: dict[str, list] = {}  # job id -> [items, number read]
         self.cancels: dict[str, threading.Event] = {}
 
-    def submit(self, job_input: dict) -> str:
+    def submit(self, job_input: dict) -> str | None:
+        """The new job's id, or None when MAX_PENDING_JOBS are already queued or running."""
         job_id = f"job-{uuid.uuid4()}"
         with self.lock:
+            pending = sum(job["status"] in ("IN_QUEUE", "IN_PROGRESS") for job in self.jobs.values())
+            if pending >= MAX_PENDING_JOBS:
+                return None
             self.jobs[job_id] = {"id": job_id, "status": "IN_QUEUE"}
             self.cancels[job_id] = threading.Event()
             while len(self.jobs) > MAX_JOBS_KEPT:
@@ -142,7 +147,14 @@ def router(service: SpeechService, metrics: Metrics) -> APIRouter:
 
     @api.post("/run")
     def run(job: RunRequest):
-        return {"id": jobs.submit(job.input), "status": "IN_QUEUE"}
+        if job.webhook is not None:
+            return openai_error(400, "webhook: this server does not call webhooks; poll /status/{id} instead",
+                                "invalid_input", "webhook")
+        job_id = jobs.submit(job.input)
+        if job_id is None:
+            return openai_error(503, f"the server is busy: {MAX_PENDING_JOBS} jobs are queued or running; "
+                                     "try again shortly", "busy")
+        return {"id": job_id, "status": "IN_QUEUE"}
 
     @api.api_route("/status/{job_id}", methods=["GET", "POST"])
     def status(job_id: str):

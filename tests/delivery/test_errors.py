@@ -1,5 +1,7 @@
 """Every error status of the HTTP server answers OpenAI's error body (in-process, over httpx)."""
 
+import time
+
 import httpx
 import pytest
 from fastapi.testclient import TestClient
@@ -37,3 +39,31 @@ def test_an_unexpected_exception_is_an_internal_error_with_a_request_id(client, 
     error = assert_openai_error(client.get("/health"), 500, "internal_error")
     assert "request id" in error["message"] and "secret detail" not in error["message"]
     assert "Traceback" not in error["message"]
+
+
+def test_run_refuses_a_webhook_by_name(client):
+    error = assert_openai_error(client.post("/run", json={"input": {"transcript": "Hi."},
+                                                          "webhook": "https://example.invalid/hook"}),
+                                400, "invalid_input")
+    assert error["param"] == "webhook"
+
+
+def test_run_is_bounded_and_says_busy(client, service, monkeypatch):
+    from higgs_tts.delivery import jobs
+
+    monkeypatch.setattr(jobs, "MAX_PENDING_JOBS", 2)
+    service.synthesizer.model()  # loaded before the jobs, so the first one is generating when it is cancelled
+    slow = {"input": {"transcript": "A slow job to hold the queue.", "max_new_tokens": 400, "seed": 1}}
+    replies = [client.post("/run", json=slow) for _ in range(4)]
+    assert [r.status_code for r in replies[:2]] == [200, 200]
+    for reply in replies[2:]:
+        assert_openai_error(reply, 503, "busy")
+    deadline = time.monotonic() + 60
+    while not service.synthesizer.engine_load()[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for reply in replies[:2]:
+        client.post(f"/cancel/{reply.json()['id']}")
+    deadline = time.monotonic() + 120
+    while service.synthesizer.engine_load()[0] and time.monotonic() < deadline:  # the cancelled job stops
+        time.sleep(0.2)
+    assert service.synthesizer.engine_load()[0] == 0
