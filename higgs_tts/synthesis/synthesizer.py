@@ -203,7 +203,7 @@ class Synthesizer:
     def _prompt(self, request, text, chunk, voices: list[PromptVoice], scene, history) -> Prompt:
         return build_prompt(
             chunk,
-            transcript=text,
+            transcript=request.text,  # upstream counts speaker tags before normalization
             voices=voices,
             scene=scene,
             voices_in_system=request.ref_audio_in_system_message,
