@@ -124,7 +124,7 @@ def build_prompt(
 
 
 class PromptRenderer:
-    """Renders prompts through the processor's chat template and builds the model's inputs."""
+    """Renders prompts with `PROMPT_TEMPLATE` (upstream's layout) and builds the model's inputs."""
 
     def __init__(self, processor) -> None:
         self.processor = processor
