@@ -38,16 +38,23 @@ def undelay(columns: torch.Tensor) -> torch.Tensor:
 
 
 def generated_frames(columns: torch.Tensor, bos: int = STREAM_BOS, eos: int = STREAM_EOS) -> torch.Tensor:
-    """Frames from the columns a generation produced (starting with its all-BOS column).
+    """Frames from the columns a generation produced (starting with its all-BOS column), as upstream
+    keeps them (docs/upstream-fidelity.md): the stream up to the column where upstream's loop ends it,
+    delay reverted, then the first (BOS) and the last (EOS) frame dropped; codes clipped into 0..bos-1.
 
-    Stops at the first all-EOS column; a stream cut short by the token limit keeps the frames
-    whose every codebook was generated. Stray BOS/EOS values are clipped into the codebook.
+    Upstream ends a stream K - 1 - k columns after the first column holding an EOS, k being the lowest
+    codebook with an EOS there; anything our loops generate after that (an all-EOS column when
+    codebook 7 was late) is ignored. A stream cut by the token limit loses its last frame too, as
+    upstream's. Growing `columns` only ever adds frames at the end, so streaming can send them early.
     """
+    num_codebooks = columns.shape[1]
     if columns.shape[0] == 0:
         return columns
-    if bool((columns[0] == bos).all()):
-        columns = columns[1:]
-    ended = (columns == eos).all(dim=1).nonzero()
+    if not bool((columns[0] == bos).all()):
+        columns = torch.cat([columns.new_full((1, num_codebooks), bos), columns])
+    ended = (columns == eos).any(dim=1).nonzero()
     if len(ended):
-        columns = columns[: int(ended[0])]
-    return undelay(columns).clamp(0, bos - 1)
+        first = int(ended[0])
+        lowest = int((columns[first] == eos).nonzero()[0])
+        columns = columns[: first + num_codebooks - lowest]
+    return undelay(columns)[1:-1].clamp(0, bos - 1)

@@ -1,13 +1,19 @@
-"""Conversations for every reference case, rendered with the checkpoint's chat template.
+"""Conversations for every reference case, rendered as the reference pipeline renders them.
 
-The strings are the reference pipeline's, byte for byte (docs/model-facts.md, section 4). The scene block
-is written into the system turn here, because the native template's `scene` role cannot express
-a block that starts with a voice line; the rendered text is the same either way.
+The token sequences equal boson-ai/higgs-audio's (`examples/generation.py` and `prepare_chatml_sample`),
+checked against sequences derived by running that code (docs/upstream-fidelity.md). They are rendered
+with our own template (`prompt_template.jinja` beside this file), because the checkpoint's chat
+template cannot express two of upstream's cases: a conversation without a system turn (a cloned voice
+and no scene) and reference clips in the system block as audio-*input* segments
+(`<|audio_bos|><|AUDIO|><|audio_eos|>`). The one deliberate difference: the generation prompt ends with
+`<|audio_out_bos|>`, the token upstream's model writes first itself.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -22,7 +28,8 @@ MULTISPEAKER_SYSTEM = (
     "If no speaker tag is present, select a suitable voice on your own."
 )
 DEFAULT_SCENE = "Audio is recorded from a quiet room."
-AUDIO_PLACEHOLDER = "<|audio_out_bos|><|AUDIO_OUT|><|audio_eos|>"
+PROMPT_TEMPLATE = Path(__file__).with_name("prompt_template.jinja").read_text(encoding="utf-8")
+AUDIO_IN_TOKEN = "<|AUDIO|>"  # a clip in a system or user turn (upstream's audio-in segment)
 
 
 @dataclass(frozen=True)
@@ -70,12 +77,13 @@ def build_prompt(
     """The conversation that asks the model to speak `chunk`.
 
     Voices go into the system block when asked to, or when any of them is only a description or a
-    clip without a transcript. `transcript` is the whole normalized text (speaker tags are counted
-    over all of it), `scene` the scene text ("" for none), `history` the earlier chunks'
-    (text, frames) kept as context.
+    clip without a transcript. `transcript` is the whole text as given (speaker tags are counted
+    over all of it, before normalization, as upstream does), `scene` the scene text ("" for none),
+    `history` the earlier chunks' (text, frames) kept as context.
     """
     clips: list[torch.Tensor | None] = []
     turns: list[dict] = []
+    system: str | list[dict] | None
 
     if not voices:
         tags = speaker_tags(transcript)
@@ -85,16 +93,22 @@ def build_prompt(
         else:
             system = DEFAULT_SYSTEM + scene_block(scene, [])
     elif voices_in_system or any(not (v.is_clone and v.transcript) for v in voices):
+        # Text and audio items: each clip is an audio-in segment right after its `SPEAKERi: `.
+        marker = "\0"
         lines = []
         for i, voice in enumerate(voices):
             if voice.is_clone:
-                lines.append(f"SPEAKER{i}: {AUDIO_PLACEHOLDER}")
+                lines.append(f"SPEAKER{i}: {marker}")
                 clips.append(voice.frames)
             else:
                 lines.append(f"SPEAKER{i}: {voice.description}")
-        system = DEFAULT_SYSTEM + scene_block(scene, lines)
+        pieces = (DEFAULT_SYSTEM + scene_block(scene, lines)).split(marker)
+        system = [{"type": "text", "text": pieces[0]}]
+        for piece in pieces[1:]:
+            system += [{"type": "audio"}] + ([{"type": "text", "text": piece}] if piece else [])
     else:
-        system = DEFAULT_SYSTEM + scene_block(scene, [])
+        # Upstream sends no system turn for in-context clones without a scene.
+        system = DEFAULT_SYSTEM + scene_block(scene, []) if scene.strip() else None
         several = len(voices) > 1
         for i, voice in enumerate(voices):
             prefix = f"[SPEAKER{i}] " if several else ""
@@ -105,24 +119,32 @@ def build_prompt(
         turns += [_user(text), _assistant_audio()]
         clips.append(frames)
 
-    messages = [{"role": "system", "content": system}, *turns, _user(chunk)]
-    return Prompt(messages=messages, clips=clips)
+    head = [] if system is None else [{"role": "system", "content": system}]
+    return Prompt(messages=[*head, *turns, _user(chunk)], clips=clips)
 
 
 class PromptRenderer:
-    """Renders prompts through the processor's chat template and builds the model's inputs."""
+    """Renders prompts with `PROMPT_TEMPLATE` (upstream's layout) and builds the model's inputs."""
 
     def __init__(self, processor) -> None:
         self.processor = processor
 
     def render(self, prompt: Prompt) -> str:
-        """The chat template's output, with one placeholder per audio clip."""
-        return self.processor.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
+        """Upstream's prompt text, with one placeholder per audio clip (`<|AUDIO|>` or `<|AUDIO_OUT|>`)."""
+        return self.processor.tokenizer.apply_chat_template(
+            prompt.messages, chat_template=PROMPT_TEMPLATE, tokenize=False, add_generation_prompt=True
+        )
 
     def inputs(self, prompt: Prompt, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """Token ids with each audio placeholder expanded to its clip's positions, and the clips' codes."""
+        """Token ids with each audio placeholder expanded to its clip's positions, and the clips' codes.
+
+        Audio-in and audio-out clips alike become the processor's audio positions (`<|AUDIO_OUT|>` and
+        delay tokens), which the native model fills with the clips' code embeddings and runs through its
+        audio layers; upstream's model does the same with audio-in codes (`encode_audio_in_tokens`).
+        The segment tokens around them (`<|audio_bos|>` or `<|audio_out_bos|>`) stay as rendered.
+        """
         processor = self.processor
-        pieces = self.render(prompt).split(processor.audio_token)
+        pieces = re.split(f"{re.escape(processor.audio_token)}|{re.escape(AUDIO_IN_TOKEN)}", self.render(prompt))
         if len(pieces) - 1 != len(prompt.clips):
             raise ValueError(f"prompt has {len(pieces) - 1} audio placeholders but {len(prompt.clips)} clips")
         delayed = []

@@ -19,6 +19,7 @@ import torch
 
 from ..core.checkpoint import LoadedModel, ModelCache, load_processor
 from ..core.codes import generated_frames
+from ..core.encoding import ENCODING, encode_clip
 from ..core.prompt import DEFAULT_SCENE, Prompt, PromptRenderer, PromptVoice, build_prompt
 from ..core.sampling import MAX_SEED, SamplingParams
 from ..core.streaming import StreamingDecoder
@@ -203,7 +204,7 @@ class Synthesizer:
     def _prompt(self, request, text, chunk, voices: list[PromptVoice], scene, history) -> Prompt:
         return build_prompt(
             chunk,
-            transcript=text,
+            transcript=request.text,  # upstream counts speaker tags before normalization
             voices=voices,
             scene=scene,
             voices_in_system=request.ref_audio_in_system_message,
@@ -226,14 +227,14 @@ class Synthesizer:
     def encode_reference(self, samples: np.ndarray) -> torch.Tensor:
         """Codec frames `[T, num_codebooks]` (on CPU) of 24 kHz mono reference audio, cached by content."""
         loaded, _ = self.model()
-        key = VoiceCodeCache.key(samples, loaded.codec_fingerprint)
+        key = VoiceCodeCache.key(samples, f"{loaded.codec_fingerprint}:{ENCODING}")
         cached = self._voice_codes.get(key)
         if cached is not None:
             return cached
         features = loaded.processor.feature_extractor(
             samples, sampling_rate=loaded.sample_rate, return_tensors="pt"
         )
-        codes = loaded.codec.encode(features["input_values"].to(loaded.device)).audio_codes
+        codes = encode_clip(loaded.codec, features["input_values"].to(loaded.device))  # padded as upstream
         frames = codes[0].transpose(0, 1).long().cpu()
         self._voice_codes.put(key, frames)
         return frames

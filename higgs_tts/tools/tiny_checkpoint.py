@@ -28,8 +28,16 @@ SPECIAL_TOKENS = {
     128014: "<|reserved_special_token_6|>",
     128015: "<|AUDIO|>",
     128016: "<|AUDIO_OUT|>",
-    128017: "<|scene_desc_start|>",
-    128018: "<|scene_desc_end|>",
+    128017: "<|recipient|>",
+    128018: "<|scene_desc_start|>",
+    128019: "<|scene_desc_end|>",
+    # Sound-effect tags the transcript normalization writes (docs/model-facts.md, section 4).
+    128022: "<SE>",
+    128023: "</SE>",
+    128024: "<SE_s>",
+    128025: "</SE_s>",
+    128026: "<SE_e>",
+    128027: "</SE_e>",
 }
 VOCAB_SIZE = 128256
 FIRST_SPECIAL_ID = 128000
@@ -56,7 +64,7 @@ def _text_tokenizer():
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token="<|begin_of_text|>",
-        eos_token="<|eot_id|>",
+        eos_token="<|end_of_text|>",  # as the real checkpoint; generation stops on <|eot_id|>
         pad_token="<|end_of_text|>",
         model_max_length=131072,
     )

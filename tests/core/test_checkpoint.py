@@ -26,8 +26,15 @@ def test_native_checkpoint_loads_through_transformers(settings):
     assert loaded.device == torch.device("cpu") and loaded.dtype == torch.float32
     assert (loaded.sample_rate, loaded.hop_length) == (24000, 960)
     tokenizer = loaded.tokenizer
-    for token, token_id in [("<|AUDIO_OUT|>", 128016), ("<|audio_out_bos|>", 128013), ("<|eot_id|>", 128009)]:
+    # The real checkpoint's ids (docs/model-facts.md, section 2), so prompts render the ids real weights see.
+    real_ids = {"<|AUDIO_OUT|>": 128016, "<|audio_out_bos|>": 128013, "<|eot_id|>": 128009, "<|AUDIO|>": 128015,
+                "<|audio_bos|>": 128011, "<|recipient|>": 128017, "<|scene_desc_start|>": 128018,
+                "<|scene_desc_end|>": 128019, "<SE>": 128022, "</SE>": 128023, "<SE_s>": 128024,
+                "</SE_s>": 128025, "<SE_e>": 128026, "</SE_e>": 128027}
+    for token, token_id in real_ids.items():
         assert tokenizer.convert_tokens_to_ids(token) == token_id
+        assert tokenizer.encode(token, add_special_tokens=False) == [token_id]
+    assert tokenizer.eos_token == "<|end_of_text|>"
 
 
 def test_model_cache_loads_once(settings):

@@ -157,3 +157,12 @@ def test_prepare_loads_the_model_and_starts_the_fast_engine(settings):
     reference = Synthesizer(dc.replace(settings, engine="reference"), Cache())
     reference.prepare()
     assert reference.loaded_model() is not None and isinstance(reference._generator, ReferenceGenerator)
+
+
+def test_speaker_tags_are_counted_before_normalization(synthesizer):
+    """As upstream: full-width brackets become [SPEAKERn] in the text, but only tags written as such
+    choose the multi-speaker system text."""
+    written = synthesizer.render_prompt(SynthesisRequest(text="[SPEAKER0] Hi.\n[SPEAKER1] Hello.", scene=""))
+    full_width = synthesizer.render_prompt(SynthesisRequest(text="【SPEAKER0】 Hi.\n【SPEAKER1】 Hello.", scene=""))
+    assert "SPEAKER1: masculine" in written
+    assert "SPEAKER1: masculine" not in full_width and "[SPEAKER1] Hello." in full_width
