@@ -114,8 +114,9 @@ class SpeechService:
                 "model_path": self.settings.model_path,
                 "device": device,
                 "models_loaded": loaded is not None,
-                "voice_prompts_available": any(v.kind == "clone" for v in self.synthesizer.voices.list())
-                if voices_dir.is_dir() else False,
+                # how many voices can be cloned from a clip (the others are only described)
+                "voice_prompts_available": sum(v.kind == "clone" for v in self.synthesizer.voices.list())
+                if voices_dir.is_dir() else 0,
             },
             "voice_suggestions": self.synthesizer.voices.suggestions(),
         }
@@ -265,6 +266,7 @@ class SpeechService:
         """The documented description of a finished generation: format, metadata and timings."""
         audio_seconds = result.duration_seconds
         compute_seconds = result.generation_seconds + result.decode_seconds
+        voices = [{"name": name, "kind": kind} for name, kind in zip(result.voices, result.voice_kinds, strict=True)]
         return dict(
             content_type=formats.content_type(request.output_format),
             output_format=request.output_format,
@@ -273,7 +275,9 @@ class SpeechService:
             text_output=result.text,
             metadata={
                 "model_used": self.settings.model_path,
-                "voice_clone": result.voices or None,
+                # the voices cloned from a clip, "belinda" or "belinda,chadwick"; null when none was
+                "voice_clone": ",".join(v["name"] for v in voices if v["kind"] == "clone") or None,
+                "voices": voices,  # every voice in speaker order, with its kind: "clone" or "described"
                 "generation_parameters": {
                     "temperature": request.temperature,
                     "top_k": request.top_k,

@@ -94,6 +94,7 @@ class SynthesisResult:
     generation_seconds: float
     decode_seconds: float
     first_audio_seconds: float | None = None  # streaming: from the call to the first audio chunk
+    voice_kinds: list[str] = field(default_factory=list)  # per entry of `voices`: "clone" or "described"
 
     @property
     def duration_seconds(self) -> float:
@@ -128,6 +129,8 @@ class _Run:
             text=self.text, chunks=self.chunks, seed=self.seed, voices=self.voice_names,
             model_load_seconds=self.model_load_seconds, generation_seconds=self.generation_seconds,
             decode_seconds=decode_seconds, first_audio_seconds=self.first_audio_seconds,
+            # a clip sent with the request (after the named voices) is always cloned
+            voice_kinds=[v.kind for v in self.voices] + ["clone"] * (len(self.voice_names) - len(self.voices)),
         )
 
 

@@ -31,7 +31,7 @@ def test_stream_sends_audio_items_then_the_final_response(service, monkeypatch):
     assert [i["start_seconds"] for i in audio] == pytest.approx(starts, abs=1e-3)
 
     assert final["success"] is True and final["type"] == "final" and final["audio_items"] == len(audio)
-    assert "audio_base64" not in final and final["metadata"]["voice_clone"] == ["belinda"]
+    assert "audio_base64" not in final and final["metadata"]["voice_clone"] == "belinda"
     streamed = pcm_of(items)
     assert final["duration_seconds"] == pytest.approx(len(streamed) / 24000, abs=1e-3)
     metrics = final["generation_metrics"]
