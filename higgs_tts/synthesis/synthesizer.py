@@ -10,7 +10,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -101,6 +101,10 @@ class SynthesisResult:
         return len(self.audio) / float(self.sample_rate)
 
 
+# Told after each chunk: (chunks done, chunks in all, seconds of audio generated so far).
+Progress = Callable[[int, int, float], None]
+
+
 @dataclass
 class _Run:
     """One synthesis in progress: its plan, and the frames generated so far."""
@@ -116,6 +120,7 @@ class _Run:
     generation_seconds: float = 0.0
     first_audio_seconds: float | None = None
     history: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # (chunk text, its frames)
+    progress: Progress | None = None
 
     def codes(self) -> torch.Tensor:
         if not self.history:
@@ -264,9 +269,12 @@ class Synthesizer:
 
     # -- synthesis ---------------------------------------------------------------------------
 
-    def synthesize(self, request: SynthesisRequest, cancel: threading.Event | None = None) -> SynthesisResult:
-        """The whole clip. Setting `cancel` stops generation within one engine burst (Cancelled)."""
+    def synthesize(self, request: SynthesisRequest, cancel: threading.Event | None = None,
+                   progress: Progress | None = None) -> SynthesisResult:
+        """The whole clip. Setting `cancel` stops generation within one engine burst (Cancelled);
+        `progress` is called after each chunk."""
         run = self._start(request)
+        run.progress = progress
         for _ in self._frames(run, request):
             if cancel is not None and cancel.is_set():
                 raise Cancelled("the request was cancelled")
@@ -344,3 +352,6 @@ class Synthesizer:
                 if frames.shape[0] > sent:
                     yield frames[sent:]
             run.history.append((chunk, frames))
+            if run.progress is not None:
+                done = sum(f.shape[0] for _, f in run.history)
+                run.progress(len(run.history), len(run.chunks), done * loaded.hop_length / loaded.sample_rate)

@@ -237,11 +237,11 @@ class OutOfMemoryOnce(Synthesizer):
 
     raised = False
 
-    def synthesize(self, request, cancel=None):
+    def synthesize(self, request, cancel=None, progress=None):
         if not self.raised:
             self.raised = True
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return super().synthesize(request, cancel)
+        return super().synthesize(request, cancel, progress)
 
 
 def test_out_of_memory_fails_the_job_and_the_worker_goes_on(service):
