@@ -30,6 +30,7 @@ def create_app(service: SpeechService | None = None, server: ServerSettings | No
     server = server or ServerSettings()
     metrics = Metrics(service.synthesizer.engine_load)
     app = FastAPI(title="Higgs Audio V2 TTS", version="0.1.0")
+    app.state.server = server  # for routes that need the process's settings (WEBHOOK_ALLOWLIST)
     if server.api_key:
         app.add_middleware(BearerAuth, api_key=server.api_key)
     app.add_middleware(BodyLimit, max_bytes=server.max_request_bytes)
