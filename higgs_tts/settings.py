@@ -139,6 +139,7 @@ class ServerSettings:
     streaming: bool = False  # RunPod worker: a generator handler, so `stream: true` jobs stream
     # hosts a /run job's webhook may reach though they resolve to private addresses
     webhook_allowlist: tuple[str, ...] = ()
+    health_port: int | None = None  # PORT_HEALTH: /ping on this port too (RunPod load balancing)
 
     @classmethod
     def from_env(cls) -> ServerSettings:
@@ -149,4 +150,5 @@ class ServerSettings:
             preload_model=_flag("PRELOAD_MODEL", True),
             streaming=_flag("STREAMING"),
             webhook_allowlist=_names("WEBHOOK_ALLOWLIST"),
+            health_port=_number("PORT_HEALTH", None),
         )
