@@ -263,6 +263,63 @@ def test_create_reports_v2_validation_errors(tmp_path, runpod_api):
         create(json.loads(config.read_text()), "rp-key", runpod_api)
 
 
+# The Hub's hub.json and tests.json as its publishing guide documents them (and RunPod's own workers
+# use them): the keys each level takes, and the input types of the env fields.
+HUB_KEYS = {"title", "description", "type", "category", "iconUrl", "config"}
+HUB_CONFIG_KEYS = {"runsOn", "containerDiskInGb", "gpuCount", "gpuIds", "allowedCudaVersions", "presets", "env",
+                   "cpuFlavor"}
+HUB_INPUT_KEYS = {"name", "type", "description", "default", "options", "advanced", "required"}
+INPUT_TYPES = {"string": str, "number": (int, float), "boolean": bool}
+SECRETS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN", "API_KEY"}
+
+
+def hub_problems(hub: dict, tests: dict) -> list[str]:
+    problems = [f"hub.json: unknown key {k}" for k in set(hub) - HUB_KEYS]
+    config = hub.get("config", {})
+    problems += [f"hub.json config: unknown key {k}" for k in set(config) - HUB_CONFIG_KEYS]
+    types = {}
+    for entry in config.get("env", []):
+        if set(entry) not in ({"key", "value"}, {"key", "input"}):
+            problems.append(f"env {entry.get('key')}: key and either value or input")
+            continue
+        if "value" in entry:
+            if entry["key"] in SECRETS:
+                problems.append(f"env {entry['key']}: a secret as a fixed value")
+            continue
+        field = entry["input"]
+        problems += [f"env {entry['key']}: unknown input key {k}" for k in set(field) - HUB_INPUT_KEYS]
+        kind = INPUT_TYPES.get(field.get("type"))
+        if kind is None:
+            problems.append(f"env {entry['key']}: input type is one of {', '.join(INPUT_TYPES)}")
+            continue
+        types[entry["key"]] = kind
+        if "default" in field and not isinstance(field["default"], kind):
+            problems.append(f"env {entry['key']}: default is not a {field['type']}")
+        if entry["key"] in SECRETS and field.get("default"):
+            problems.append(f"env {entry['key']}: a secret with a default value")
+    for preset in config.get("presets", []):
+        for key, value in preset.get("defaults", {}).items():
+            if key in types and not isinstance(value, types[key]):
+                problems.append(f"preset {preset['name']!r}: {key} is not of its input's type")
+    problems += [f"tests.json: unknown key {k}" for k in set(tests) - {"tests", "config"}]
+    for case in tests.get("tests", []):
+        problems += [f"test {case.get('name')}: unknown key {k}" for k in set(case) - {"name", "input", "timeout"}]
+    problems += [f"tests.json config: unknown key {k}" for k in set(tests.get("config", {}))
+                 - {"gpuTypeId", "gpuCount", "allowedCudaVersions", "env", "cpuFlavor"}]
+    return problems
+
+
+def test_hub_files_follow_the_hub_schema():
+    hub = json.loads((REPO / ".runpod" / "hub.json").read_text())
+    tests = json.loads((REPO / ".runpod" / "tests.json").read_text())
+    assert hub_problems(hub, tests) == []
+    streaming = next(e for e in hub["config"]["env"] if e["key"] == "STREAMING")["input"]
+    assert streaming["type"] == "boolean" and streaming["default"] is False
+    assert hub_problems({**hub, "task": "text-to-audio"}, tests) == ["hub.json: unknown key task"]  # it can fail
+    secrets = [e for e in hub["config"]["env"] if e["key"] in SECRETS]
+    assert secrets and all("RUNPOD_SECRET_" in e["input"]["description"] for e in secrets)
+
+
 def test_hub_files_describe_this_worker():
     hub = json.loads((REPO / ".runpod" / "hub.json").read_text())
     assert hub["category"] == "audio" and hub["type"] == "serverless"
