@@ -12,8 +12,8 @@
 # Without arguments outside RunPod, the worker runs test_input.json once and exits (the SDK's local
 # test mode). BASE_IMAGE must be a Debian-based Python 3.11 image (the venv's interpreter comes from
 # it); it needs no CUDA toolkit: the CUDA 13.0 libraries come with torch's wheels, the driver from
-# the host's NVIDIA container runtime, and it must be r580 or newer (on RunPod, allow only CUDA 13.x
-# hosts in the endpoint's settings).
+# the host's NVIDIA container runtime, and it must be r580 or newer (on RunPod, the endpoint's
+# minimum CUDA version 13.0); TORCH_INDEX_URL below builds for older drivers instead.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------
