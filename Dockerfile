@@ -12,8 +12,8 @@
 # Without arguments outside RunPod, the worker runs test_input.json once and exits (the SDK's local
 # test mode). BASE_IMAGE must be a Debian-based Python 3.11 image (the venv's interpreter comes from
 # it); it needs no CUDA toolkit: the CUDA 13.0 libraries come with torch's wheels, the driver from
-# the host's NVIDIA container runtime, and it must be r580 or newer (on RunPod, allow only CUDA 13.x
-# hosts in the endpoint's settings).
+# the host's NVIDIA container runtime, and it must be r580 or newer (on RunPod, the endpoint's
+# minimum CUDA version 13.0); TORCH_INDEX_URL below builds for older drivers instead.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------
@@ -31,8 +31,12 @@ WORKDIR /src
 
 # Pinned runtime dependencies first: this layer is rebuilt only when they change. Every one is a
 # wheel or a pure-Python sdist (jieba, langid), so the builder needs no compiler either.
-COPY requirements.runpod ./
-RUN pip install --no-cache-dir -r requirements.runpod
+# TORCH_INDEX_URL (empty: PyPI's torch, CUDA 13.0, driver r580+) takes torch and torchaudio, same
+# versions, from another wheel index instead, e.g. https://download.pytorch.org/whl/cu128 for
+# CUDA 12.8 hosts (driver r570+); see docker/install-requirements.sh.
+ARG TORCH_INDEX_URL=""
+COPY requirements.runpod docker/install-requirements.sh ./
+RUN bash install-requirements.sh requirements.runpod "${TORCH_INDEX_URL}"
 
 COPY pyproject.toml README.md ./
 COPY higgs_tts ./higgs_tts

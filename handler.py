@@ -18,11 +18,23 @@ import threading
 os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
 
 import runpod  # noqa: E402
+from runpod.http_client import AsyncClientSession  # noqa: E402
+from runpod.serverless.modules import rp_http, worker_state  # noqa: E402
 
-from higgs_tts.delivery.runpod import Worker  # noqa: E402
+from higgs_tts.delivery.runpod import Platform, Worker  # noqa: E402
 from higgs_tts.settings import ServerSettings  # noqa: E402
 
-worker = Worker()
+
+async def send_stream_item(job: dict, item: dict) -> None:
+    """One item onto the job's /stream, as the SDK sends each item it streams."""
+    async with AsyncClientSession() as session:
+        await rp_http.stream_result(session, {"output": item}, job)
+
+
+# On RunPod (the SDK has a job API to talk to), progress and stream items go to it; the SDK's local
+# modes (--rp_serve_api, --test_input, test_input.json) have none.
+worker = Worker(platform=None if worker_state.IS_LOCAL_TEST else
+                Platform(progress_update=runpod.serverless.progress_update, send_stream_item=send_stream_item))
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -35,9 +35,13 @@ MODES = ("sync", "async")
 
 def job_output(output: object) -> dict:
     """A job's response. A streaming worker (STREAMING=1) returns the list of what the job yielded;
-    its last item is the response."""
+    its last item is the response. A response too large for one stream item (1 MB) comes as
+    `audio_part` items and then the response with `audio_parts`: the parts are joined back."""
     if isinstance(output, list):
-        output = output[-1] if output else None
+        items, output = output, output[-1] if output else None
+        if isinstance(output, dict) and output.get("audio_parts"):
+            parts = [i["audio_base64"] for i in items if isinstance(i, dict) and i.get("type") == "audio_part"]
+            output = {**output, "audio_base64": "".join(parts)}
     return output if isinstance(output, dict) else {}
 
 

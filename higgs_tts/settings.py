@@ -37,6 +37,11 @@ def _voice_cache_dir() -> Path | None:
     return base / "voice_codes"
 
 
+def _names(name: str) -> tuple[str, ...]:
+    """A comma-separated list, e.g. WEBHOOK_ALLOWLIST=hooks.internal,10.0.0.5."""
+    return tuple(part.strip() for part in (_optional(name) or "").split(",") if part.strip())
+
+
 def _flag(name: str, default: bool = False) -> bool:
     value = _optional(name)
     return default if value is None else value.lower() in ("1", "true", "yes", "on")
@@ -132,6 +137,9 @@ class ServerSettings:
     log_level: str = "info"  # uvicorn's
     preload_model: bool = True  # load the model (and capture graphs) when the process starts
     streaming: bool = False  # RunPod worker: a generator handler, so `stream: true` jobs stream
+    # hosts a /run job's webhook may reach though they resolve to private addresses
+    webhook_allowlist: tuple[str, ...] = ()
+    health_port: int | None = None  # PORT_HEALTH: /ping on this port too (RunPod load balancing)
 
     @classmethod
     def from_env(cls) -> ServerSettings:
@@ -141,4 +149,6 @@ class ServerSettings:
             log_level=_optional("UVICORN_LOG_LEVEL") or "info",
             preload_model=_flag("PRELOAD_MODEL", True),
             streaming=_flag("STREAMING"),
+            webhook_allowlist=_names("WEBHOOK_ALLOWLIST"),
+            health_port=_number("PORT_HEALTH", None),
         )

@@ -6,7 +6,9 @@
 #
 # Flags: --image NAME (or IMAGE), --base-image IMG (BASE_IMAGE build arg), --push, --create (needs
 # RUNPOD_API_KEY), --skip-build, --skip-smoke, --max-size-gb N (default 5), --out DIR (default
-# ./deploy), --streaming (workers start with STREAMING=1).
+# ./deploy), --streaming (workers start with STREAMING=1), --endpoint-type queue|lb (queue: the SDK
+# worker, the default; lb: a load balancer over the HTTP server), --min-cuda-version V (13.0),
+# --torch-index-url URL (TORCH_INDEX_URL build arg, e.g. .../whl/cu128; then --min-cuda-version 12.8).
 # Settings (environment): NETWORK_VOLUME_ID, WORKERS_MIN (0), WORKERS_MAX (3), IDLE_TIMEOUT (5),
 # GPU_POOLS (comma-separated serverless GPU pool ids; default every pool with 24 GB or more).
 # Writes DIR/runpod-config.json and DIR/test-endpoint.sh (and DIR/runpod-endpoint.json after --create).
@@ -14,13 +16,16 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 
 image="${IMAGE:-}"; base_image=""; push=0; create=0; build=1; smoke=1; max_gb=5; out="deploy"; streaming=()
+endpoint_type="queue"; min_cuda="13.0"; torch_index=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    --image|--base-image|--max-size-gb|--out)
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --image|--base-image|--max-size-gb|--out|--endpoint-type|--min-cuda-version|--torch-index-url)
       [ $# -ge 2 ] || { echo "deploy-runpod: $1 needs a value" >&2; exit 2; }
       case "$1" in
         --image) image="$2" ;; --base-image) base_image="$2" ;; --max-size-gb) max_gb="$2" ;; --out) out="$2" ;;
+        --endpoint-type) endpoint_type="$2" ;; --min-cuda-version) min_cuda="$2" ;;
+        --torch-index-url) torch_index="$2" ;;
       esac
       shift 2 ;;
     --push) push=1; shift ;;
@@ -31,6 +36,7 @@ while [ $# -gt 0 ]; do
     *) echo "deploy-runpod: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+case "$endpoint_type" in queue|lb) ;; *) echo "deploy-runpod: --endpoint-type is queue or lb" >&2; exit 2 ;; esac
 [ -n "$image" ] || { echo "deploy-runpod: --image (or IMAGE) is required, e.g. docker.io/you/higgs-tts:0.1.0" >&2; exit 2; }
 if [ "$create" = 1 ] && [ -z "${RUNPOD_API_KEY:-}" ]; then
   echo "deploy-runpod: --create needs RUNPOD_API_KEY (RunPod console: Settings > API Keys)" >&2; exit 2
@@ -56,6 +62,7 @@ if [ "$build" = 1 ]; then
   need_docker
   build_args=()
   [ -z "$base_image" ] || build_args+=(--build-arg "BASE_IMAGE=$base_image")
+  [ -z "$torch_index" ] || build_args+=(--build-arg "TORCH_INDEX_URL=$torch_index")
   echo "== building $image"
   docker build "${build_args[@]}" -t "$image" "$root"
 fi
@@ -90,7 +97,7 @@ fi
 mkdir -p "$out"
 "$python" -m higgs_tts.deploy.runpod config --image "$image" --volume-id "${NETWORK_VOLUME_ID:-}" \
   --workers-min "${WORKERS_MIN:-0}" --workers-max "${WORKERS_MAX:-3}" --idle-timeout "${IDLE_TIMEOUT:-5}" \
-  "${streaming[@]}" > "$out/runpod-config.json"
+  --endpoint-type "$endpoint_type" --min-cuda-version "$min_cuda" "${streaming[@]}" > "$out/runpod-config.json"
 echo "== wrote $out/runpod-config.json"
 [ -n "${NETWORK_VOLUME_ID:-}" ] || echo "note: NETWORK_VOLUME_ID is not set; the endpoint would have no models"
 
@@ -100,6 +107,7 @@ if [ "$push" = 1 ]; then
 fi
 
 endpoint_url="https://api.runpod.ai/v2/ENDPOINT_ID"
+[ "$endpoint_type" = queue ] || endpoint_url="https://ENDPOINT_ID.api.runpod.ai"  # a load balancer's own host
 if [ "$create" = 1 ]; then
   # RunPod REST API v2 (https://api.runpod.io/v2; RUNPOD_REST_URL overrides it): one POST /v2/serverless
   # with the config file as its body. No template is created: v2 takes image, disk and env inline.

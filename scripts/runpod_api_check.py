@@ -57,7 +57,7 @@ def main() -> int:
     def clone_scene():
         output = client.generate_audio("This voice was cloned from a short reference clip.", voice="belinda",
                                        scene_prompt="Audio is recorded from a quiet room.", **QUICK)
-        if output["metadata"]["voice_clone"] != ["belinda"]:
+        if output["metadata"]["voice_clone"] != "belinda":
             raise AssertionError(f"voice_clone is {output['metadata']['voice_clone']!r}")
         return f"{check_audio(output)} -> {save(output, 'clone_scene', out_dir)}"
 

@@ -1,13 +1,22 @@
 """The RunPod worker through the real SDK: `python handler.py --rp_serve_api` and HTTP requests."""
 
 import base64
+import collections
+import http.server
 import io
 import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
 
 import httpx
 import pytest
 import soundfile as sf
-from conftest import make_bucket
+from conftest import REPO, make_bucket
 
 from higgs_tts.client import HiggsTTSClient, HiggsTTSError
 
@@ -42,7 +51,7 @@ def test_basic_speech(worker):
 def test_voice_clone_with_scene_prompt(worker):
     output = completed(worker, {"transcript": "Cloned with a scene.", "ref_audio": "belinda",
                                 "scene_prompt": "Audio is recorded in a large cathedral.", **QUICK})
-    assert output["metadata"]["voice_clone"] == ["belinda"]
+    assert output["metadata"]["voice_clone"] == "belinda"
     assert wav_of(output)[1] == 24000
 
 
@@ -72,7 +81,8 @@ def test_same_seed_same_audio_through_the_api(worker):
 def test_health_and_list_voices(worker):
     health = completed(worker, {"action": "health"})
     assert health["status"] == "healthy"
-    assert health["model_info"]["voice_prompts_available"] is True
+    clips = {path.stem for path in worker["voices"].glob("*.wav")}
+    assert health["model_info"]["voice_prompts_available"] == len(clips) > 0
     names = {v["name"] for v in completed(worker, {"action": "list_voices"})["voices"]}
     assert {"belinda", "chadwick", "daffy", "elsa", "jorts"} <= names
 
@@ -81,13 +91,13 @@ def test_clone_from_base64_and_add_voice(worker, voice_prompts):
     clip = base64.b64encode((voice_prompts / "en_man.wav").read_bytes()).decode()
     output = completed(worker, {"transcript": "Sent along.", "ref_audio_base64": clip,
                                 "ref_audio_transcript": "Maintaining your ability to learn.", **QUICK})
-    assert output["metadata"]["voice_clone"] == ["uploaded"]
+    assert output["metadata"]["voice_clone"] == "uploaded"
     added = completed(worker, {"action": "add_voice", "voice_name": "guest_voice", "ref_audio_base64": clip,
                                "ref_audio_transcript": "Maintaining your ability to learn."})
     assert added["voice"]["kind"] == "clone"
     assert (worker["voices"] / "guest_voice.wav").is_file()
     used = completed(worker, {"transcript": "By name now.", "ref_audio": "guest_voice", **QUICK})
-    assert used["metadata"]["voice_clone"] == ["guest_voice"]
+    assert used["metadata"]["voice_clone"] == "guest_voice"
 
 
 BAD = [
@@ -156,6 +166,15 @@ def test_stream_endpoint_gives_audio_items_and_a_final_response(streaming_worker
     assert final["generation_metrics"]["time_to_first_audio"] > 0
 
 
+def test_stream_endpoint_ends_a_failed_job_with_an_error_item_and_its_code(streaming_worker):
+    job = {"transcript": "Who?", "ref_audio": "nobody", "stream": True, **QUICK}
+    job_id = httpx.post(streaming_worker["url"] + "/run", json={"input": job}).json()["id"]
+    reply = httpx.post(f"{streaming_worker['url']}/stream/{job_id}", timeout=300).json()
+    last = reply["stream"][-1]["output"]
+    assert last["type"] == "error" and last["success"] is False and last["error_code"] == "unknown_voice"
+    assert "unknown voice 'nobody'" in last["error"]
+
+
 def test_streaming_worker_answers_whole_jobs_as_a_one_item_list(streaming_worker, tmp_path):
     reply = runsync(streaming_worker, {"transcript": "Not streamed.", **QUICK})
     assert reply["status"] == "COMPLETED" and isinstance(reply["output"], list) and len(reply["output"]) == 1
@@ -177,3 +196,116 @@ def test_python_client_streams(streaming_worker):
 def test_whole_response_worker_refuses_stream(worker):
     reply = runsync(worker, {"transcript": "x", "stream": True})
     assert reply["status"] == "FAILED" and "STREAMING=1" in reply["error"]
+
+
+# -- on RunPod: the worker loop against a stand-in for RunPod's job API --------------------------
+# The SDK's worker mode (RUNPOD_WEBHOOK_GET_JOB set) takes jobs from RunPod's job-take URL and posts
+# progress and results to job-done, stream items to job-stream. That API exists only on RunPod, so
+# a loopback stand-in plays it: it hands out queued jobs and records every post.
+
+
+class JobApi(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), JobApiHandler)
+        self.jobs: queue.Queue = queue.Queue()
+        self.posts: dict[str, list] = collections.defaultdict(list)  # job id -> (route, body) in order
+        self.lock = threading.Lock()
+
+    def wait_done(self, job_id, timeout=300):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                done = [b for route, b in self.posts[job_id]
+                        if route == "job-done" and b.get("status") != "IN_PROGRESS"]
+            if done:
+                time.sleep(0.5)  # progress posts run on their own threads
+                return done[0]
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} never finished: {self.posts[job_id]}")
+
+    def bodies(self, job_id, route):
+        with self.lock:
+            return [b for r, b in self.posts[job_id] if r == route]
+
+
+class JobApiHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        route = self.path.split("/")[1]
+        if route == "job-take":
+            try:
+                job = self.server.jobs.get(timeout=0.5)
+            except queue.Empty:
+                return self._reply(204)
+            return self._reply(200, json.dumps(job).encode())
+        time.sleep(0.5)  # job-stop: a long poll that finds nothing to stop
+        self._reply(204)
+
+    def do_POST(self):
+        route, job_id = self.path.split("?")[0].split("/")[1:3]
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.server.lock:
+            self.server.posts[job_id].append((route, body))
+        self._reply(200, b"{}")
+
+    def _reply(self, status, body=b""):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def on_runpod(tiny_checkpoint, voice_prompts, tmp_path_factory):
+    """`python -u handler.py` in worker mode (STREAMING=1) against the stand-in job API."""
+    api = JobApi()
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{api.server_address[1]}"
+    model_dir, codec_dir = tiny_checkpoint
+    voices = tmp_path_factory.mktemp("on-runpod") / "voices"
+    shutil.copytree(voice_prompts, voices)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
+    env.update(MODEL_PATH=str(model_dir), TOKENIZER_PATH=str(codec_dir), VOICE_PROMPTS_PATH=str(voices),
+               STREAMING="1", RUNPOD_WEBHOOK_GET_JOB=f"{base}/job-take/$ID?gpu=test",
+               RUNPOD_WEBHOOK_POST_OUTPUT=f"{base}/job-done/$ID?gpu=test",
+               RUNPOD_WEBHOOK_POST_STREAM=f"{base}/job-stream/$ID?gpu=test",
+               RUNPOD_SKIP_GPU_CHECK="true", RUNPOD_SKIP_AUTO_SYSTEM_CHECKS="true")
+    log = open(tmp_path_factory.mktemp("logs") / "on-runpod.log", "w+")
+    process = subprocess.Popen([sys.executable, "-u", "handler.py"], cwd=REPO, env=env, stdout=log,
+                               stderr=subprocess.STDOUT)
+    try:
+        yield api
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        api.shutdown()
+        log.close()
+
+
+def test_on_runpod_a_long_job_reports_progress_per_chunk(on_runpod):
+    text = " ".join(f"Word{i}" for i in range(30)) + "."
+    on_runpod.jobs.put({"id": "long-job", "input": {"transcript": text, "chunk_method": "word",
+                                                    "chunk_max_word_num": 10, **QUICK}})
+    done = on_runpod.wait_done("long-job")
+    response = done["output"][-1]
+    assert response["success"] is True and response["generation_metrics"]["chunks_processed"] == 3
+    progress = [b["output"] for b in on_runpod.bodies("long-job", "job-done") if b.get("status") == "IN_PROGRESS"]
+    assert sorted((p["chunks_done"], p["chunks_total"]) for p in progress) == [(1, 3), (2, 3), (3, 3)]
+    assert max(p["audio_seconds"] for p in progress) == pytest.approx(response["duration_seconds"], abs=1e-3)
+    streamed = on_runpod.bodies("long-job", "job-stream")
+    assert all(len(json.dumps(b)) < 1_000_000 for b in streamed)
+
+
+def test_on_runpod_an_error_item_reaches_stream_with_its_code(on_runpod):
+    on_runpod.jobs.put({"id": "bad-voice", "input": {"transcript": "Who?", "stream": True, "ref_audio": "nobody",
+                                                     **QUICK}})
+    done = on_runpod.wait_done("bad-voice")
+    assert "unknown voice 'nobody'" in done["error"]  # the job is FAILED with the error at its top level
+    items = [b["output"] for b in on_runpod.bodies("bad-voice", "job-stream")]
+    assert items and items[-1]["type"] == "error" and items[-1]["error_code"] == "unknown_voice"
+    assert items[-1]["error_field"] == "ref_audio"

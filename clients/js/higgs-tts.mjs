@@ -30,9 +30,18 @@ export class HiggsTTSError extends Error {
   }
 }
 
-/** A job's response: a streaming worker returns the list of what the job yielded; its last item is it. */
+/** A job's response: a streaming worker returns the list of what the job yielded; its last item is it.
+ * A response too large for one stream item (1 MB) comes as `audio_part` items, then the response
+ * with `audio_parts`: the parts are joined back. */
 export function jobOutput(output) {
-  if (Array.isArray(output)) output = output.length ? output[output.length - 1] : null;
+  if (Array.isArray(output)) {
+    const items = output;
+    output = items.length ? items[items.length - 1] : null;
+    if (output && typeof output === "object" && output.audio_parts) {
+      const parts = items.filter((i) => i && i.type === "audio_part").map((i) => i.audio_base64);
+      output = { ...output, audio_base64: parts.join("") };
+    }
+  }
   return output !== null && typeof output === "object" && !Array.isArray(output) ? output : {};
 }
 

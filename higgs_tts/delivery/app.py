@@ -30,6 +30,8 @@ def create_app(service: SpeechService | None = None, server: ServerSettings | No
     server = server or ServerSettings()
     metrics = Metrics(service.synthesizer.engine_load)
     app = FastAPI(title="Higgs Audio V2 TTS", version="0.1.0")
+    app.state.server = server  # for routes that need the process's settings (WEBHOOK_ALLOWLIST)
+    app.state.service = service
     if server.api_key:
         app.add_middleware(BearerAuth, api_key=server.api_key)
     app.add_middleware(BodyLimit, max_bytes=server.max_request_bytes)
@@ -60,14 +62,27 @@ def _error_bodies(app: FastAPI) -> None:
         return openai_error(500, f"internal error ({type(exc).__name__}); request id {request_id}", "internal_error")
 
 
-def _preload(service: SpeechService) -> None:
+def _preload(service: SpeechService, app: FastAPI) -> None:
     try:
         service.synthesizer.prepare()
-    except Exception as exc:  # reported by /health and by the first request instead
+    except Exception as exc:  # reported by /ping, /health and the first request instead
         log.warning("model preload failed: %s", exc)
+        app.state.preload_error = f"model preload failed: {exc}"
+
+
+def health_app(app: FastAPI) -> FastAPI:
+    """Only /ping, for RunPod's load balancer on PORT_HEALTH when it differs from PORT."""
+    probe = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    probe.add_api_route("/ping", lambda: operations.ping_reply(app.state.service,
+                                                                getattr(app.state, "preload_error", None)))
+    return probe
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """The HTTP server; with PORT_HEALTH set to another port, /ping is served there too (RunPod's
+    load-balancing endpoints check it there)."""
+    import asyncio
+
     import uvicorn
 
     server = ServerSettings.from_env()
@@ -75,7 +90,16 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         log.warning("serving on %s without API_KEY: anyone who can reach this port can generate speech and "
                     "add voices; set API_KEY", host)
     service = SpeechService()
-    if server.preload_model:
-        threading.Thread(target=_preload, args=(service,), name="preload", daemon=True).start()
     app = create_app(service, server)
-    uvicorn.run(app, host=host, port=port, log_level=server.log_level, access_log=False)
+    if server.preload_model:
+        threading.Thread(target=_preload, args=(service, app), name="preload", daemon=True).start()
+    servers = [uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=server.log_level,
+                                             access_log=False))]
+    if server.health_port is not None and server.health_port != port:
+        servers.append(uvicorn.Server(uvicorn.Config(health_app(app), host=host, port=server.health_port,
+                                                     log_level=server.log_level, access_log=False)))
+
+    async def run_all() -> None:
+        await asyncio.gather(*(s.serve() for s in servers))
+
+    asyncio.run(run_all())

@@ -11,13 +11,15 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 import anyio
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
+from ..service.errors import STATUS
 from ..service.speech import SpeechService
 from .metrics import Metrics
 from .middleware import openai_error
 from .runpod import runpod_reply, stream_items
+from .webhooks import WebhookRefused, check_url, deliver
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +32,39 @@ class RunRequest(BaseModel):
     webhook: str | None = None
 
 
+def reply_status(reply: dict) -> int:
+    """A finished job's reply as an HTTP status for the metrics: 200 when it completed, else the
+    status of its error code (400 for bad input, 503 when busy, ...), 409 when cancelled."""
+    if reply.get("status") == "COMPLETED":
+        return 200
+    if reply.get("status") == "CANCELLED":
+        return STATUS["cancelled"]
+    output = reply.get("output")
+    last = output[-1] if isinstance(output, list) and output else output
+    return STATUS.get(last.get("error_code"), 500) if isinstance(last, dict) else 500
+
+
 class Jobs:
     """RunPod-style asynchronous jobs, kept in memory (the newest MAX_JOBS_KEPT).
 
     A job with `stream: true` collects its items as they are produced; `/stream/{id}` hands out
-    the ones not read yet, as RunPod's endpoint does.
+    the ones not read yet, as RunPod's endpoint does. A job with a webhook gets its final reply
+    POSTed there when it ends (see `webhooks.py`).
     """
 
-    def __init__(self, service: SpeechService, workers: int) -> None:
+    def __init__(self, service: SpeechService, workers: int, metrics: Metrics | None = None) -> None:
         self.service = service
+        self.metrics = metrics
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="job")
+        self.webhooks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook")
         self.lock = threading.Lock()
         self.jobs: OrderedDict[str, dict] = OrderedDict()
         self.streams: dict[str, list] = {}  # job id -> [items, number read]
         self.cancels: dict[str, threading.Event] = {}
 
-    def submit(self, job_input: dict) -> str | None:
-        """The new job's id, or None when MAX_PENDING_JOBS are already queued or running."""
+    def submit(self, job_input: dict, webhook: str | None = None, allowlist: tuple[str, ...] = ()) -> str | None:
+        """The new job's id, or None when MAX_PENDING_JOBS are already queued or running. The
+        reply goes to `webhook` when the job ends (`allowlist`: WEBHOOK_ALLOWLIST)."""
         job_id = f"job-{uuid.uuid4()}"
         with self.lock:
             pending = sum(job["status"] in ("IN_QUEUE", "IN_PROGRESS") for job in self.jobs.values())
@@ -58,7 +76,7 @@ class Jobs:
                 oldest = self.jobs.popitem(last=False)[0]
                 self.streams.pop(oldest, None)
                 self.cancels.pop(oldest, None)
-        self.pool.submit(self._run, job_id, job_input)
+        self.pool.submit(self._run, job_id, job_input, webhook, allowlist)
         return job_id
 
     def cancel(self, job_id: str) -> dict | None:
@@ -72,16 +90,24 @@ class Jobs:
                 job["status"] = "CANCELLED"
             return {"id": job_id, "status": job["status"]}
 
-    def _run(self, job_id: str, job_input: dict) -> None:
+    def _run(self, job_id: str, job_input: dict, webhook: str | None = None,
+             allowlist: tuple[str, ...] = ()) -> None:
+        started = time.perf_counter()
         cancel = self.cancels.get(job_id) or threading.Event()
-        if cancel.is_set():
-            return
         try:
+            if cancel.is_set():
+                return
             self._set(job_id, status="IN_PROGRESS")
             self._execute(job_id, job_input, cancel)
         except Exception as exc:  # never leave a job IN_PROGRESS forever
             log.exception("job %s crashed", job_id)
             self._set(job_id, status="FAILED", error=f"internal error ({type(exc).__name__})")
+        finally:
+            reply = self.get(job_id) or {"id": job_id, "status": "CANCELLED"}
+            if self.metrics is not None:
+                self.metrics.observe("run", started, reply_status(reply), code=_error_code(reply))
+            if webhook is not None:
+                self.webhooks.submit(deliver, webhook, reply, allowlist)
 
     def _execute(self, job_id: str, job_input: dict, cancel: threading.Event) -> None:
         if not (isinstance(job_input, dict) and job_input.get("stream") is True):
@@ -128,9 +154,17 @@ class Jobs:
 
 
 
+def _error_code(reply: dict) -> str | None:
+    if reply.get("status") == "CANCELLED":
+        return "cancelled"
+    output = reply.get("output")
+    last = output[-1] if isinstance(output, list) and output else output
+    return last.get("error_code") if isinstance(last, dict) else None
+
+
 def router(service: SpeechService, metrics: Metrics) -> APIRouter:
     api = APIRouter()
-    jobs = Jobs(service, service.service.max_concurrency)
+    jobs = Jobs(service, service.service.max_concurrency, metrics)
 
     @api.post("/runsync")
     async def runsync(job: RunRequest):
@@ -141,40 +175,56 @@ def router(service: SpeechService, metrics: Metrics) -> APIRouter:
         else:
             output = await anyio.to_thread.run_sync(service.handle, job.input, job_id)
         reply = runpod_reply(job_id, output)
-        last = output[-1] if isinstance(output, list) else output
-        metrics.observe("runsync", started, 200, code=last.get("error_code"))
+        # The HTTP answer is 200 either way (RunPod's shape); the metrics count what the job did.
+        metrics.observe("runsync", started, reply_status(reply), code=_error_code(reply))
         return reply
 
     @api.post("/run")
-    def run(job: RunRequest):
+    def run(job: RunRequest, request: Request):
+        started = time.perf_counter()
+        allowlist = request.app.state.server.webhook_allowlist  # hosts a webhook may reach though private
         if job.webhook is not None:
-            return openai_error(400, "webhook: this server does not call webhooks; poll /status/{id} instead",
-                                "invalid_input", "webhook")
-        job_id = jobs.submit(job.input)
+            try:
+                check_url(job.webhook, allowlist)
+            except WebhookRefused as exc:
+                metrics.observe("run", started, 400, code="invalid_input")
+                return openai_error(400, str(exc), "invalid_input", "webhook")
+        job_id = jobs.submit(job.input, job.webhook, allowlist)
         if job_id is None:
+            metrics.observe("run", started, 503, code="busy")
             return openai_error(503, f"the server is busy: {MAX_PENDING_JOBS} jobs are queued or running; "
                                      "try again shortly", "busy")
-        return {"id": job_id, "status": "IN_QUEUE"}
+        return {"id": job_id, "status": "IN_QUEUE"}  # counted under "run" when the job ends
+
+    def not_found(route: str, started: float, job_id: str):
+        metrics.observe(route, started, 404, code="not_found")
+        return openai_error(404, f"no job {job_id!r}", "not_found", "job_id")
 
     @api.api_route("/status/{job_id}", methods=["GET", "POST"])
     def status(job_id: str):
+        started = time.perf_counter()
         job = jobs.get(job_id)
         if job is None:
-            return openai_error(404, f"no job {job_id!r}", "not_found", "job_id")
+            return not_found("status", started, job_id)
+        metrics.observe("status", started, 200)
         return job
 
     @api.post("/cancel/{job_id}")
     def cancel(job_id: str):
+        started = time.perf_counter()
         reply = jobs.cancel(job_id)
         if reply is None:
-            return openai_error(404, f"no job {job_id!r}", "not_found", "job_id")
+            return not_found("cancel", started, job_id)
+        metrics.observe("cancel", started, 200)
         return reply
 
     @api.api_route("/stream/{job_id}", methods=["GET", "POST"])
     def stream(job_id: str):
+        started = time.perf_counter()
         reply = jobs.read_stream(job_id)
         if reply is None:
-            return openai_error(404, f"no job {job_id!r}", "not_found", "job_id")
+            return not_found("stream", started, job_id)
+        metrics.observe("stream", started, 200)
         return reply
 
     return api

@@ -46,14 +46,14 @@ class BodyLimit(BaseHTTPMiddleware):
 
 
 class BearerAuth(BaseHTTPMiddleware):
-    """With an API key set, every route but /health needs `Authorization: Bearer <key>`."""
+    """With an API key set, every route but /health and /ping needs `Authorization: Bearer <key>`."""
 
     def __init__(self, app, api_key: str) -> None:
         super().__init__(app)
         self.api_key = api_key.encode()
 
     async def dispatch(self, request: Request, call_next):
-        if request.url.path != "/health":
+        if request.url.path not in ("/health", "/ping"):
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key):
                 return openai_error(401, "missing or wrong API key (send Authorization: Bearer <key>)",

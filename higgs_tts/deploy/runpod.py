@@ -34,9 +34,19 @@ VOLUME = "/runpod-volume"
 GPU_POOLS_24GB_UP = ["ADA_24", "AMPERE_24", "AMPERE_48", "ADA_48_PRO", "AMPERE_80", "ADA_80_PRO", "HOPPER_141"]
 POOL_ID = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
-# torch 2.11's PyPI build is for CUDA 13.0: hosts need a driver that supports it. v2 matches
-# `gpu.allowedCudaVersions` exactly (`gpu.minCudaVersion` would be a floor instead; the two are exclusive).
-CUDA_VERSIONS = ["13.0"]
+# torch 2.11's PyPI build is for CUDA 13.0: hosts need a driver that supports it (r580+). v2's
+# `gpu.minCudaVersion` admits that version and every newer one, as RunPod advises; `allowedCudaVersions`
+# would match an exact list (13.1+ hosts excluded), and the two are exclusive. An image built with
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 (README, build args) runs on CUDA 12.8+ hosts
+# (driver r570+): deploy it with --min-cuda-version 12.8.
+MIN_CUDA_VERSION = "13.0"
+CUDA_VERSIONS = ("11.8", "12.0", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6", "12.7", "12.8", "12.9", "13.0")
+
+# Endpoint types: a queue (the SDK worker: /run, /runsync, /status, /stream) or a load balancer, whose
+# workers run the HTTP server (MODE=http) reached directly at https://ENDPOINT_ID.api.runpod.ai/...:
+# the OpenAI routes under /v1 and the same job routes. RunPod checks /ping on PORT_HEALTH.
+ENDPOINT_TYPES = {"queue": "QUEUE", "lb": "LOAD_BALANCER"}
+HTTP_PORT = 8000  # the image runs as uid 1000, which cannot bind RunPod's default port 80
 
 # v2 bounds `workers.idleTimeout` to 1..3600 seconds.
 IDLE_TIMEOUT_RANGE = (1, 3600)
@@ -46,9 +56,11 @@ class DeployError(RuntimeError):
     pass
 
 
-def worker_env(streaming: bool = False) -> dict[str, str]:
+def worker_env(streaming: bool = False, endpoint_type: str = "queue") -> dict[str, str]:
     """The worker's environment on RunPod: everything lives on the network volume."""
-    return {
+    http = {"MODE": "http", "PORT": str(HTTP_PORT), "PORT_HEALTH": str(HTTP_PORT),
+            "PRELOAD_MODEL": "1"} if endpoint_type == "lb" else {}  # /ping is 200 once the preload is done
+    return {**http,
         "MODEL_PATH": f"{VOLUME}/models/higgs-audio-v2-generation-3B-base",
         "TOKENIZER_PATH": f"{VOLUME}/models/higgs-audio-v2-tokenizer",
         "VOICE_PROMPTS_PATH": f"{VOLUME}/voice_prompts",
@@ -77,10 +89,15 @@ def check_pools(pools: list[str]) -> list[str]:
 def build_config(image: str, volume_id: str | None, name: str = "higgs-tts", workers_min: int = 0,
                  workers_max: int = 3, idle_timeout: int = 5, container_disk_gb: int = 10,
                  gpu_pools: list[str] | None = None, flashboot: bool = True, streaming: bool = False,
-                 execution_timeout_s: int = 600) -> dict:
+                 execution_timeout_s: int = 600, endpoint_type: str = "queue",
+                 min_cuda_version: str = MIN_CUDA_VERSION) -> dict:
     """`runpod-config.json`: the body of POST /v2/serverless (`CreateEndpointRequest`), in v2's field names."""
     if not image:
         raise DeployError("an image name is required (e.g. docker.io/you/higgs-tts:0.1.0)")
+    if endpoint_type not in ENDPOINT_TYPES:
+        raise DeployError(f"endpoint type: one of {', '.join(ENDPOINT_TYPES)}; got {endpoint_type!r}")
+    if min_cuda_version not in CUDA_VERSIONS:
+        raise DeployError(f"minimum CUDA version: one of {', '.join(CUDA_VERSIONS)}; got {min_cuda_version!r}")
     if workers_min < 0 or workers_max < max(1, workers_min):
         raise DeployError(f"workers: need 0 <= min <= max and max >= 1; got min {workers_min}, max {workers_max}")
     low, high = IDLE_TIMEOUT_RANGE
@@ -90,14 +107,14 @@ def build_config(image: str, volume_id: str | None, name: str = "higgs-tts", wor
         raise DeployError("the container disk (GB) and the execution timeout (s) must be at least 1")
     body = {
         "name": name,
-        "type": "QUEUE",  # required in v2: queue-based jobs (/run, /runsync, /status, /stream)
+        "type": ENDPOINT_TYPES[endpoint_type],  # required in v2
         "image": image,
         "disk": container_disk_gb,  # container disk in GB
-        "env": worker_env(streaming),  # an object of strings in v2
+        "env": worker_env(streaming, endpoint_type),  # an object of strings in v2
         "gpu": {
             "pools": check_pools(list(gpu_pools or GPU_POOLS_24GB_UP)),
             "count": 1,
-            "allowedCudaVersions": CUDA_VERSIONS,
+            "minCudaVersion": min_cuda_version,  # this version and every newer one
         },
         "workers": {"min": workers_min, "max": workers_max, "idleTimeout": idle_timeout},
         "scaling": {"type": "QUEUE_DELAY", "queueDelay": 4},  # add a worker when a job waits 4 s
@@ -109,6 +126,8 @@ def build_config(image: str, volume_id: str | None, name: str = "higgs-tts", wor
     # RunPod mounts them at /runpod-volume, which worker_env() relies on).
     if volume_id:
         body["networkVolumes"] = [volume_id]
+    if endpoint_type == "lb":
+        body["ports"] = [f"{HTTP_PORT}/http"]  # the HTTP server, /ping included (PORT = PORT_HEALTH)
     return body
 
 
@@ -152,7 +171,10 @@ def _problem(text: str, api_key: str) -> str:
 
 
 def endpoint_url(reply: dict) -> str:
-    """The endpoint's base URL: from the reply's `requestUrls` (v2), else the documented pattern."""
+    """The endpoint's base URL: from the reply's `requestUrls` (v2), else the documented pattern (a
+    load balancer is reached at https://ENDPOINT_ID.api.runpod.ai)."""
+    if reply.get("type") == "LOAD_BALANCER":
+        return f"https://{reply['id']}.api.runpod.ai"
     urls = reply.get("requestUrls")
     run = urls.get("run") if isinstance(urls, dict) else None
     if isinstance(run, str) and run.endswith("/run"):
@@ -205,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated serverless GPU pool ids (env GPU_POOLS; default: "
                              f"{','.join(GPU_POOLS_24GB_UP)})")
     config.add_argument("--streaming", action="store_true", help="start the worker with STREAMING=1")
+    config.add_argument("--endpoint-type", choices=sorted(ENDPOINT_TYPES), default="queue",
+                        help="queue: the SDK worker (/run, /runsync); lb: a load balancer over the HTTP server")
+    config.add_argument("--min-cuda-version", default=MIN_CUDA_VERSION,
+                        help=f"hosts with this CUDA version or newer (default {MIN_CUDA_VERSION}; 12.8 for an "
+                             "image built with the cu128 torch wheels)")
     config.add_argument("--no-flashboot", action="store_true")
     make = commands.add_parser("create", help="create the endpoint of a config file (POST /v2/serverless)")
     make.add_argument("config_file")
@@ -215,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             pools = [p.strip() for p in pools_text.split(",") if p.strip()] or None
             result = build_config(args.image, args.volume_id, args.name, args.workers_min, args.workers_max,
                                   args.idle_timeout, args.container_disk_gb, pools, not args.no_flashboot,
-                                  args.streaming, args.execution_timeout)
+                                  args.streaming, args.execution_timeout, args.endpoint_type,
+                                  args.min_cuda_version)
         else:
             with open(args.config_file) as handle:
                 result = create(json.load(handle), os.environ.get("RUNPOD_API_KEY", ""),

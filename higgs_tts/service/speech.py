@@ -24,7 +24,7 @@ from ..core.sampling import SamplingParams
 from ..core.text import normalize_transcript, speakable
 from ..core.voices import VoiceExists
 from ..settings import ServiceSettings, Settings
-from ..synthesis.synthesizer import ReferenceClip, SynthesisRequest, SynthesisResult, Synthesizer
+from ..synthesis.synthesizer import Progress, ReferenceClip, SynthesisRequest, SynthesisResult, Synthesizer
 from . import formats
 from .audit import AuditRecord
 from .errors import Failure, InputError, JobError, as_job_error, describe_failure
@@ -61,9 +61,10 @@ class SpeechService:
     # -- entry point ---------------------------------------------------------------------------
 
     def handle(self, raw: object, job_id: str = "local", s3_config: dict | None = None,
-               cancel: threading.Event | None = None) -> dict:
+               cancel: threading.Event | None = None, progress: Progress | None = None) -> dict:
         """Run one job; always returns a response dict (never raises for a job's failure).
-        Setting `cancel` stops its generation and frees its engine slot."""
+        Setting `cancel` stops its generation and frees its engine slot; `progress` is told
+        (chunks done, chunks in all, audio seconds so far) after each chunk."""
         started = time.perf_counter()
         audit = AuditRecord(job_id=job_id, raw=raw)
         try:
@@ -82,7 +83,7 @@ class SpeechService:
                     "stream",
                 )
             else:
-                response = self.generate(request, s3_config, started, cancel)
+                response = self.generate(request, s3_config, started, cancel, progress)
             audit.succeed(response)
             return response
         except Exception as exc:  # the worker must survive anything one job does
@@ -114,8 +115,9 @@ class SpeechService:
                 "model_path": self.settings.model_path,
                 "device": device,
                 "models_loaded": loaded is not None,
-                "voice_prompts_available": any(v.kind == "clone" for v in self.synthesizer.voices.list())
-                if voices_dir.is_dir() else False,
+                # how many voices can be cloned from a clip (the others are only described)
+                "voice_prompts_available": sum(v.kind == "clone" for v in self.synthesizer.voices.list())
+                if voices_dir.is_dir() else 0,
             },
             "voice_suggestions": self.synthesizer.voices.suggestions(),
         }
@@ -186,9 +188,10 @@ class SpeechService:
             reference=reference,
         )
 
-    def _synthesize(self, request: SynthesisRequest, cancel: threading.Event | None = None) -> SynthesisResult:
+    def _synthesize(self, request: SynthesisRequest, cancel: threading.Event | None = None,
+                    progress: Progress | None = None) -> SynthesisResult:
         try:
-            return self.synthesizer.synthesize(request, cancel)
+            return self.synthesizer.synthesize(request, cancel, progress)
         except Exception as exc:
             raise as_job_error(exc) from None
 
@@ -213,18 +216,19 @@ class SpeechService:
         except Exception as exc:
             raise as_job_error(exc) from None
 
-    def render(self, request: GenerateInput, cancel: threading.Event | None = None) -> RenderedAudio:
+    def render(self, request: GenerateInput, cancel: threading.Event | None = None,
+               progress: Progress | None = None) -> RenderedAudio:
         """Synthesize and encode, without delivery (the HTTP server streams the bytes itself)."""
-        result = self._synthesize(self._synthesis_request(request), cancel)
+        result = self._synthesize(self._synthesis_request(request), cancel, progress)
         if request.speed != 1.0:
             result = dataclasses.replace(result, audio=time_stretch(result.audio, request.speed, result.sample_rate))
         data = formats.encode(result.audio, result.sample_rate, request.output_format)
         return RenderedAudio(data=data, content_type=formats.content_type(request.output_format), result=result)
 
     def generate(self, request: GenerateInput, s3_config: dict | None = None, started: float | None = None,
-                 cancel: threading.Event | None = None) -> dict:
+                 cancel: threading.Event | None = None, progress: Progress | None = None) -> dict:
         started = started if started is not None else time.perf_counter()
-        rendered = self.render(request, cancel)
+        rendered = self.render(request, cancel, progress)
         first_audio = time.perf_counter() - started  # a whole response: the audio is ready all at once
         response: dict = {"success": True}
         upload_seconds = self._deliver(response, request, rendered.data, rendered.content_type, s3_config,
@@ -265,6 +269,7 @@ class SpeechService:
         """The documented description of a finished generation: format, metadata and timings."""
         audio_seconds = result.duration_seconds
         compute_seconds = result.generation_seconds + result.decode_seconds
+        voices = [{"name": name, "kind": kind} for name, kind in zip(result.voices, result.voice_kinds, strict=True)]
         return dict(
             content_type=formats.content_type(request.output_format),
             output_format=request.output_format,
@@ -273,7 +278,9 @@ class SpeechService:
             text_output=result.text,
             metadata={
                 "model_used": self.settings.model_path,
-                "voice_clone": result.voices or None,
+                # the voices cloned from a clip, "belinda" or "belinda,chadwick"; null when none was
+                "voice_clone": ",".join(v["name"] for v in voices if v["kind"] == "clone") or None,
+                "voices": voices,  # every voice in speaker order, with its kind: "clone" or "described"
                 "generation_parameters": {
                     "temperature": request.temperature,
                     "top_k": request.top_k,

@@ -10,7 +10,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -95,10 +95,15 @@ class SynthesisResult:
     generation_seconds: float
     decode_seconds: float
     first_audio_seconds: float | None = None  # streaming: from the call to the first audio chunk
+    voice_kinds: list[str] = field(default_factory=list)  # per entry of `voices`: "clone" or "described"
 
     @property
     def duration_seconds(self) -> float:
         return len(self.audio) / float(self.sample_rate)
+
+
+# Told after each chunk: (chunks done, chunks in all, seconds of audio generated so far).
+Progress = Callable[[int, int, float], None]
 
 
 @dataclass
@@ -116,6 +121,7 @@ class _Run:
     generation_seconds: float = 0.0
     first_audio_seconds: float | None = None
     history: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # (chunk text, its frames)
+    progress: Progress | None = None
 
     def codes(self) -> torch.Tensor:
         if not self.history:
@@ -129,6 +135,8 @@ class _Run:
             text=self.text, chunks=self.chunks, seed=self.seed, voices=self.voice_names,
             model_load_seconds=self.model_load_seconds, generation_seconds=self.generation_seconds,
             decode_seconds=decode_seconds, first_audio_seconds=self.first_audio_seconds,
+            # a clip sent with the request (after the named voices) is always cloned
+            voice_kinds=[v.kind for v in self.voices] + ["clone"] * (len(self.voice_names) - len(self.voices)),
         )
 
 
@@ -262,9 +270,12 @@ class Synthesizer:
 
     # -- synthesis ---------------------------------------------------------------------------
 
-    def synthesize(self, request: SynthesisRequest, cancel: threading.Event | None = None) -> SynthesisResult:
-        """The whole clip. Setting `cancel` stops generation within one engine burst (Cancelled)."""
+    def synthesize(self, request: SynthesisRequest, cancel: threading.Event | None = None,
+                   progress: Progress | None = None) -> SynthesisResult:
+        """The whole clip. Setting `cancel` stops generation within one engine burst (Cancelled);
+        `progress` is called after each chunk."""
         run = self._start(request)
+        run.progress = progress
         for _ in self._frames(run, request):
             if cancel is not None and cancel.is_set():
                 raise Cancelled("the request was cancelled")
@@ -342,3 +353,6 @@ class Synthesizer:
                 if frames.shape[0] > sent:
                     yield frames[sent:]
             run.history.append((chunk, frames))
+            if run.progress is not None:
+                done = sum(f.shape[0] for _, f in run.history)
+                run.progress(len(run.history), len(run.chunks), done * loaded.hop_length / loaded.sample_rate)

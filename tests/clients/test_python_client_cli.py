@@ -90,7 +90,7 @@ def test_module_generate_audio_in_async_mode(worker, monkeypatch, tmp_path):
     monkeypatch.setenv("ENDPOINT_URL", worker["url"])
     result = generate_audio("From the environment.", "belinda", "Audio is recorded in a large cathedral.", None,
                             mode="async", **QUICK)
-    assert result["metadata"]["voice_clone"] == ["belinda"]
+    assert result["metadata"]["voice_clone"] == "belinda"
     assert sf.info(HiggsTTSClient.save_audio(result, tmp_path / "env.wav")).samplerate == 24000
 
 
@@ -136,7 +136,7 @@ def test_cli_speak_writes_a_wav(worker, tmp_path):
     info = sf.info(out)
     assert info.samplerate == 24000 and info.channels == 1 and info.frames > 0
     summary = json.loads(done.stdout)
-    assert summary["metadata"]["voice_clone"] == ["belinda"] and "audio_base64" not in summary
+    assert summary["metadata"]["voice_clone"] == "belinda" and "audio_base64" not in summary
     assert summary["duration_seconds"] == pytest.approx(info.frames / 24000, abs=1e-3)
     assert f"wrote {out}" in done.stderr
 

@@ -41,11 +41,11 @@ def test_an_unexpected_exception_is_an_internal_error_with_a_request_id(client, 
     assert "Traceback" not in error["message"]
 
 
-def test_run_refuses_a_webhook_by_name(client):
+def test_run_refuses_a_webhook_it_cannot_call_by_name(client):
     error = assert_openai_error(client.post("/run", json={"input": {"transcript": "Hi."},
                                                           "webhook": "https://example.invalid/hook"}),
                                 400, "invalid_input")
-    assert error["param"] == "webhook"
+    assert error["param"] == "webhook" and "cannot resolve host 'example.invalid'" in error["message"]
 
 
 def test_run_is_bounded_and_says_busy(client, service, monkeypatch):

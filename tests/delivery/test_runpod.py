@@ -2,6 +2,7 @@
 
 import base64
 import io
+import json
 
 import httpx
 import numpy as np
@@ -11,7 +12,7 @@ from conftest import make_bucket
 from service.test_speech import BASE, decoded_audio
 
 from higgs_tts.delivery import runpod
-from higgs_tts.delivery.runpod import runpod_reply, stream_items
+from higgs_tts.delivery.runpod import progress_payload, runpod_reply, stream_items
 
 
 def pcm_of(items) -> np.ndarray:
@@ -31,7 +32,7 @@ def test_stream_sends_audio_items_then_the_final_response(service, monkeypatch):
     assert [i["start_seconds"] for i in audio] == pytest.approx(starts, abs=1e-3)
 
     assert final["success"] is True and final["type"] == "final" and final["audio_items"] == len(audio)
-    assert "audio_base64" not in final and final["metadata"]["voice_clone"] == ["belinda"]
+    assert "audio_base64" not in final and final["metadata"]["voice_clone"] == "belinda"
     streamed = pcm_of(items)
     assert final["duration_seconds"] == pytest.approx(len(streamed) / 24000, abs=1e-3)
     metrics = final["generation_metrics"]
@@ -99,3 +100,73 @@ def test_a_cancelled_streaming_job_frees_its_slot_and_the_idle_count(service):
     asyncio.run(cancel_after_the_first_item())
     assert worker.cleaner._active == 0  # idle cleanup and unload can run again
     assert service.synthesizer.engine_load() == (0, 0, 0)
+
+
+def test_a_whole_response_too_large_for_one_stream_item_is_split_into_parts(service):
+    from higgs_tts.client import job_output
+    from higgs_tts.delivery.runpod import STREAM_ITEM_BYTES, whole_items
+
+    response = service.handle({"transcript": "Whole.", **BASE})
+    small = list(whole_items(response))
+    assert small == [response]  # it fits: unchanged
+    audio = base64.b64encode(np.random.default_rng(0).bytes(2_500_000)).decode()  # 3.3 MB as base64
+    items = list(whole_items({**response, "audio_base64": audio}))
+    assert all(len(json.dumps(i)) < STREAM_ITEM_BYTES for i in items)
+    parts, last = items[:-1], items[-1]
+    assert len(parts) >= 4 and all(p["type"] == "audio_part" and p["parts"] == len(parts) for p in parts)
+    assert [p["seq"] for p in parts] == list(range(len(parts)))
+    assert "audio_base64" not in last and last["audio_parts"] == len(parts) and last["success"] is True
+    assert job_output(items)["audio_base64"] == audio  # the client joins them back
+
+
+def test_progress_payload_says_chunks_and_seconds():
+    payload = progress_payload(2, 5, 12.3456)
+    assert payload == {"type": "progress", "chunks_done": 2, "chunks_total": 5, "audio_seconds": 12.346,
+                       "message": "chunk 2 of 5 done, 12.3 s of audio"}
+
+
+def _platform():
+    from higgs_tts.delivery.runpod import Platform
+
+    updates, streamed = [], []
+
+    async def send_stream_item(job, item):
+        streamed.append((job, item))
+
+    return Platform(progress_update=lambda job, payload: updates.append((job, payload)),
+                    send_stream_item=send_stream_item), updates, streamed
+
+
+def test_a_long_job_reports_progress_after_each_chunk_with_the_sdk_job(service):
+    import asyncio
+
+    from higgs_tts.delivery.runpod import Worker
+
+    platform, updates, _ = _platform()
+    worker = Worker(service, platform)
+    job = {"id": "long-1", "input": {"transcript": " ".join(f"Word{i}" for i in range(30)) + ".",
+                                     "chunk_method": "word", "chunk_max_word_num": 10, **BASE}}
+    response = asyncio.run(worker.handler(job))
+    assert response["success"] is True and response["generation_metrics"]["chunks_processed"] == 3
+    assert all(sent is job for sent, _ in updates)  # the SDK's job object, as progress_update needs
+    payloads = [payload for _, payload in updates]
+    assert [(p["chunks_done"], p["chunks_total"]) for p in payloads] == [(1, 3), (2, 3), (3, 3)]
+    seconds = [p["audio_seconds"] for p in payloads]
+    assert seconds == sorted(seconds) and seconds[-1] == pytest.approx(response["duration_seconds"], abs=1e-3)
+
+
+def test_on_runpod_an_error_item_is_sent_to_stream_before_the_sdk_ends_the_job(service):
+    import asyncio
+
+    from higgs_tts.delivery.runpod import Worker
+
+    platform, _, streamed = _platform()
+    worker = Worker(service, platform)
+    job = {"id": "bad-1", "input": {"transcript": "Who?", "stream": True, "ref_audio": "nobody", **BASE}}
+
+    async def collect():
+        return [item async for item in worker.streaming_handler(job)]
+
+    items = asyncio.run(collect())
+    assert items[-1]["type"] == "error" and items[-1]["error_code"] == "unknown_voice"
+    assert streamed == [(job, items[-1])]  # on /stream with its code, though the SDK drops what it yields

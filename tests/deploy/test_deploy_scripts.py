@@ -3,6 +3,7 @@ run against the real local worker."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,15 @@ from pathlib import Path
 import pytest
 from conftest import REPO, make_bucket
 
-from higgs_tts.deploy.runpod import CUDA_VERSIONS, GPU_POOLS_24GB_UP, DeployError, build_config, create, endpoint_url
+from higgs_tts.deploy.runpod import (
+    CUDA_VERSIONS,
+    GPU_POOLS_24GB_UP,
+    MIN_CUDA_VERSION,
+    DeployError,
+    build_config,
+    create,
+    endpoint_url,
+)
 
 SCRIPTS = REPO / "scripts"
 
@@ -49,7 +58,8 @@ def test_config_and_test_script_without_docker(tmp_path):
     env = config["env"]
     assert env["MODEL_PATH"].startswith("/runpod-volume/") and env["RUNPOD_LOG_LEVEL"] == "INFO"
     assert env["DEVICE"] == "cuda" and all(isinstance(v, str) for v in env.values())
-    assert config["gpu"] == {"pools": GPU_POOLS_24GB_UP, "count": 1, "allowedCudaVersions": ["13.0"]}
+    # CUDA 13.0 and every newer host (an exact list would leave out 13.1+)
+    assert config["gpu"] == {"pools": GPU_POOLS_24GB_UP, "count": 1, "minCudaVersion": "13.0"}
     assert "ADA_80_PRO" in config["gpu"]["pools"] and "AMPERE_16" not in config["gpu"]["pools"]
     assert config["workers"] == {"min": 0, "max": 5, "idleTimeout": 5}
     assert config["scaling"] == {"type": "QUEUE_DELAY", "queueDelay": 4}
@@ -65,7 +75,8 @@ def test_config_options_and_refusals():
     assert "networkVolumes" not in config and config["flashboot"] == "OFF" and config["disk"] == 20
     assert config["gpu"]["pools"] == ["ADA_24"] and config["env"]["STREAMING"] == "1"
     assert config["workers"]["idleTimeout"] == 30 and config["timeout"] == 120_000
-    for bad in ({"gpu_pools": ["NVIDIA GeForce RTX 4090"]}, {"idle_timeout": 0}, {"workers_max": 0}):
+    for bad in ({"gpu_pools": ["NVIDIA GeForce RTX 4090"]}, {"idle_timeout": 0}, {"workers_max": 0},
+                {"endpoint_type": "LB"}, {"min_cuda_version": "13"}):
         with pytest.raises(DeployError):
             build_config("me/higgs:2", None, **bad)
     with pytest.raises(DeployError, match="v1"):
@@ -116,6 +127,9 @@ V2_ENDPOINT_FIELDS = {"name", "type", "image", "args", "cmd", "entrypoint", "dis
                       "templateId", "timeout"}
 
 
+V2_CUDA_VERSIONS = ("11.8", "12.0", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6", "12.7", "12.8", "12.9", "13.0")
+
+
 def v2_problems(body: dict) -> list[str]:
     problems = [f"unknown field {key}" for key in set(body) - V2_ENDPOINT_FIELDS]
     problems += [f"{key} is required" for key in ("name", "type", "scaling", "image", "gpu") if key not in body]
@@ -123,6 +137,14 @@ def v2_problems(body: dict) -> list[str]:
     if not gpu.get("pools") or set(gpu) - {"pools", "excludedTypes", "count", "allowedCudaVersions",
                                           "minCudaVersion"}:
         problems.append("gpu: pools (required), excludedTypes, count, allowedCudaVersions, minCudaVersion")
+    if "allowedCudaVersions" in gpu and "minCudaVersion" in gpu:
+        problems.append("gpu: allowedCudaVersions and minCudaVersion are mutually exclusive")
+    if not set(gpu.get("allowedCudaVersions", [])) | {gpu.get("minCudaVersion", "13.0")} <= set(V2_CUDA_VERSIONS):
+        problems.append(f"gpu: CUDA versions are among {', '.join(V2_CUDA_VERSIONS)}")
+    ports = body.get("ports", [])
+    if not isinstance(ports, list) or not all(isinstance(p, str) and re.fullmatch(r"\d{1,5}/(http|tcp)", p)
+                                              for p in ports):
+        problems.append("ports: strings formatted as port/protocol, e.g. 8888/http")
     if set(workers) - {"min", "max", "idleTimeout"} or not 1 <= workers.get("idleTimeout", 10) <= 3600:
         problems.append("workers: min, max, idleTimeout (1..3600)")
     if scaling != {"type": "QUEUE_DELAY", "queueDelay": scaling.get("queueDelay")} or scaling["queueDelay"] < 0.5:
@@ -186,7 +208,7 @@ def test_create_posts_the_endpoint_to_rest_v2(tmp_path, runpod_api):
     assert endpoint == json.loads((tmp_path / "runpod-config.json").read_text())
     assert endpoint["image"] == "me/higgs:2" and endpoint["type"] == "QUEUE" and endpoint["disk"] == 10
     assert endpoint["networkVolumes"] == ["vol9"] and endpoint["env"]["DEVICE"] == "cuda"
-    assert endpoint["gpu"]["pools"] == GPU_POOLS_24GB_UP and endpoint["gpu"]["allowedCudaVersions"] == ["13.0"]
+    assert endpoint["gpu"]["pools"] == GPU_POOLS_24GB_UP and endpoint["gpu"]["minCudaVersion"] == "13.0"
     assert endpoint["workers"] == {"min": 0, "max": 3, "idleTimeout": 5} and endpoint["flashboot"] == "FLASHBOOT"
     created = json.loads((tmp_path / "runpod-endpoint.json").read_text())
     assert created["endpoint_id"] == "ep456" and "template_id" not in created
@@ -194,6 +216,34 @@ def test_create_posts_the_endpoint_to_rest_v2(tmp_path, runpod_api):
     assert created["request_urls"]["runSync"] == "https://api.runpod.ai/v2/ep456/runsync"
     assert "https://api.runpod.ai/v2/ep456" in (tmp_path / "test-endpoint.sh").read_text()
     assert "rp-key" not in run.stdout + run.stderr
+
+
+def test_a_load_balancing_endpoint_runs_the_http_server_with_ping(tmp_path, runpod_api):
+    run = deploy("--image", "me/higgs:3", "--endpoint-type", "lb", "--skip-build", "--skip-smoke",
+                 "--out", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    config = json.loads((tmp_path / "runpod-config.json").read_text())
+    assert v2_problems(config) == []
+    assert config["type"] == "LOAD_BALANCER" and config["ports"] == ["8000/http"]
+    env = config["env"]
+    assert (env["MODE"], env["PORT"], env["PORT_HEALTH"], env["PRELOAD_MODEL"]) == ("http", "8000", "8000", "1")
+    assert "https://ENDPOINT_ID.api.runpod.ai" in (tmp_path / "test-endpoint.sh").read_text()
+    created = deploy("--image", "me/higgs:3", "--endpoint-type", "lb", "--skip-build", "--skip-smoke", "--create",
+                     "--out", str(tmp_path), RUNPOD_API_KEY="rp-key", RUNPOD_REST_URL=runpod_api)
+    assert created.returncode == 0, created.stderr  # the stand-in accepted it by v2's fields
+    [(_, _, endpoint)] = FakeRunPodAPI.calls
+    assert endpoint == config
+    assert json.loads((tmp_path / "runpod-endpoint.json").read_text())["endpoint_url"] == "https://ep456.api.runpod.ai"
+    assert deploy("--image", "x", "--endpoint-type", "pool", "--skip-build", "--skip-smoke").returncode == 2
+
+
+def test_an_image_for_older_drivers_deploys_with_a_lower_cuda_floor(tmp_path):
+    run = deploy("--image", "me/higgs:cu128", "--min-cuda-version", "12.8", "--skip-build", "--skip-smoke",
+                 "--out", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    config = json.loads((tmp_path / "runpod-config.json").read_text())
+    assert config["gpu"]["minCudaVersion"] == "12.8" and v2_problems(config) == []
+    assert set(CUDA_VERSIONS) == set(V2_CUDA_VERSIONS) and MIN_CUDA_VERSION == "13.0"
 
 
 def test_create_reports_the_api_error(tmp_path, runpod_api):
@@ -213,12 +263,69 @@ def test_create_reports_v2_validation_errors(tmp_path, runpod_api):
         create(json.loads(config.read_text()), "rp-key", runpod_api)
 
 
+# The Hub's hub.json and tests.json as its publishing guide documents them (and RunPod's own workers
+# use them): the keys each level takes, and the input types of the env fields.
+HUB_KEYS = {"title", "description", "type", "category", "iconUrl", "config"}
+HUB_CONFIG_KEYS = {"runsOn", "containerDiskInGb", "gpuCount", "gpuIds", "allowedCudaVersions", "presets", "env",
+                   "cpuFlavor"}
+HUB_INPUT_KEYS = {"name", "type", "description", "default", "options", "advanced", "required"}
+INPUT_TYPES = {"string": str, "number": (int, float), "boolean": bool}
+SECRETS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN", "API_KEY"}
+
+
+def hub_problems(hub: dict, tests: dict) -> list[str]:
+    problems = [f"hub.json: unknown key {k}" for k in set(hub) - HUB_KEYS]
+    config = hub.get("config", {})
+    problems += [f"hub.json config: unknown key {k}" for k in set(config) - HUB_CONFIG_KEYS]
+    types = {}
+    for entry in config.get("env", []):
+        if set(entry) not in ({"key", "value"}, {"key", "input"}):
+            problems.append(f"env {entry.get('key')}: key and either value or input")
+            continue
+        if "value" in entry:
+            if entry["key"] in SECRETS:
+                problems.append(f"env {entry['key']}: a secret as a fixed value")
+            continue
+        field = entry["input"]
+        problems += [f"env {entry['key']}: unknown input key {k}" for k in set(field) - HUB_INPUT_KEYS]
+        kind = INPUT_TYPES.get(field.get("type"))
+        if kind is None:
+            problems.append(f"env {entry['key']}: input type is one of {', '.join(INPUT_TYPES)}")
+            continue
+        types[entry["key"]] = kind
+        if "default" in field and not isinstance(field["default"], kind):
+            problems.append(f"env {entry['key']}: default is not a {field['type']}")
+        if entry["key"] in SECRETS and field.get("default"):
+            problems.append(f"env {entry['key']}: a secret with a default value")
+    for preset in config.get("presets", []):
+        for key, value in preset.get("defaults", {}).items():
+            if key in types and not isinstance(value, types[key]):
+                problems.append(f"preset {preset['name']!r}: {key} is not of its input's type")
+    problems += [f"tests.json: unknown key {k}" for k in set(tests) - {"tests", "config"}]
+    for case in tests.get("tests", []):
+        problems += [f"test {case.get('name')}: unknown key {k}" for k in set(case) - {"name", "input", "timeout"}]
+    problems += [f"tests.json config: unknown key {k}" for k in set(tests.get("config", {}))
+                 - {"gpuTypeId", "gpuCount", "allowedCudaVersions", "env", "cpuFlavor"}]
+    return problems
+
+
+def test_hub_files_follow_the_hub_schema():
+    hub = json.loads((REPO / ".runpod" / "hub.json").read_text())
+    tests = json.loads((REPO / ".runpod" / "tests.json").read_text())
+    assert hub_problems(hub, tests) == []
+    streaming = next(e for e in hub["config"]["env"] if e["key"] == "STREAMING")["input"]
+    assert streaming["type"] == "boolean" and streaming["default"] is False
+    assert hub_problems({**hub, "task": "text-to-audio"}, tests) == ["hub.json: unknown key task"]  # it can fail
+    secrets = [e for e in hub["config"]["env"] if e["key"] in SECRETS]
+    assert secrets and all("RUNPOD_SECRET_" in e["input"]["description"] for e in secrets)
+
+
 def test_hub_files_describe_this_worker():
     hub = json.loads((REPO / ".runpod" / "hub.json").read_text())
     assert hub["category"] == "audio" and hub["type"] == "serverless"
     # The Hub listing and --create deploy on the same GPU pools and CUDA version.
     assert hub["config"]["gpuIds"].split(",") == GPU_POOLS_24GB_UP
-    assert hub["config"]["allowedCudaVersions"] == CUDA_VERSIONS
+    assert hub["config"]["allowedCudaVersions"] == [v for v in CUDA_VERSIONS if v >= MIN_CUDA_VERSION]
     assert {"key": "DEVICE", "value": "cuda"} in hub["config"]["env"]
     keys = {e["key"] for e in hub["config"]["env"]}
     assert {"MODEL_PATH", "TOKENIZER_PATH", "VOICE_PROMPTS_PATH", "STREAMING"} <= keys

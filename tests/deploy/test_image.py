@@ -130,7 +130,7 @@ def test_dockerfile_is_two_stages_on_an_overridable_base(dockerfile):
     builder, final = groups[1], groups[2]
     runs = " ".join(args for keyword, args in builder if keyword == "RUN")
     assert "python -m venv /opt/venv" in runs
-    assert "pip install --no-cache-dir -r requirements.runpod" in runs
+    assert 'bash install-requirements.sh requirements.runpod "${TORCH_INDEX_URL}"' in runs  # pip install -r
     assert "pip install --no-cache-dir --no-deps ." in runs
     assert "prune-site-packages.sh /opt/venv/lib/python3.11/site-packages" in runs
     assert "check-libs.sh /opt/venv/lib/python3.11/site-packages" in runs
@@ -605,3 +605,58 @@ def test_image_runs_a_job_on_the_mounted_volume(image, tiny_checkpoint, voice_pr
     assert result.returncode == 0, output[-5000:]
     assert "completed successfully" in output and "'success': True" in output, output[-5000:]
     assert any((volume / "cache" / "voice_codes").rglob("*")), "the voice cache was not written to the volume"
+
+
+# -- a torch build for older drivers (TORCH_INDEX_URL) ------------------------------------------------
+# The cu128 index cannot be reached here: what is checked is the Dockerfile's wiring and the pip calls
+# the install script makes, with a `pip` stub that records them.
+
+INSTALL = REPO / "docker" / "install-requirements.sh"
+
+
+def test_dockerfile_takes_a_torch_index_url_build_arg(dockerfile):
+    builder = stages(dockerfile)[1]
+    assert ("ARG", 'TORCH_INDEX_URL=""') in builder
+    runs = [args for kind, args in builder if kind == "RUN" and "install-requirements.sh" in args]
+    assert runs == ['bash install-requirements.sh requirements.runpod "${TORCH_INDEX_URL}"']
+
+
+def pip_calls(tmp_path, *args) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    bin_dir, log = tmp_path / "bin", tmp_path / "pip.log"
+    bin_dir.mkdir(exist_ok=True)
+    stub = bin_dir / "pip"
+    # each call: its arguments, then the requirement file's lines when it names one
+    stub.write_text(f'#!/bin/sh\necho "$*" >> {log}\nwhile [ $# -gt 0 ]; do [ "$1" = -r ] && '
+                    f'sed "s/^/  /" "$2" >> {log}; shift; done\n')
+    stub.chmod(0o755)
+    result = run(["bash", str(INSTALL), str(REPO / "requirements.runpod"), *args],
+                 env={**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"})
+    calls: list[list[str]] = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        if line.startswith("  "):
+            calls[-1].append(line.strip())
+        else:
+            calls.append([line])
+    return result, calls
+
+
+def test_default_install_is_exactly_the_pinned_requirements(tmp_path):
+    result, calls = pip_calls(tmp_path)
+    assert result.returncode == 0, result.stderr
+    [call] = calls
+    assert call[0].endswith("-r " + str(REPO / "requirements.runpod")) and "torch==2.11.0" in call
+
+
+def test_a_torch_index_url_installs_the_same_torch_from_that_index(tmp_path):
+    pins = pinned()
+    result, calls = pip_calls(tmp_path, "https://download.pytorch.org/whl/cu128")
+    assert result.returncode == 0, result.stderr
+    [rest, torch] = calls
+    cuda_stack = [r for r in rest[1:] if r.split("==")[0] in ("torch", "torchaudio", "triton")
+                  or r.startswith(("nvidia-", "cuda-"))]
+    assert cuda_stack == [] and "transformers==" + pins["transformers"] in rest
+    assert torch == [f"install --no-cache-dir --index-url https://download.pytorch.org/whl/cu128 "
+                     f"torch=={pins['torch']} torchaudio=={pins['torchaudio']}"]
+    (tmp_path / "again").mkdir()
+    refused, _ = pip_calls(tmp_path / "again", "http://insecure/")
+    assert refused.returncode == 2 and "https://" in refused.stderr

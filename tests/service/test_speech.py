@@ -45,7 +45,8 @@ def test_generate_inline_has_every_documented_field(service):
     assert response["duration_seconds"] == pytest.approx(len(audio) / 24000, abs=1e-3)
     assert response["text_output"] == "Hello there."
     metadata = response["metadata"]
-    assert metadata["voice_clone"] == ["belinda"]
+    assert metadata["voice_clone"] == "belinda"
+    assert metadata["voices"] == [{"name": "belinda", "kind": "clone"}]
     params = metadata["generation_parameters"]
     assert (params["temperature"], params["top_k"], params["top_p"], params["max_new_tokens"], params["seed"]) == (
         0.8, 50, 0.95, 40, 3)
@@ -62,6 +63,17 @@ def test_generate_inline_has_every_documented_field(service):
 def test_no_voice_reports_null_voice_clone(service):
     response = service.handle({"transcript": "Anyone speaks.", **BASE})
     assert response["success"] and response["metadata"]["voice_clone"] is None
+    assert response["metadata"]["voices"] == []
+
+
+def test_voice_clone_names_only_cloned_voices_and_voices_says_which_were_described(service):
+    response = service.handle({"transcript": "[SPEAKER0] One. [SPEAKER1] Two. [SPEAKER2] Three.",
+                               "ref_audio": "belinda,daffy,chadwick", **BASE})
+    assert response["success"], response
+    metadata = response["metadata"]
+    assert metadata["voice_clone"] == "belinda,chadwick"  # daffy has no clip: described only
+    assert metadata["voices"] == [{"name": "belinda", "kind": "clone"}, {"name": "daffy", "kind": "described"},
+                                  {"name": "chadwick", "kind": "clone"}]
 
 
 @pytest.mark.parametrize("fmt", ["flac", "mp3", "opus", "pcm"])
@@ -81,7 +93,7 @@ def test_clone_from_base64_with_and_without_transcript(service, voice_prompts):
                                 "ref_audio_transcript": "Maintaining your ability to learn.", **BASE})
     without = service.handle({"transcript": "Cloned.", "ref_audio_base64": clip, **BASE})
     assert with_text["success"] and without["success"]
-    assert with_text["metadata"]["voice_clone"] == ["uploaded"]
+    assert with_text["metadata"]["voice_clone"] == "uploaded"
 
 
 def test_add_voice_then_use_it_by_name(service):
@@ -92,7 +104,7 @@ def test_add_voice_then_use_it_by_name(service):
     stored, rate = sf.read(service.settings.voice_prompts_path / "narrator_1.wav")
     assert rate == 24000 and stored.ndim == 1
     used = service.handle({"transcript": "Now by name.", "ref_audio": "narrator_1", **BASE})
-    assert used["success"] and used["metadata"]["voice_clone"] == ["narrator_1"]
+    assert used["success"] and used["metadata"]["voice_clone"] == "narrator_1"
     again = service.handle({"action": "add_voice", "voice_name": "narrator_1", "ref_audio_base64": b64_audio(1.0),
                             "ref_audio_transcript": "Other."})
     assert not again["success"] and again["error_code"] == "voice_exists" and "overwrite" in again["error"]
@@ -189,7 +201,8 @@ def test_health_and_voice_list(service):
     health = service.handle({"action": "health"})
     assert health["status"] == "healthy"
     assert set(health["model_info"]) == {"model_path", "device", "models_loaded", "voice_prompts_available"}
-    assert health["model_info"]["voice_prompts_available"] is True
+    clips = {path.stem for path in service.settings.voice_prompts_path.glob("*.wav")}
+    assert health["model_info"]["voice_prompts_available"] == len(clips) > 0
     assert health["timestamp"].endswith("+00:00")
     listed = service.handle({"action": "list_voices"})
     kinds = {v["name"]: v["kind"] for v in listed["voices"]}
@@ -224,11 +237,11 @@ class OutOfMemoryOnce(Synthesizer):
 
     raised = False
 
-    def synthesize(self, request, cancel=None):
+    def synthesize(self, request, cancel=None, progress=None):
         if not self.raised:
             self.raised = True
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return super().synthesize(request, cancel)
+        return super().synthesize(request, cancel, progress)
 
 
 def test_out_of_memory_fails_the_job_and_the_worker_goes_on(service):

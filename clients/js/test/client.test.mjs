@@ -98,7 +98,7 @@ describe("whole-response worker", { skip: !url && "HIGGS_TTS_URL is not set" }, 
       s3_bucket: null,
       ...QUICK,
     });
-    assert.deepEqual(result.metadata.voice_clone, ["belinda"]);
+    assert.equal(result.metadata.voice_clone, "belinda");
     assert.equal(result.metadata.generation_parameters.seed, QUICK.seed);
     assert.equal(readWav(audioBytes(result)).sampleRate, 24000);
   });
@@ -129,7 +129,7 @@ describe("whole-response worker", { skip: !url && "HIGGS_TTS_URL is not set" }, 
   test("health", async () => {
     const health = await client.health();
     assert.equal(health.status, "healthy");
-    assert.equal(health.model_info.voice_prompts_available, true);
+    assert.ok(health.model_info.voice_prompts_available > 0);
   });
 
   test("listVoices", async () => {
@@ -146,7 +146,7 @@ describe("whole-response worker", { skip: !url && "HIGGS_TTS_URL is not set" }, 
     await assert.rejects(client.addVoice("js_guest", clip, "Again."), HiggsTTSError);
     assert.equal((await client.addVoice("js_guest", clip, "Again.", true)).voice.name, "js_guest");
     const used = await client.generateAudio("In the added voice.", "js_guest", QUICK);
-    assert.deepEqual(used.metadata.voice_clone, ["js_guest"]);
+    assert.equal(used.metadata.voice_clone, "js_guest");
   });
 
   test("a bad request throws HiggsTTSError naming the field", async () => {

@@ -1,0 +1,95 @@
+"""Webhooks of RunPod-style `/run` jobs: the URL's check, and the delivery of a finished job.
+
+RunPod POSTs a finished job's reply (`{"id", "status", "output" | "error"}`) to the job's `webhook`
+and retries when the receiver fails; this server does the same, at most WEBHOOK_ATTEMPTS times.
+The server makes that request itself, so the URL must not reach this machine's own network: a host
+that resolves to a private, loopback, link-local or reserved address is refused unless it is
+listed in WEBHOOK_ALLOWLIST. The check runs when the job is submitted and again before each try (a
+name can resolve elsewhere later); redirects are not followed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_ATTEMPTS = 3  # tries in all
+WEBHOOK_BACKOFF_SECONDS = (1.0, 4.0)  # waits between them
+WEBHOOK_TIMEOUT_SECONDS = 10.0  # to connect, and for the answer
+MAX_URL_CHARS = 2048
+
+
+class WebhookRefused(ValueError):
+    """A webhook URL this server will not call; the message names the rule."""
+
+
+def check_url(url: str, allowlist: tuple[str, ...] = ()) -> str:
+    """The URL when it may be called; else WebhookRefused. `allowlist`: host names or addresses
+    that may be private (e.g. a receiver on the same machine)."""
+    if len(url) > MAX_URL_CHARS:
+        raise WebhookRefused(f"webhook: at most {MAX_URL_CHARS} characters")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WebhookRefused("webhook: must be an http:// or https:// URL with a host")
+    if parts.username or parts.password:
+        raise WebhookRefused("webhook: credentials in the URL are not accepted; use a token in its path or query")
+    host = parts.hostname.lower()
+    if host in {h.lower() for h in allowlist}:
+        return url
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)}
+    except (socket.gaierror, UnicodeError):
+        raise WebhookRefused(f"webhook: cannot resolve host {host!r}") from None
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if not ip.is_global:
+            raise WebhookRefused(f"webhook: host {host!r} is a private address ({ip}); this server calls only "
+                                 "public hosts unless WEBHOOK_ALLOWLIST names the host")
+    return url
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # a 3xx is an answer, not a new place to send the job to
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def deliver(url: str, reply: dict, allowlist: tuple[str, ...] = (), sleep=time.sleep) -> bool:
+    """POST the job's reply as JSON; a 2xx answer ends it, anything else is tried again up to
+    WEBHOOK_ATTEMPTS in all. True when delivered. Logs the job id and the outcome, never the URL's
+    query (it may hold a token) or the output."""
+    job_id = reply.get("id", "")
+    where = urllib.parse.urlsplit(url).hostname
+    data = json.dumps(reply).encode()
+    for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
+        try:
+            check_url(url, allowlist)
+            request = urllib.request.Request(url, data=data, method="POST",
+                                             headers={"Content-Type": "application/json"})
+            with _OPENER.open(request, timeout=WEBHOOK_TIMEOUT_SECONDS) as answer:
+                if 200 <= answer.status < 300:
+                    log.info("webhook of job %s delivered to %s (try %d)", job_id, where, attempt)
+                    return True
+                problem = f"HTTP {answer.status}"
+        except WebhookRefused as exc:
+            log.warning("webhook of job %s not sent: %s", job_id, exc)
+            return False
+        except urllib.error.HTTPError as exc:
+            problem = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            problem = type(exc).__name__
+        log.warning("webhook of job %s to %s failed (try %d of %d): %s", job_id, where, attempt,
+                    WEBHOOK_ATTEMPTS, problem)
+        if attempt < WEBHOOK_ATTEMPTS:
+            sleep(WEBHOOK_BACKOFF_SECONDS[min(attempt - 1, len(WEBHOOK_BACKOFF_SECONDS) - 1)])
+    return False

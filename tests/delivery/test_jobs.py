@@ -1,0 +1,129 @@
+"""The HTTP server's RunPod job routes in-process: webhooks to a loopback receiver, and metrics."""
+
+import http.server
+import json
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from service.test_speech import BASE
+
+from higgs_tts.delivery import webhooks
+from higgs_tts.delivery.app import create_app
+from higgs_tts.delivery.webhooks import WebhookRefused, check_url
+from higgs_tts.settings import ServerSettings
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """A webhook receiver on loopback: answers `failures` 500s first, then 200s; keeps every body."""
+
+    def __init__(self, failures=0):
+        super().__init__(("127.0.0.1", 0), ReceiverHandler)
+        self.failures, self.bodies, self.tries = failures, [], 0
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}/hook?token=abc"
+
+
+class ReceiverHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.tries += 1
+        status = 500 if self.server.tries <= self.server.failures else 200
+        if status == 200:
+            self.server.bodies.append(body)
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.fixture
+def receiver():
+    made = []
+
+    def start(failures=0):
+        server = Receiver(failures)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        made.append(server)
+        return server
+
+    yield start
+    for server in made:
+        server.shutdown()
+
+
+@pytest.fixture
+def client(service, monkeypatch):
+    monkeypatch.setattr(webhooks, "WEBHOOK_BACKOFF_SECONDS", (0.05, 0.05))
+    app = create_app(service, ServerSettings(preload_model=False, webhook_allowlist=("127.0.0.1",)))
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def wait_for(predicate, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_a_webhook_gets_the_finished_job_after_a_failed_try(client, receiver):
+    hook = receiver(failures=1)
+    job_id = client.post("/run", json={"input": {"transcript": "To the hook.", **BASE},
+                                       "webhook": hook.url}).json()["id"]
+    wait_for(lambda: hook.bodies)
+    [body] = hook.bodies
+    assert hook.tries == 2  # the first answer was a 500: tried again
+    assert body["id"] == job_id and body["status"] == "COMPLETED" and body["output"]["success"] is True
+    assert body == client.get(f"/status/{job_id}").json()
+
+
+def test_a_webhook_gives_up_after_its_bounded_tries(client, receiver):
+    hook = receiver(failures=99)
+    client.post("/run", json={"input": {"transcript": "Nobody listens.", **BASE}, "webhook": hook.url})
+    wait_for(lambda: hook.tries >= webhooks.WEBHOOK_ATTEMPTS)
+    time.sleep(0.5)
+    assert hook.tries == webhooks.WEBHOOK_ATTEMPTS and hook.bodies == []
+
+
+def test_private_webhooks_are_refused_unless_allow_listed(client):
+    for url, rule in (("http://10.1.2.3/hook", "private address"), ("http://localhost:9/x", "private address"),
+                      ("ftp://example.com/x", "http://"), ("http://user:pw@example.com/", "credentials")):
+        reply = client.post("/run", json={"input": {"transcript": "x"}, "webhook": url})
+        assert reply.status_code == 400, url
+        error = reply.json()["error"]
+        assert error["param"] == "webhook" and rule in error["message"]
+    with pytest.raises(WebhookRefused, match="169.254.169.254"):
+        check_url("http://169.254.169.254/latest/meta-data")  # the cloud metadata service
+    assert check_url("http://10.1.2.3/hook", allowlist=("10.1.2.3",)) == "http://10.1.2.3/hook"
+
+
+def metric(text: str, endpoint: str, status: str) -> float:
+    for line in text.splitlines():
+        if line.startswith("higgs_requests_total{") and f'endpoint="{endpoint}"' in line \
+                and f'status="{status}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_every_job_route_is_counted_with_what_the_job_did(client):
+    ok = client.post("/runsync", json={"input": {"transcript": "Fine.", **BASE}})
+    bad = client.post("/runsync", json={"input": {"transcript": "x", "ref_audio": "nobody"}})
+    assert ok.json()["status"] == "COMPLETED" and bad.json()["status"] == "FAILED"
+    job_id = client.post("/run", json={"input": {"transcript": "Later.", **BASE}}).json()["id"]
+    wait_for(lambda: client.get(f"/status/{job_id}").json()["status"] == "COMPLETED")
+    client.get("/status/job-none")
+    client.post("/stream/job-none")
+    text = client.get("/metrics").text
+    assert metric(text, "runsync", "200") == 1 and metric(text, "runsync", "400") == 1  # unknown voice: 400
+    assert metric(text, "run", "200") == 1
+    assert metric(text, "status", "200") >= 1 and metric(text, "status", "404") == 1
+    assert metric(text, "stream", "404") == 1
+    assert 'higgs_request_errors_total{code="unknown_voice",endpoint="runsync"} 1.0' in text
