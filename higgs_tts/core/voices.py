@@ -1,7 +1,7 @@
 """The voice library: clone voices (audio + transcript) and described voices (text only).
 
 Layout of the voices folder (`VOICE_PROMPTS_PATH`):
-- `NAME.wav` (or .flac/.mp3/.ogg) with `NAME.txt`, the clip's transcript: a clone voice;
+- `NAME.wav` (or .flac/.mp3/.ogg/.opus/.m4a/.webm) with `NAME.txt`, the clip's transcript: a clone voice;
 - `profile.yaml` with `profiles: {NAME: description}`: described voices.
 The documented catalog names always exist: with audio they clone it, without they are described.
 """
@@ -20,7 +20,7 @@ import yaml
 
 from .audio import read_audio, write_audio
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 PROFILE_PREFIX = "profile:"  # the reference CLI's spelling for a described voice
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.audio import AudioError, AudioTooLong, duration_seconds, read_audio
+from ..core.audio import FORMATS_NAMED, AudioError, AudioTooLong, duration_seconds, read_audio
 from .errors import InputError
 from .schema import decode_base64
 
@@ -19,7 +19,8 @@ def reference_audio(encoded: str, field: str, max_bytes: int, max_seconds: float
     except AudioTooLong as exc:
         raise InputError(f"{field}: {exc}", field, "too_long") from None
     except AudioError as exc:
-        raise InputError(f"{field}: {exc} (send WAV, FLAC, MP3 or OGG)", field) from None
+        hint = "" if FORMATS_NAMED in str(exc) else f" (send {FORMATS_NAMED})"
+        raise InputError(f"{field}: {exc}{hint}", field) from None
     seconds = duration_seconds(audio)
     if seconds > max_seconds + 0.5:  # a header that understated the length
         raise InputError(f"{field}: audio is {seconds:.1f} s long; the limit is {max_seconds:g} s", field, "too_long")

@@ -283,3 +283,19 @@ def test_a_vanishing_temperature_decodes_greedily(service, temperature):
     assert response["success"] is True, response.get("error")
     greedy = service.handle({"transcript": "Cold.", "temperature": 0, **BASE})
     assert response["audio_base64"] == greedy["audio_base64"]
+
+
+@pytest.mark.parametrize("kind", ["m4a", "webm", "opus"])
+def test_phone_and_browser_recordings_clone(service, voice_prompts, kind):
+    from conftest import encode_recording
+
+    data = encode_recording(voice_prompts / "en_man.wav", kind, seconds=3.0)
+    clip = f"data:audio/{kind};base64," + base64.b64encode(data).decode()  # as a browser's FileReader gives it
+    cloned = service.handle({"transcript": "Cloned.", "ref_audio_base64": clip, **BASE})
+    assert cloned["success"], cloned
+    assert cloned["metadata"]["voice_clone"] == ["uploaded"]
+    added = service.handle({"action": "add_voice", "voice_name": f"phone_{kind}", "ref_audio_base64": clip,
+                            "ref_audio_transcript": "Maintaining your ability to learn."})
+    assert added["success"], added
+    assert added["duration_seconds"] == pytest.approx(3.0, abs=0.1)
+    assert service.handle({"transcript": "By name.", "ref_audio": f"phone_{kind}", **BASE})["success"]
