@@ -299,3 +299,33 @@ def test_phone_and_browser_recordings_clone(service, voice_prompts, kind):
     assert added["success"], added
     assert added["duration_seconds"] == pytest.approx(3.0, abs=0.1)
     assert service.handle({"transcript": "By name.", "ref_audio": f"phone_{kind}", **BASE})["success"]
+
+
+def test_get_and_delete_voice_actions(settings, tmp_path, voice_prompts):
+    from higgs_tts.settings import ServiceSettings
+
+    voices = tmp_path / "voices"
+    shutil.copytree(voice_prompts, voices)
+    local = dataclasses.replace(settings, voice_prompts_path=voices, voice_cache_dir=tmp_path / "codes")
+    service = SpeechService(local, ServiceSettings(), Synthesizer(local, ModelCache()))
+    added = service.handle({"action": "add_voice", "voice_name": "guest", "ref_audio_base64": b64_audio(2.0),
+                            "ref_audio_transcript": "A guest speaks.", "description": "A test tone"})
+    assert added["voice"] == {"name": "guest", "kind": "clone", "description": "A test tone"}
+    got = service.handle({"action": "get_voice", "voice_name": "guest"})
+    assert got == {"success": True, "voice": {"name": "guest", "kind": "clone", "description": "A test tone",
+                                              "transcript": "A guest speaks.", "duration_seconds": 2.0}}
+    assert service.handle({"transcript": "By name.", "ref_audio": "guest", **BASE})["success"]
+    assert len(list((tmp_path / "codes").rglob("*.npy"))) == 1  # the guest's codes, cached on disk
+
+    deleted = service.handle({"action": "delete_voice", "voice_name": "guest"})
+    assert deleted["success"] and deleted["deleted"] == "guest"
+    assert "guest" not in {v["name"] for v in deleted["voice_suggestions"]}
+    assert list((tmp_path / "codes").rglob("*.npy")) == []  # nothing derived from the voice stays
+    after = service.handle({"transcript": "By name.", "ref_audio": "guest", **BASE})
+    assert not after["success"] and after["error_code"] == "unknown_voice"
+    for action in ("get_voice", "delete_voice"):
+        gone = service.handle({"action": action, "voice_name": "guest"})
+        assert gone["error_code"] == "voice_not_found" and gone["error_field"] == "voice_name", gone
+    bad = service.handle({"action": "delete_voice", "voice_name": "../belinda"})
+    assert bad["error_code"] == "invalid_input" and bad["error_field"] == "voice_name"
+    assert service.handle({"action": "get_voice", "voice_name": "daffy"})["voice"]["kind"] == "described"
