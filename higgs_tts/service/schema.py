@@ -22,7 +22,7 @@ from .formats import FORMATS
 from .storage import validate_bucket, validate_key
 
 ACTIONS = ("generate", "health", "list_voices", "add_voice", "get_voice", "delete_voice")
-PRIVATE_FIELDS = {"transcript", "scene_prompt", "ref_audio_transcript", "ref_audio_base64"}
+PRIVATE_FIELDS = {"transcript", "scene_prompt", "ref_audio_transcript", "ref_audio_base64", "ref_audio_url"}
 OutputFormat = Literal[tuple(FORMATS)]
 ChunkMethod = Literal[CHUNK_METHODS]
 
@@ -89,6 +89,7 @@ class _GenerateFields(_Input):
     generation_chunk_buffer_size: int | None = Field(None, ge=0, le=1000)
     ref_audio_in_system_message: bool = False
     ref_audio_base64: str | None = None
+    ref_audio_url: str | None = Field(None, max_length=4096)  # fetched: https, public addresses (service/fetch.py)
     ref_audio_transcript: str | None = Field(None, max_length=5000)
     speed: float = Field(1.0, ge=0.25, le=4.0)  # playback speed, pitch kept
     stream: bool = False  # RunPod /stream: audio items while generating (a streaming worker only)
@@ -122,6 +123,13 @@ class _GenerateFields(_Input):
             if not NAME_PATTERN.match(bare):
                 raise ValueError(f"voice name {name!r} is invalid: use 1 to 64 letters, digits, '_' or '-'")
         return ",".join(names)
+
+    @field_validator("ref_audio_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().startswith(("https://", "http://")):
+            raise ValueError("must be an https:// URL")
+        return value
 
     @field_validator("s3_bucket")
     @classmethod

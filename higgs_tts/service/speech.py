@@ -28,7 +28,7 @@ from ..synthesis.synthesizer import ReferenceClip, SynthesisRequest, SynthesisRe
 from . import formats
 from .audit import AuditRecord
 from .errors import Failure, InputError, JobError, as_job_error, describe_failure
-from .references import reference_audio
+from .references import fetched_reference, reference_audio
 from .schema import AddVoiceInput, GenerateInput, parse_input
 from .storage import S3Storage, S3Target, StorageError, generated_key
 
@@ -204,11 +204,18 @@ class SpeechService:
             )
         if not speakable(normalize_transcript(request.transcript)):
             raise InputError("transcript: has nothing to speak after normalization", "transcript")
-        if request.ref_audio_transcript and not request.ref_audio_base64:
-            raise InputError("ref_audio_transcript: needs ref_audio_base64", "ref_audio_transcript")
+        if request.ref_audio_transcript and not (request.ref_audio_base64 or request.ref_audio_url):
+            raise InputError("ref_audio_transcript: needs ref_audio_base64 or ref_audio_url", "ref_audio_transcript")
+        if request.ref_audio_base64 and request.ref_audio_url:
+            raise InputError("ref_audio_url: send either ref_audio_base64 or ref_audio_url, not both", "ref_audio_url")
         reference = None
         if request.ref_audio_base64:
             audio = self._reference_audio(request.ref_audio_base64, "ref_audio_base64")
+            reference = ReferenceClip(audio=audio, transcript=request.ref_audio_transcript)
+        elif request.ref_audio_url:
+            audio = fetched_reference(request.ref_audio_url, "ref_audio_url", self.service.ref_audio_url_allowlist,
+                                      self.service.max_reference_bytes, self.service.max_reference_seconds,
+                                      self.service.ref_audio_url_timeout)
             reference = ReferenceClip(audio=audio, transcript=request.ref_audio_transcript)
         self.synthesizer.voices.resolve(request.ref_audio)  # unknown names fail before any work
         return SynthesisRequest(

@@ -329,3 +329,34 @@ def test_get_and_delete_voice_actions(settings, tmp_path, voice_prompts):
     bad = service.handle({"action": "delete_voice", "voice_name": "../belinda"})
     assert bad["error_code"] == "invalid_input" and bad["error_field"] == "voice_name"
     assert service.handle({"action": "get_voice", "voice_name": "daffy"})["voice"]["kind"] == "described"
+
+
+def test_ref_audio_url_is_refused_unless_allow_listed(service, voice_prompts, tmp_path):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from conftest import encode_recording
+
+    (tmp_path / "clip.m4a").write_bytes(encode_recording(voice_prompts / "en_man.wav", "m4a", seconds=3.0))
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    web = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{web.server_address[1]}/clip.m4a"
+    try:
+        job = {"transcript": "From a URL.", "ref_audio_url": url, "ref_audio_transcript": "Maintaining.", **BASE}
+        refused = service.handle(job)
+        assert refused["error_field"] == "ref_audio_url" and refused["error_code"] == "invalid_input"
+        assert refused["error"].startswith("ref_audio_url: must use https")
+        assert url not in refused["error"]  # a presigned URL's signature stays out of replies
+        service.service = dataclasses.replace(service.service, ref_audio_url_allowlist=("127.0.0.1",))
+        cloned = service.handle(job)
+        assert cloned["success"], cloned
+        assert cloned["metadata"]["voice_clone"] == ["uploaded"]
+        both = service.handle({**job, "ref_audio_base64": b64_audio(1.0)})
+        assert both["error_field"] == "ref_audio_url" and "not both" in both["error"]
+        assert service.handle({**job, "ref_audio_url": "ftp://x/y"})["error"].startswith(
+            "ref_audio_url: must be an https:// URL")
+    finally:
+        web.shutdown()
