@@ -1,7 +1,10 @@
 """Voices over HTTP on a running `higgs-tts serve`: multipart upload, use by name, read, delete."""
 
 import concurrent.futures
+import functools
 import shutil
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -16,7 +19,7 @@ def server(tiny_checkpoint, voice_prompts, tmp_path_factory):
     voices = tmp_path_factory.mktemp("voices-http") / "voices"
     shutil.copytree(voice_prompts, voices)
     with running_server(tiny_checkpoint, voice_prompts, tmp_path_factory, API_KEY=KEY,
-                        VOICE_PROMPTS_PATH=str(voices)) as url:
+                        VOICE_PROMPTS_PATH=str(voices), REF_AUDIO_URL_ALLOWLIST="127.0.0.1") as url:
         yield {"url": url, "voices": voices}
 
 
@@ -106,3 +109,46 @@ def test_concurrent_uploads_of_one_name_leave_one_whole_voice(server, voice_prom
     assert voice["duration_seconds"] == pytest.approx(1.0 + winner / 4, abs=0.1)
     assert sorted(p.name for p in server["voices"].iterdir() if p.name.startswith(("racer", ".tmp-"))) == [
         "racer.txt", "racer.wav"]
+
+
+class Files(SimpleHTTPRequestHandler):
+    """Serves a folder; /redirect?to=URL answers 302 to URL."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        if self.path.startswith("/redirect?to="):
+            self.send_response(302)
+            self.send_header("Location", self.path.split("=", 1)[1])
+            self.end_headers()
+            return
+        super().do_GET()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, voice_prompts):
+    folder = tmp_path_factory.mktemp("files")
+    (folder / "clip.webm").write_bytes(encode_recording(voice_prompts / "en_woman.wav", "webm", seconds=2.0))
+    web = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Files, directory=str(folder)))
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    yield web.server_address[1]
+    web.shutdown()
+
+
+def test_ref_audio_url_on_the_running_server(server, files):
+    def job(url):
+        reply = httpx.post(server["url"] + "/runsync", headers=AUTH, timeout=300,
+                           json={"input": {"transcript": "From a URL.", "ref_audio_url": url, "seed": 1,
+                                           "max_new_tokens": 40}})
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    allowed = job(f"http://127.0.0.1:{files}/clip.webm")  # 127.0.0.1 is in REF_AUDIO_URL_ALLOWLIST
+    assert allowed["status"] == "COMPLETED", allowed
+    assert allowed["output"]["metadata"]["voice_clone"] == ["uploaded"]
+    refused = job(f"http://localhost:{files}/clip.webm")  # the same server by a name not on the list
+    assert refused["status"] == "FAILED" and refused["error"].startswith("ref_audio_url: must use https")
+    redirected = job(f"http://127.0.0.1:{files}/redirect?to=https://169.254.169.254/latest/meta-data/")
+    assert redirected["status"] == "FAILED"
+    assert "169.254.169.254, a link-local (cloud metadata) address" in redirected["error"]
