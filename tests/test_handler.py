@@ -108,6 +108,13 @@ def test_voice_actions_add_get_delete(worker, voice_prompts):
     again = runsync(worker, {"action": "delete_voice", "voice_name": "opus_voice"})
     assert again["status"] == "FAILED" and "no stored voice named 'opus_voice'" in again["error"]
 
+    client = HiggsTTSClient(worker["url"])
+    client.add_voice("client_voice", voice_prompts / "en_man.wav", "Maintaining your ability to learn.")
+    assert client.get_voice("client_voice")["kind"] == "clone"
+    assert client.delete_voice("client_voice")["deleted"] == "client_voice"
+    with pytest.raises(HiggsTTSError, match="no stored voice"):
+        client.delete_voice("client_voice")
+
 BAD = [
     ({"transcript": ""}, "transcript: must not be empty"),
     ({"transcript": "x", "temperature": 3}, "temperature"),
