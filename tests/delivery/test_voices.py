@@ -19,7 +19,8 @@ def server(tiny_checkpoint, voice_prompts, tmp_path_factory):
     voices = tmp_path_factory.mktemp("voices-http") / "voices"
     shutil.copytree(voice_prompts, voices)
     with running_server(tiny_checkpoint, voice_prompts, tmp_path_factory, API_KEY=KEY,
-                        VOICE_PROMPTS_PATH=str(voices), REF_AUDIO_URL_ALLOWLIST="127.0.0.1") as url:
+                        VOICE_PROMPTS_PATH=str(voices), REF_AUDIO_URL_ALLOWLIST="127.0.0.1",
+                        MAX_REFERENCE_BYTES="2000000") as url:
         yield {"url": url, "voices": voices}
 
 
@@ -77,6 +78,13 @@ def test_bad_uploads_name_the_parameter(server, form, data, status, param, words
     assert reply.status_code == status, reply.text
     error = reply.json()["error"]
     assert error["param"] == param and words in error["message"], error
+
+
+def test_an_over_size_file_is_413(server):
+    reply = upload(server, "big", b"\0" * 2_000_001)
+    assert reply.status_code == 413, reply.text
+    error = reply.json()["error"]
+    assert error["code"] == "too_large" and error["param"] == "file" and "2000000 bytes" in error["message"]
 
 
 def test_a_missing_part_is_named(server):
