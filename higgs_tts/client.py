@@ -187,6 +187,12 @@ class HiggsTTSClient:
         return self.run_sync({"action": "add_voice", "voice_name": name, "ref_audio_base64": audio,
                               "ref_audio_transcript": transcript, "overwrite": overwrite})
 
+    def get_voice(self, name: str) -> dict:
+        return self.run_sync({"action": "get_voice", "voice_name": name})["voice"]
+
+    def delete_voice(self, name: str) -> dict:
+        return self.run_sync({"action": "delete_voice", "voice_name": name})
+
     @staticmethod
     def save_audio(output: dict, path: str | Path) -> Path:
         """Write inline audio to `path` (for uploaded audio, download `presigned_url` instead)."""

@@ -37,9 +37,9 @@ def _voice_cache_dir() -> Path | None:
     return base / "voice_codes"
 
 
-def _names(name: str) -> tuple[str, ...]:
-    """A comma-separated list, e.g. WEBHOOK_ALLOWLIST=hooks.internal,10.0.0.5."""
-    return tuple(part.strip() for part in (_optional(name) or "").split(",") if part.strip())
+def _hosts(name: str) -> tuple[str, ...]:
+    """A comma-separated list of host names, lower case (e.g. REF_AUDIO_URL_ALLOWLIST=a.example,127.0.0.1)."""
+    return tuple(h.strip().lower() for h in (_optional(name) or "").split(",") if h.strip())
 
 
 def _flag(name: str, default: bool = False) -> bool:
@@ -110,6 +110,9 @@ class ServiceSettings:
     max_concurrency: int = 1
     s3_endpoint_url: str | None = None  # an S3-compatible store; None: AWS
     s3_region: str = "us-east-1"
+    # ref_audio_url: hosts fetched even over plain http or at a private address, and the deadline
+    ref_audio_url_allowlist: tuple[str, ...] = ()
+    ref_audio_url_timeout: float = 20.0
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -125,6 +128,8 @@ class ServiceSettings:
             max_concurrency=_number("MAX_CONCURRENCY", 1),
             s3_endpoint_url=_optional("AWS_ENDPOINT_URL"),
             s3_region=_optional("AWS_DEFAULT_REGION") or "us-east-1",
+            ref_audio_url_allowlist=_hosts("REF_AUDIO_URL_ALLOWLIST"),
+            ref_audio_url_timeout=_number("REF_AUDIO_URL_TIMEOUT", 20.0, float),
         )
 
 
@@ -149,6 +154,6 @@ class ServerSettings:
             log_level=_optional("UVICORN_LOG_LEVEL") or "info",
             preload_model=_flag("PRELOAD_MODEL", True),
             streaming=_flag("STREAMING"),
-            webhook_allowlist=_names("WEBHOOK_ALLOWLIST"),
+            webhook_allowlist=_hosts("WEBHOOK_ALLOWLIST"),
             health_port=_number("PORT_HEALTH", None),
         )

@@ -208,3 +208,58 @@ def running_server(tiny_checkpoint, voice_prompts, tmp_path_factory, **extra_env
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+# Containers and codecs of the recordings phones and browsers make, as PyAV names them.
+RECORDINGS = {"m4a": ("mp4", "aac"), "webm": ("webm", "libopus"), "opus": ("ogg", "libopus"),
+              "mp3": ("mp3", "libmp3lame")}
+
+
+def encode_recording(clip: Path, kind: str, seconds: float | None = None) -> bytes:
+    """A real voice clip (`clip`, any libsndfile format) re-encoded by PyAV as `kind` (a RECORDINGS
+    key), optionally cut to its first `seconds`."""
+    import io
+
+    import av
+    import numpy as np
+    import soundfile as sf
+
+    samples, rate = sf.read(clip, dtype="float32", always_2d=True)
+    mono = samples.mean(axis=1)[: int(rate * seconds) if seconds else None]
+    container, codec = RECORDINGS[kind]
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as out:
+        stream = out.add_stream(codec, rate=48000 if "opus" in codec else rate, layout="mono")
+        resampler = av.AudioResampler(format=stream.codec_context.format, layout="mono", rate=stream.rate)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono[None, :]), format="flt", layout="mono")
+        frame.sample_rate = rate
+        for piece in [*resampler.resample(frame), *resampler.resample(None), None]:
+            for packet in stream.encode(piece):
+                out.mux(packet)
+    return buffer.getvalue()
+
+
+def audio_bomb(kind: str, seconds: float) -> bytes:
+    """A small file that decodes to `seconds` of silence: one encoded packet muxed over and over.
+    WebM is written as a live stream, whose header tells no duration: only decoding finds it out."""
+    import io
+
+    import av
+    import numpy as np
+
+    container, codec = RECORDINGS[kind]
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container, options={"live": "1"} if container == "webm" else {}) as out:
+        stream = out.add_stream(codec, rate=48000, layout="mono")
+        resampler = av.AudioResampler(format=stream.codec_context.format, layout="mono", rate=48000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 48000), np.float32), format="flt", layout="mono")
+        frame.sample_rate = 48000
+        packets = [p for piece in [*resampler.resample(frame), None] for p in stream.encode(piece)]
+        sample = packets[len(packets) // 2]
+        payload, duration, time_base = bytes(sample), sample.duration, sample.time_base
+        for i in range(int(seconds / float(duration * time_base))):
+            packet = av.Packet(payload)
+            packet.stream, packet.time_base, packet.pts, packet.dts, packet.duration = (
+                stream, time_base, i * duration, i * duration, duration)
+            out.mux(packet)
+    return buffer.getvalue()

@@ -100,6 +100,31 @@ def test_clone_from_base64_and_add_voice(worker, voice_prompts):
     assert used["metadata"]["voice_clone"] == "guest_voice"
 
 
+
+def test_voice_actions_add_get_delete(worker, voice_prompts):
+    from conftest import encode_recording
+
+    clip = base64.b64encode(encode_recording(voice_prompts / "en_woman.wav", "opus", seconds=2.0)).decode()
+    added = completed(worker, {"action": "add_voice", "voice_name": "opus_voice", "ref_audio_base64": clip,
+                               "ref_audio_transcript": "An opus take.", "description": "From a browser"})
+    assert added["voice"] == {"name": "opus_voice", "kind": "clone", "description": "From a browser"}
+    got = completed(worker, {"action": "get_voice", "voice_name": "opus_voice"})["voice"]
+    assert got["transcript"] == "An opus take." and abs(got["duration_seconds"] - 2.0) < 0.1
+    assert completed(worker, {"transcript": "By name.", "ref_audio": "opus_voice", **QUICK})["success"]
+    assert completed(worker, {"action": "delete_voice", "voice_name": "opus_voice"})["deleted"] == "opus_voice"
+    assert not list(worker["voices"].glob("opus_voice*"))
+    after = runsync(worker, {"transcript": "By name.", "ref_audio": "opus_voice", **QUICK})
+    assert after["status"] == "FAILED" and "unknown voice 'opus_voice'" in after["error"]
+    again = runsync(worker, {"action": "delete_voice", "voice_name": "opus_voice"})
+    assert again["status"] == "FAILED" and "no stored voice named 'opus_voice'" in again["error"]
+
+    client = HiggsTTSClient(worker["url"])
+    client.add_voice("client_voice", voice_prompts / "en_man.wav", "Maintaining your ability to learn.")
+    assert client.get_voice("client_voice")["kind"] == "clone"
+    assert client.delete_voice("client_voice")["deleted"] == "client_voice"
+    with pytest.raises(HiggsTTSError, match="no stored voice"):
+        client.delete_voice("client_voice")
+
 BAD = [
     ({"transcript": ""}, "transcript: must not be empty"),
     ({"transcript": "x", "temperature": 3}, "temperature"),

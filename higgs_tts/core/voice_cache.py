@@ -26,10 +26,31 @@ class VoiceCodeCache:
 
     @staticmethod
     def key(samples: np.ndarray, codec_fingerprint: str) -> str:
-        """Same audio and same codec, same key (codes from another codec must not be reused)."""
-        digest = hashlib.sha256(codec_fingerprint.encode())
-        digest.update(np.ascontiguousarray(samples, dtype=np.float32).tobytes())
-        return digest.hexdigest()
+        """Same audio and same codec, same key (codes from another codec must not be reused).
+
+        64 hex digits: 32 of the audio alone, then 32 of the audio with the codec, so that every
+        codec's codes of one clip can be found (and dropped) from the audio (`forget`)."""
+        audio = _audio_digest(samples)
+        both = hashlib.sha256(codec_fingerprint.encode())
+        both.update(audio.encode())
+        return audio[:32] + both.hexdigest()[:32]
+
+    def forget(self, samples: np.ndarray) -> int:
+        """Drop the codes of this audio, for every codec, from memory and disk (a deleted voice
+        leaves nothing derived from it behind). Returns how many files were removed."""
+        prefix = _audio_digest(samples)[:32]
+        with self._lock:
+            for key in [k for k in self._codes if k.startswith(prefix)]:
+                del self._codes[key]
+        removed = 0
+        if self.directory is not None and (self.directory / prefix[:2]).is_dir():
+            for path in (self.directory / prefix[:2]).glob(f"{prefix}*.npy"):
+                try:
+                    path.unlink()
+                    removed += 1
+                except OSError as exc:
+                    log.warning("cannot remove the cached codes %s: %s", path.name, exc)
+        return removed
 
     def _file(self, key: str) -> Path | None:
         return self.directory / key[:2] / f"{key}.npy" if self.directory else None
@@ -71,3 +92,7 @@ class VoiceCodeCache:
             self._codes.move_to_end(key)
             while len(self._codes) > self.capacity:
                 self._codes.popitem(last=False)
+
+
+def _audio_digest(samples: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()

@@ -1,13 +1,16 @@
 """The voice library: clone voices (audio + transcript) and described voices (text only).
 
 Layout of the voices folder (`VOICE_PROMPTS_PATH`):
-- `NAME.wav` (or .flac/.mp3/.ogg) with `NAME.txt`, the clip's transcript: a clone voice;
+- `NAME.wav` (or .flac/.mp3/.ogg/.opus/.m4a/.webm) with `NAME.txt`, the clip's transcript: a clone voice,
+  and optionally `NAME.description`, one line that describes it;
 - `profile.yaml` with `profiles: {NAME: description}`: described voices.
 The documented catalog names always exist: with audio they clone it, without they are described.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import tempfile
@@ -20,7 +23,9 @@ import yaml
 
 from .audio import read_audio, write_audio
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm")
+DESCRIPTION_SUFFIX = ".description"
+LOCK_FILE = ".voices.lock"  # flock()ed by every writer, so workers sharing a volume take turns
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 PROFILE_PREFIX = "profile:"  # the reference CLI's spelling for a described voice
 
@@ -76,25 +81,47 @@ class VoiceLibrary:
         self.root = Path(root)
         self._writing = threading.Lock()  # one add() at a time per library
 
-    def add(self, name: str, audio: np.ndarray, transcript: str, overwrite: bool = False) -> Voice:
-        """Store a clone voice as NAME.wav + NAME.txt (24 kHz mono audio, its transcript).
+    @contextlib.contextmanager
+    def _locked(self):
+        """One writer at a time: threads of this process, and processes sharing the folder."""
+        with self._writing:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(self.root / LOCK_FILE, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
 
-        Both files are written under temporary names first and renamed into place only when both
+    def _stored(self, name: str) -> list[Path]:
+        """The files of a stored voice: audio first (its removal alone makes the voice disappear)."""
+        suffixes = (*AUDIO_SUFFIXES, ".txt", DESCRIPTION_SUFFIX)
+        return [self.root / f"{name}{s}" for s in suffixes if (self.root / f"{name}{s}").is_file()]
+
+    def add(self, name: str, audio: np.ndarray, transcript: str, overwrite: bool = False,
+            description: str | None = None) -> Voice:
+        """Store a clone voice as NAME.wav + NAME.txt (24 kHz mono audio, its transcript), with
+        NAME.description when a description is given.
+
+        Every file is written under a temporary name first and renamed into place only when all
         are complete, so a full disk or a crash never leaves half a voice or loses the old one.
         Raises VoiceExists when the name has audio and `overwrite` is not set, OSError when the
         folder cannot be written. Calls are serialized: of N concurrent creations one wins.
         """
         validate_name(name)
-        with self._writing:
+        with self._locked():
             existing = [self.root / f"{name}{s}" for s in AUDIO_SUFFIXES if (self.root / f"{name}{s}").exists()]
             if existing and not overwrite:
                 raise VoiceExists(f"voice {name!r} already exists; set overwrite to true to replace it")
-            self.root.mkdir(parents=True, exist_ok=True)
+            files = [(".txt", lambda p: p.write_text(transcript.strip() + "\n", encoding="utf-8"))]
+            if description and description.strip():
+                text = " ".join(description.split()) + "\n"
+                files.append((DESCRIPTION_SUFFIX, lambda p: p.write_text(text, encoding="utf-8")))
+            files.append((".wav", lambda p: write_audio(p, audio)))
             staged: list[tuple[str, str]] = []
             try:
-                staged.append((_staged(self.root, ".txt", lambda p: p.write_text(transcript.strip() + "\n",
-                                                                                encoding="utf-8")), ".txt"))
-                staged.append((_staged(self.root, ".wav", lambda p: write_audio(p, audio)), ".wav"))
+                for suffix, write in files:
+                    staged.append((_staged(self.root, suffix, write), suffix))
             except BaseException:
                 for tmp, _ in staged:
                     os.unlink(tmp)
@@ -104,7 +131,31 @@ class VoiceLibrary:
             for old in existing:  # audio of another format would shadow or duplicate the new clip
                 if old.suffix != ".wav":
                     old.unlink(missing_ok=True)
+            if not any(suffix == DESCRIPTION_SUFFIX for _, suffix in staged):  # the old one described old audio
+                (self.root / f"{name}{DESCRIPTION_SUFFIX}").unlink(missing_ok=True)
         return self.get(name)
+
+    def delete(self, name: str) -> tuple[Voice, np.ndarray | None]:
+        """Remove a stored clone voice (all its files); returns it and its audio as it was (None
+        when unreadable), so that codes cached from that audio can be dropped too.
+
+        The audio goes first: from then on the voice is gone for readers, whatever follows.
+        Raises VoiceError when no stored voice has the name (described voices live in profile.yaml).
+        """
+        validate_name(name)
+        with self._locked():
+            voice = self._clone_voice(name, self._profiles())
+            if voice is None:
+                raise VoiceError(f"no stored voice named {name!r}" + (
+                    "; it is a described voice (profile.yaml or the catalog), not an uploaded one"
+                    if name in CATALOG or name in self._profiles() else ""), suggestions=self.suggestions())
+            try:
+                audio = voice.load_audio()
+            except ValueError:
+                audio = None
+            for path in self._stored(name):
+                path.unlink(missing_ok=True)
+        return voice, audio
 
     def _inside(self, path: Path) -> bool:
         """True when the path, with every symlink followed, stays inside the voices folder."""
@@ -140,7 +191,10 @@ class VoiceLibrary:
         if not (self._inside(audio) and self._inside(transcript_file)):
             return None
         transcript = transcript_file.read_text(encoding="utf-8").strip()
-        description = CATALOG.get(name) or profiles.get(name) or f"Voice cloned from {audio.name}"
+        description_file = self.root / f"{name}{DESCRIPTION_SUFFIX}"
+        own = (description_file.read_text(encoding="utf-8").strip()
+               if description_file.is_file() and self._inside(description_file) else "")
+        description = own or CATALOG.get(name) or profiles.get(name) or f"Voice cloned from {audio.name}"
         return Voice(name=name, description=description, audio_path=audio, transcript=transcript)
 
     def get(self, name: str) -> Voice:

@@ -3,7 +3,8 @@
     higgs-tts serve --host 127.0.0.1 --port 8000
 
 Surfaces: OpenAI's speech API (`openai.py`), RunPod's job API (`jobs.py`), operations: health and
-metrics (`operations.py`); the API key and the body limit wrap them all (`middleware.py`).
+metrics (`operations.py`), voices: upload, read, delete (`voices.py`); the API key and the body
+limit wrap them all (`middleware.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 from ..service.speech import SpeechService
 from ..settings import ServerSettings
-from . import jobs, openai, operations
+from . import jobs, openai, operations, voices
 from .metrics import Metrics
 from .middleware import BearerAuth, BodyLimit, openai_error
 
@@ -35,7 +36,7 @@ def create_app(service: SpeechService | None = None, server: ServerSettings | No
     if server.api_key:
         app.add_middleware(BearerAuth, api_key=server.api_key)
     app.add_middleware(BodyLimit, max_bytes=server.max_request_bytes)
-    for surface in (operations, openai, jobs):
+    for surface in (operations, openai, voices, jobs):
         app.include_router(surface.router(service, metrics))
     _error_bodies(app)
     return app

@@ -23,6 +23,7 @@ STATUS = {
     "too_long": 400,
     "too_large": 413,
     "voice_exists": 409,
+    "voice_not_found": 404,
     "result_too_large": 413,
     "cancelled": 409,
     "out_of_memory": 503,

@@ -21,8 +21,8 @@ from .errors import InputError
 from .formats import FORMATS
 from .storage import validate_bucket, validate_key
 
-ACTIONS = ("generate", "health", "list_voices", "add_voice")
-PRIVATE_FIELDS = {"transcript", "scene_prompt", "ref_audio_transcript", "ref_audio_base64"}
+ACTIONS = ("generate", "health", "list_voices", "add_voice", "get_voice", "delete_voice")
+PRIVATE_FIELDS = {"transcript", "scene_prompt", "ref_audio_transcript", "ref_audio_base64", "ref_audio_url"}
 OutputFormat = Literal[tuple(FORMATS)]
 ChunkMethod = Literal[CHUNK_METHODS]
 
@@ -89,6 +89,7 @@ class _GenerateFields(_Input):
     generation_chunk_buffer_size: int | None = Field(None, ge=0, le=1000)
     ref_audio_in_system_message: bool = False
     ref_audio_base64: str | None = None
+    ref_audio_url: str | None = Field(None, max_length=4096)  # fetched: https, public addresses (service/fetch.py)
     ref_audio_transcript: str | None = Field(None, max_length=5000)
     speed: float = Field(1.0, ge=0.25, le=4.0)  # playback speed, pitch kept
     stream: bool = False  # RunPod /stream: audio items while generating (a streaming worker only)
@@ -123,6 +124,13 @@ class _GenerateFields(_Input):
                 raise ValueError(f"voice name {name!r} is invalid: use 1 to 64 letters, digits, '_' or '-'")
         return ",".join(names)
 
+    @field_validator("ref_audio_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().startswith(("https://", "http://")):
+            raise ValueError("must be an https:// URL")
+        return value
+
     @field_validator("s3_bucket")
     @classmethod
     def _bucket(cls, value: str | None) -> str | None:
@@ -145,12 +153,8 @@ class ListVoicesInput(_Input):
     action: Literal["list_voices"]
 
 
-class AddVoiceInput(_Input):
-    action: Literal["add_voice"]
+class _NamedVoice(_Input):
     voice_name: str
-    ref_audio_base64: str
-    ref_audio_transcript: str = Field(min_length=1, max_length=5000)
-    overwrite: bool = False
 
     @field_validator("voice_name")
     @classmethod
@@ -159,7 +163,15 @@ class AddVoiceInput(_Input):
             raise ValueError("must be 1 to 64 letters, digits, '_' or '-'")
         return value
 
-    @field_validator("ref_audio_transcript")
+
+class AddVoiceInput(_NamedVoice):
+    action: Literal["add_voice"]
+    ref_audio_base64: str
+    ref_audio_transcript: str = Field(min_length=1, max_length=5000)
+    overwrite: bool = False
+    description: str | None = Field(None, max_length=500)  # shown in voice lists; default "Voice cloned from ..."
+
+    @field_validator("ref_audio_transcript", "description")
     @classmethod
     def _text(cls, value: str | None) -> str | None:
         if value is not None:
@@ -169,11 +181,21 @@ class AddVoiceInput(_Input):
         return value
 
 
+class GetVoiceInput(_NamedVoice):
+    action: Literal["get_voice"]
+
+
+class DeleteVoiceInput(_NamedVoice):
+    action: Literal["delete_voice"]
+
+
 _MODELS = {
     "generate": GenerateInput,
     "health": HealthInput,
     "list_voices": ListVoicesInput,
     "add_voice": AddVoiceInput,
+    "get_voice": GetVoiceInput,
+    "delete_voice": DeleteVoiceInput,
 }
 
 
@@ -191,7 +213,8 @@ def _describe(error: dict) -> tuple[str, str]:
     return field, f"{field}: {message}{shown}"
 
 
-def parse_input(raw: object) -> GenerateInput | HealthInput | ListVoicesInput | AddVoiceInput:
+def parse_input(raw: object) -> (GenerateInput | HealthInput | ListVoicesInput | AddVoiceInput | GetVoiceInput
+                                 | DeleteVoiceInput):
     """The validated input; raises InputError naming the first broken field (all listed)."""
     if not isinstance(raw, dict):
         raise InputError("input must be a JSON object", "input")

@@ -22,13 +22,13 @@ from ..core.audio import duration_seconds, time_stretch
 from ..core.checkpoint import probe
 from ..core.sampling import SamplingParams
 from ..core.text import normalize_transcript, speakable
-from ..core.voices import VoiceExists
+from ..core.voices import Voice, VoiceError, VoiceExists
 from ..settings import ServiceSettings, Settings
 from ..synthesis.synthesizer import Progress, ReferenceClip, SynthesisRequest, SynthesisResult, Synthesizer
 from . import formats
 from .audit import AuditRecord
 from .errors import Failure, InputError, JobError, as_job_error, describe_failure
-from .references import reference_audio
+from .references import fetched_reference, reference_audio
 from .schema import AddVoiceInput, GenerateInput, parse_input
 from .storage import S3Storage, S3Target, StorageError, generated_key
 
@@ -76,6 +76,10 @@ class SpeechService:
                 response = self.list_voices()
             elif request.action == "add_voice":
                 response = self.add_voice(request)
+            elif request.action == "get_voice":
+                response = self.get_voice(request.voice_name)
+            elif request.action == "delete_voice":
+                response = self.delete_voice(request.voice_name)
             elif request.stream:
                 raise InputError(
                     "stream: this worker returns whole responses; streaming needs a worker started with "
@@ -140,10 +144,16 @@ class SpeechService:
         return reference_audio(encoded, field, self.service.max_reference_bytes, self.service.max_reference_seconds)
 
     def add_voice(self, request: AddVoiceInput) -> dict:
-        library = self.synthesizer.voices
         audio = self._reference_audio(request.ref_audio_base64, "ref_audio_base64")
+        return self.store_voice(request.voice_name, audio, request.ref_audio_transcript, request.overwrite,
+                                request.description)
+
+    def store_voice(self, name: str, audio: np.ndarray, transcript: str, overwrite: bool = False,
+                    description: str | None = None) -> dict:
+        """Add a checked 24 kHz reference as a named voice (the add_voice action and HTTP uploads)."""
+        library = self.synthesizer.voices
         try:
-            voice = library.add(request.voice_name, audio, request.ref_audio_transcript, request.overwrite)
+            voice = library.add(name, audio, transcript, overwrite, description)
         except VoiceExists as exc:
             raise InputError(f"voice_name: {exc}", "voice_name", "voice_exists") from None
         except OSError as exc:
@@ -151,10 +161,39 @@ class SpeechService:
                            "storage_error") from None
         return {
             "success": True,
-            "voice": {"name": voice.name, "kind": voice.kind, "description": voice.description},
+            "voice": self._voice_fields(voice),
             "duration_seconds": round(duration_seconds(audio), 3),
             "voice_suggestions": library.suggestions(),
         }
+
+    @staticmethod
+    def _voice_fields(voice: Voice) -> dict:
+        return {"name": voice.name, "kind": voice.kind, "description": voice.description}
+
+    def get_voice(self, name: str) -> dict:
+        """One voice: name, kind, description; a clone's transcript and duration too."""
+        try:
+            voice = self.synthesizer.voices.get(name)
+        except VoiceError as exc:
+            raise InputError(f"voice_name: {exc}", "voice_name", "voice_not_found") from None
+        fields = self._voice_fields(voice)
+        if voice.kind == "clone":
+            fields.update(transcript=voice.transcript, duration_seconds=round(duration_seconds(voice.load_audio()), 3))
+        return {"success": True, "voice": fields}
+
+    def delete_voice(self, name: str) -> dict:
+        """Remove a stored voice's files and every code cached from its audio."""
+        try:
+            voice, audio = self.synthesizer.voices.delete(name)
+        except VoiceError as exc:
+            raise InputError(f"voice_name: {exc}", "voice_name", "voice_not_found") from None
+        except OSError as exc:
+            raise JobError(f"cannot write to the voices folder ({exc.strerror or type(exc).__name__})",
+                           "storage_error") from None
+        if audio is not None:
+            self.synthesizer.forget_reference(audio)
+        library = self.synthesizer.voices
+        return {"success": True, "deleted": voice.name, "voice_suggestions": library.suggestions()}
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -167,11 +206,18 @@ class SpeechService:
             )
         if not speakable(normalize_transcript(request.transcript)):
             raise InputError("transcript: has nothing to speak after normalization", "transcript")
-        if request.ref_audio_transcript and not request.ref_audio_base64:
-            raise InputError("ref_audio_transcript: needs ref_audio_base64", "ref_audio_transcript")
+        if request.ref_audio_transcript and not (request.ref_audio_base64 or request.ref_audio_url):
+            raise InputError("ref_audio_transcript: needs ref_audio_base64 or ref_audio_url", "ref_audio_transcript")
+        if request.ref_audio_base64 and request.ref_audio_url:
+            raise InputError("ref_audio_url: send either ref_audio_base64 or ref_audio_url, not both", "ref_audio_url")
         reference = None
         if request.ref_audio_base64:
             audio = self._reference_audio(request.ref_audio_base64, "ref_audio_base64")
+            reference = ReferenceClip(audio=audio, transcript=request.ref_audio_transcript)
+        elif request.ref_audio_url:
+            audio = fetched_reference(request.ref_audio_url, "ref_audio_url", self.service.ref_audio_url_allowlist,
+                                      self.service.max_reference_bytes, self.service.max_reference_seconds,
+                                      self.service.ref_audio_url_timeout)
             reference = ReferenceClip(audio=audio, transcript=request.ref_audio_transcript)
         self.synthesizer.voices.resolve(request.ref_audio)  # unknown names fail before any work
         return SynthesisRequest(

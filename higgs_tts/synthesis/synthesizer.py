@@ -247,6 +247,10 @@ class Synthesizer:
         self._voice_codes.put(key, frames)
         return frames
 
+    def forget_reference(self, samples: np.ndarray) -> int:
+        """Drop every cached code of this reference audio (memory and disk); returns files removed."""
+        return self._voice_codes.forget(samples)
+
     def _prompt_voice(self, voice: Voice) -> PromptVoice:
         if voice.kind != "clone":
             return PromptVoice(description=voice.description)

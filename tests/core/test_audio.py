@@ -96,4 +96,81 @@ def test_resampler_and_decoded_size_bombs_stay_within_100_mb(rate, channels, sec
 def test_an_undecodable_file_is_described_without_python_internals():
     with pytest.raises(AudioError) as err:
         read_audio(b"not audio at all" * 10)
-    assert str(err.value) == "cannot decode audio: Format not recognised."
+    message = str(err.value)
+    assert message.startswith("cannot decode audio: Format not recognised. (FFmpeg: Invalid data found"), message
+    assert "BytesIO" not in message and "0x" not in message
+
+
+@pytest.mark.parametrize("kind", ["m4a", "webm", "opus", "mp3"])
+def test_phone_and_browser_recordings_decode(kind, voice_prompts):
+    from conftest import encode_recording
+
+    original = read_audio(voice_prompts / "belinda.wav")
+    data = encode_recording(voice_prompts / "belinda.wav", kind, seconds=3.0)
+    audio = read_audio(data, max_seconds=60)
+    assert audio.ndim == 1 and audio.dtype == np.float32
+    assert abs(len(audio) / SAMPLE_RATE - 3.0) < 0.1  # encoder padding at most
+    # The same speech, not noise: the loudness envelope follows the original's.
+    n = min(len(audio), 3 * SAMPLE_RATE) // 2400 * 2400
+    envelope = lambda x: np.sqrt((x[:n].reshape(-1, 2400) ** 2).mean(axis=1))  # noqa: E731
+    assert np.corrcoef(envelope(audio), envelope(original))[0, 1] > 0.8
+
+
+def test_a_container_outside_the_list_is_refused_before_it_opens():
+    import io
+
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mpegts") as out:  # FFmpeg reads it; libsndfile does not
+        stream = out.add_stream("mp2", rate=48000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 48000), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 48000
+        for piece in (frame, None):
+            for packet in stream.encode(piece):
+                out.mux(packet)
+    assert av.open(io.BytesIO(buffer.getvalue())).streams.audio  # a real, readable file
+    with pytest.raises(AudioError, match="supported: WAV, FLAC, MP3, OGG/Opus, M4A/AAC or WebM"):
+        read_audio(buffer.getvalue())
+
+
+AV_BOMB_PROBE = """
+import sys, time
+from higgs_tts.core.audio import AudioError, read_audio
+
+def peak_kb():
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
+
+data = open(sys.argv[1], "rb").read()
+open("/proc/self/clear_refs", "w").write("5")  # the peak restarts from the current size (Linux)
+before = peak_kb()
+started = time.perf_counter()
+try:
+    audio = read_audio(data, max_seconds=60)
+    outcome = f"decoded {len(audio)}"
+except AudioError as exc:
+    outcome = f"refused {exc}"
+seconds = time.perf_counter() - started
+grown = (peak_kb() - before) / 1024
+print(f"{outcome}|{seconds:.3f}|{grown:.0f}")
+"""
+
+
+@pytest.mark.parametrize("kind", ["webm", "m4a", "opus"])
+def test_a_compressed_audio_bomb_is_refused_with_bounded_memory(kind, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import audio_bomb
+
+    bomb = tmp_path / f"bomb.{kind}"
+    bomb.write_bytes(audio_bomb(kind, 3 * 3600))  # three hours of silence in a few MB
+    assert bomb.stat().st_size < 10 * 2**20
+    done = subprocess.run([sys.executable, "-c", AV_BOMB_PROBE, str(bomb)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    outcome, seconds, grown = done.stdout.strip().rsplit("|", 2)
+    print(f"{kind} bomb ({bomb.stat().st_size} bytes): {outcome} in {seconds} s, peak RSS +{grown} MB")
+    assert outcome.startswith("refused audio is"), outcome
+    assert "limit" in outcome and "60 s" in outcome
+    assert float(grown) < 100, f"peak memory grew by {grown} MB"

@@ -61,3 +61,16 @@ def test_a_voice_is_encoded_once_per_volume(settings, tmp_path):
         assert torch.equal(second.encode_reference(audio), codes)
     finally:
         loaded.codec.encode = original
+
+
+def test_forget_drops_the_audio_codes_for_every_codec(tmp_path):
+    audio, other = np.ones(100, dtype=np.float32), np.zeros(100, dtype=np.float32)
+    cache = VoiceCodeCache(tmp_path)
+    for codec in ("codec-a", "codec-b"):
+        cache.put(VoiceCodeCache.key(audio, codec), torch.ones(3, 8, dtype=torch.long))
+    cache.put(VoiceCodeCache.key(other, "codec-a"), torch.zeros(3, 8, dtype=torch.long))
+    assert cache.forget(audio) == 2
+    assert cache.get(VoiceCodeCache.key(audio, "codec-a")) is None
+    assert cache.get(VoiceCodeCache.key(audio, "codec-b")) is None
+    assert VoiceCodeCache(tmp_path).get(VoiceCodeCache.key(other, "codec-a")) is not None  # others stay
+    assert len(list(tmp_path.rglob("*.npy"))) == 1

@@ -191,3 +191,63 @@ def test_of_concurrent_creations_of_one_name_exactly_one_wins(tmp_path):
     voice = library.get("racer")
     assert voice.transcript == f"Take {i}."  # the transcript and the audio of the same call
     assert abs(float(voice.load_audio()[100]) - i / 100) < 1e-3
+
+
+def test_delete_removes_every_file_and_the_voice(library):
+    audio = (0.1 * np.sin(np.arange(24000) / 10)).astype(np.float32)
+    library.add("guest", audio, "A guest.", description="A guest voice,\n  warm")
+    assert library.get("guest").description == "A guest voice, warm"
+    voice, removed = library.delete("guest")
+    assert voice.name == "guest" and removed is not None and len(removed) == len(audio)
+    assert not [p for p in library.root.iterdir() if p.name.startswith("guest")]
+    with pytest.raises(VoiceError, match="unknown voice 'guest'"):
+        library.get("guest")
+    with pytest.raises(VoiceError, match="no stored voice named 'guest'"):
+        library.delete("guest")
+
+
+def test_deleting_a_catalog_voice_leaves_it_described(library):
+    library.delete("belinda")
+    assert library.get("belinda").kind == "described"
+    with pytest.raises(VoiceError, match="described voice"):
+        library.delete("belinda")
+    with pytest.raises(VoiceError, match="invalid voice name"):
+        library.delete("../belinda")
+
+
+def test_overwriting_without_a_description_drops_the_old_one(library):
+    audio = np.zeros(24000, dtype=np.float32)
+    library.add("guest", audio, "A guest.", description="First take")
+    assert library.add("guest", audio, "Again.", overwrite=True).description == "Voice cloned from guest.wav"
+
+
+def test_concurrent_adds_and_deletes_leave_whole_voices_or_none(tmp_path):
+    import threading
+
+    from higgs_tts.core.voices import VoiceExists
+
+    library = VoiceLibrary(tmp_path / "voices")
+    start = threading.Barrier(16)
+
+    def work(i: int) -> None:
+        start.wait()
+        for _ in range(5):
+            try:
+                if i % 2:
+                    library.add("churn", np.full(2400, i / 100, dtype=np.float32), f"Take {i}.", overwrite=True)
+                else:
+                    library.delete("churn")
+            except (VoiceExists, VoiceError):
+                pass
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    names = sorted(p.name for p in (tmp_path / "voices").iterdir() if not p.name.startswith(".voices"))
+    assert names in ([], ["churn.txt", "churn.wav"]), names
+    if names:
+        voice = library.get("churn")
+        i = int(voice.transcript.split()[1].rstrip("."))
+        assert abs(float(voice.load_audio()[100]) - i / 100) < 1e-3

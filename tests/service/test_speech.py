@@ -296,3 +296,80 @@ def test_a_vanishing_temperature_decodes_greedily(service, temperature):
     assert response["success"] is True, response.get("error")
     greedy = service.handle({"transcript": "Cold.", "temperature": 0, **BASE})
     assert response["audio_base64"] == greedy["audio_base64"]
+
+
+@pytest.mark.parametrize("kind", ["m4a", "webm", "opus"])
+def test_phone_and_browser_recordings_clone(service, voice_prompts, kind):
+    from conftest import encode_recording
+
+    data = encode_recording(voice_prompts / "en_man.wav", kind, seconds=3.0)
+    clip = f"data:audio/{kind};base64," + base64.b64encode(data).decode()  # as a browser's FileReader gives it
+    cloned = service.handle({"transcript": "Cloned.", "ref_audio_base64": clip, **BASE})
+    assert cloned["success"], cloned
+    assert cloned["metadata"]["voice_clone"] == ["uploaded"]
+    added = service.handle({"action": "add_voice", "voice_name": f"phone_{kind}", "ref_audio_base64": clip,
+                            "ref_audio_transcript": "Maintaining your ability to learn."})
+    assert added["success"], added
+    assert added["duration_seconds"] == pytest.approx(3.0, abs=0.1)
+    assert service.handle({"transcript": "By name.", "ref_audio": f"phone_{kind}", **BASE})["success"]
+
+
+def test_get_and_delete_voice_actions(settings, tmp_path, voice_prompts):
+    from higgs_tts.settings import ServiceSettings
+
+    voices = tmp_path / "voices"
+    shutil.copytree(voice_prompts, voices)
+    local = dataclasses.replace(settings, voice_prompts_path=voices, voice_cache_dir=tmp_path / "codes")
+    service = SpeechService(local, ServiceSettings(), Synthesizer(local, ModelCache()))
+    added = service.handle({"action": "add_voice", "voice_name": "guest", "ref_audio_base64": b64_audio(2.0),
+                            "ref_audio_transcript": "A guest speaks.", "description": "A test tone"})
+    assert added["voice"] == {"name": "guest", "kind": "clone", "description": "A test tone"}
+    got = service.handle({"action": "get_voice", "voice_name": "guest"})
+    assert got == {"success": True, "voice": {"name": "guest", "kind": "clone", "description": "A test tone",
+                                              "transcript": "A guest speaks.", "duration_seconds": 2.0}}
+    assert service.handle({"transcript": "By name.", "ref_audio": "guest", **BASE})["success"]
+    assert len(list((tmp_path / "codes").rglob("*.npy"))) == 1  # the guest's codes, cached on disk
+
+    deleted = service.handle({"action": "delete_voice", "voice_name": "guest"})
+    assert deleted["success"] and deleted["deleted"] == "guest"
+    assert "guest" not in {v["name"] for v in deleted["voice_suggestions"]}
+    assert list((tmp_path / "codes").rglob("*.npy")) == []  # nothing derived from the voice stays
+    after = service.handle({"transcript": "By name.", "ref_audio": "guest", **BASE})
+    assert not after["success"] and after["error_code"] == "unknown_voice"
+    for action in ("get_voice", "delete_voice"):
+        gone = service.handle({"action": action, "voice_name": "guest"})
+        assert gone["error_code"] == "voice_not_found" and gone["error_field"] == "voice_name", gone
+    bad = service.handle({"action": "delete_voice", "voice_name": "../belinda"})
+    assert bad["error_code"] == "invalid_input" and bad["error_field"] == "voice_name"
+    assert service.handle({"action": "get_voice", "voice_name": "daffy"})["voice"]["kind"] == "described"
+
+
+def test_ref_audio_url_is_refused_unless_allow_listed(service, voice_prompts, tmp_path):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from conftest import encode_recording
+
+    (tmp_path / "clip.m4a").write_bytes(encode_recording(voice_prompts / "en_man.wav", "m4a", seconds=3.0))
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    web = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{web.server_address[1]}/clip.m4a"
+    try:
+        job = {"transcript": "From a URL.", "ref_audio_url": url, "ref_audio_transcript": "Maintaining.", **BASE}
+        refused = service.handle(job)
+        assert refused["error_field"] == "ref_audio_url" and refused["error_code"] == "invalid_input"
+        assert refused["error"].startswith("ref_audio_url: must use https")
+        assert url not in refused["error"]  # a presigned URL's signature stays out of replies
+        service.service = dataclasses.replace(service.service, ref_audio_url_allowlist=("127.0.0.1",))
+        cloned = service.handle(job)
+        assert cloned["success"], cloned
+        assert cloned["metadata"]["voice_clone"] == ["uploaded"]
+        both = service.handle({**job, "ref_audio_base64": b64_audio(1.0)})
+        assert both["error_field"] == "ref_audio_url" and "not both" in both["error"]
+        assert service.handle({**job, "ref_audio_url": "ftp://x/y"})["error"].startswith(
+            "ref_audio_url: must be an https:// URL")
+    finally:
+        web.shutdown()
