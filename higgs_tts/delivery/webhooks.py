@@ -10,14 +10,14 @@ name can resolve elsewhere later); redirects are not followed.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
-import socket
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+
+from higgs_tts.service import fetch
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,13 @@ def check_url(url: str, allowlist: tuple[str, ...] = ()) -> str:
     if host in {h.lower() for h in allowlist}:
         return url
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)}
-    except (socket.gaierror, UnicodeError):
-        raise WebhookRefused(f"webhook: cannot resolve host {host!r}") from None
+        addresses = fetch.resolve(host, parts.port or (443 if parts.scheme == "https" else 80))
+    except fetch.FetchError as exc:
+        raise WebhookRefused(f"webhook: {exc}") from None
     for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if not ip.is_global:
-            raise WebhookRefused(f"webhook: host {host!r} is a private address ({ip}); this server calls only "
-                                 "public hosts unless WEBHOOK_ALLOWLIST names the host")
+        if reason := fetch.blocked_range(address):  # the reference fetcher's rule, written once
+            raise WebhookRefused(f"webhook: host {host!r} resolves to {address}, {reason}; this server calls "
+                                 "only public hosts unless WEBHOOK_ALLOWLIST names the host")
     return url
 
 

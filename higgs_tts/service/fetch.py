@@ -49,7 +49,7 @@ def blocked_range(address: Address) -> str | None:
     return None
 
 
-def _resolve(host: str, port: int) -> list[Address]:
+def resolve(host: str, port: int) -> list[Address]:
     try:
         return [ipaddress.ip_address(host)]
     except ValueError:
@@ -76,7 +76,7 @@ def check_url(url: str, allowlist: Collection[str]) -> tuple[httpx.URL, Address]
     allowed = host in {h.lower().rstrip(".") for h in allowlist}
     if target.scheme != "https" and not allowed:
         raise FetchError(f"must use https (plain http only for a host in the allow-list; {host!r} is not)")
-    addresses = _resolve(host, target.port or (443 if target.scheme == "https" else 80))
+    addresses = resolve(host, target.port or (443 if target.scheme == "https" else 80))
     if not addresses:
         raise FetchError(f"host {host!r} has no address")
     if not allowed:
