@@ -132,6 +132,8 @@ class ServerSettings:
     log_level: str = "info"  # uvicorn's
     preload_model: bool = True  # load the model (and capture graphs) when the process starts
     streaming: bool = False  # RunPod worker: a generator handler, so `stream: true` jobs stream
+    voice_aliases_path: Path | None = None  # OpenAI voice names -> library voices; None: the packaged file
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the HTTP server; () = CORS off
 
     @classmethod
     def from_env(cls) -> ServerSettings:
@@ -141,4 +143,6 @@ class ServerSettings:
             log_level=_optional("UVICORN_LOG_LEVEL") or "info",
             preload_model=_flag("PRELOAD_MODEL", True),
             streaming=_flag("STREAMING"),
+            voice_aliases_path=Path(p) if (p := _optional("VOICE_ALIASES_PATH")) else None,
+            cors_origins=tuple(o.strip() for o in (_optional("CORS_ORIGINS") or "").split(",") if o.strip()),
         )

@@ -42,8 +42,8 @@ def extension(fmt: str) -> str:
 
 
 def streams(fmt: str) -> bool:
-    """Whether the HTTP server sends `fmt` while it is generated."""
-    return fmt in ("wav", "pcm")
+    """Whether `fmt` can be sent while it is generated (every format can; speed changes cannot)."""
+    return fmt in FORMATS
 
 
 def pieces(data, size: int):
