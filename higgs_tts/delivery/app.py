@@ -39,7 +39,7 @@ def create_app(service: SpeechService | None = None, server: ServerSettings | No
     if server.cors_origins:  # outermost: preflights are answered before the key is asked for
         app.add_middleware(CORSMiddleware, allow_origins=list(server.cors_origins), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["X-Audio-Duration", "X-Seed", "X-Generation-Time",
-                                                                "X-Text-Chunks"])
+                                                                "X-Text-Chunks", "X-Chunks-Cut"])
     app.include_router(operations.router(service, metrics))
     app.include_router(openai.router(service, metrics, VoiceAliases.load(server.voice_aliases_path)))
     app.include_router(jobs.router(service, metrics))

@@ -169,6 +169,7 @@ def router(service: SpeechService, metrics: Metrics, aliases: VoiceAliases | Non
             "X-Seed": str(result.seed),
             "X-Generation-Time": f"{result.generation_seconds:.3f}",
             "X-Text-Chunks": str(len(result.chunks)),
+            "X-Chunks-Cut": str(len(result.cut_chunks)),  # chunks that max_new_tokens ended early
         }
         if body.stream_format == "sse":
             events = _sse(formats.pieces(rendered.data, 48 * 1024), len(body.input), lambda: result.num_frames)

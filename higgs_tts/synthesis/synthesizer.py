@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..core.checkpoint import LoadedModel, ModelCache, load_processor
-from ..core.codes import generated_frames
+from ..core.codes import STREAM_EOS, generated_frames
 from ..core.prompt import DEFAULT_SCENE, Prompt, PromptRenderer, PromptVoice, build_prompt
 from ..core.sampling import MAX_SEED, SamplingParams
 from ..core.streaming import StreamingDecoder
@@ -94,6 +94,7 @@ class SynthesisResult:
     generation_seconds: float
     decode_seconds: float
     first_audio_seconds: float | None = None  # streaming: from the call to the first audio chunk
+    cut_chunks: tuple[int, ...] = ()  # chunks that reached max_new_tokens before the model ended them
 
     @property
     def duration_seconds(self) -> float:
@@ -115,6 +116,7 @@ class _Run:
     generation_seconds: float = 0.0
     first_audio_seconds: float | None = None
     history: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # (chunk text, its frames)
+    cut_chunks: list[int] = field(default_factory=list)
 
     def codes(self) -> torch.Tensor:
         if not self.history:
@@ -128,6 +130,7 @@ class _Run:
             text=self.text, chunks=self.chunks, seed=self.seed, voices=self.voice_names,
             model_load_seconds=self.model_load_seconds, generation_seconds=self.generation_seconds,
             decode_seconds=decode_seconds, first_audio_seconds=self.first_audio_seconds,
+            cut_chunks=tuple(self.cut_chunks),
         )
 
 
@@ -340,4 +343,8 @@ class Synthesizer:
                 sent, frames = frames.shape[0], generated_frames(torch.cat(columns))
                 if frames.shape[0] > sent:
                     yield frames[sent:]
+            if not any(bool((c == STREAM_EOS).all(dim=1).any()) for c in columns):  # no all-EOS column: cut
+                run.cut_chunks.append(len(run.history))
+                log.warning("chunk %d of %d reached max_new_tokens (%d) before its end; its speech is cut",
+                            len(run.history) + 1, len(run.chunks), request.sampling.max_new_tokens)
             run.history.append((chunk, frames))

@@ -194,3 +194,10 @@ def test_cors_is_off_by_default_and_answers_preflights_when_configured(service):
     assert denied.status_code == 401 and denied.headers["access-control-allow-origin"] == "https://chat.example"
     other = on.options("/v1/audio/speech", headers={**preflight, "Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_chunk_cut_by_max_new_tokens_is_reported(client):
+    # 8 codebooks: the all-EOS column that ends speech needs at least 8 steps, so 5 frames always cut
+    cut = speech(client, input="Cut me short.", response_format="wav", stream=False, max_new_tokens=5,
+                 chunk_method=None)
+    assert cut.status_code == 200 and cut.headers["x-chunks-cut"] == "1"
