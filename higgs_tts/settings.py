@@ -145,6 +145,8 @@ class ServerSettings:
     # hosts a /run job's webhook may reach though they resolve to private addresses
     webhook_allowlist: tuple[str, ...] = ()
     health_port: int | None = None  # PORT_HEALTH: /ping on this port too (RunPod load balancing)
+    voice_aliases_path: Path | None = None  # OpenAI voice names -> library voices; None: the packaged file
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the HTTP server; () = CORS off
 
     @classmethod
     def from_env(cls) -> ServerSettings:
@@ -156,4 +158,6 @@ class ServerSettings:
             streaming=_flag("STREAMING"),
             webhook_allowlist=_hosts("WEBHOOK_ALLOWLIST"),
             health_port=_number("PORT_HEALTH", None),
+            voice_aliases_path=Path(p) if (p := _optional("VOICE_ALIASES_PATH")) else None,
+            cors_origins=tuple(o.strip() for o in (_optional("CORS_ORIGINS") or "").split(",") if o.strip()),
         )

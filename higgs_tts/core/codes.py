@@ -37,6 +37,11 @@ def undelay(columns: torch.Tensor) -> torch.Tensor:
     return torch.stack([columns[k : k + frames, k] for k in range(num_codebooks)], dim=1)
 
 
+def stream_ended(columns: torch.Tensor, eos: int = STREAM_EOS) -> bool:
+    """Whether the model ended the stream: an EOS in any codebook of any column (upstream's rule)."""
+    return bool((columns == eos).any())
+
+
 def generated_frames(columns: torch.Tensor, bos: int = STREAM_BOS, eos: int = STREAM_EOS) -> torch.Tensor:
     """Frames from the columns a generation produced (starting with its all-BOS column), as upstream
     keeps them (docs/upstream-fidelity.md): the stream up to the column where upstream's loop ends it,

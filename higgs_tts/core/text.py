@@ -11,6 +11,9 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 CHUNK_METHODS = ("speaker", "word", "sentence")  # or None: the whole text as one chunk
+# Speech runs about 10 frames (0.4 s) a word; a chunk of max_new_tokens / WORD_FRAMES words leaves
+# twice that room, so slow or long words are not cut (2048 frames: chunks of 102 words).
+WORD_FRAMES = 20
 
 # Full-width / CJK punctuation to ASCII, as the reference pipeline maps it.
 _CJK_PUNCTUATION = {
@@ -118,6 +121,16 @@ def _words(text: str, language: str) -> list[str]:
 
 def _join_words(words: Iterable[str], language: str) -> str:
     return ("" if language == "zh" else " ").join(words)
+
+
+def word_count(text: str) -> int:
+    """Words of the text (Chinese counted by jieba's words), as the chunkers count them."""
+    return len(_words(text, detect_language(text)))
+
+
+def words_per_chunk(max_new_tokens: int) -> int:
+    """The most words a chunk may have to be spoken within `max_new_tokens` frames."""
+    return max(1, max_new_tokens // WORD_FRAMES)
 
 
 def chunk_by_speaker(text: str, max_num_turns: int = 1) -> list[str]:

@@ -2,9 +2,10 @@
 
     higgs-tts serve --host 127.0.0.1 --port 8000
 
-Surfaces: OpenAI's speech API (`openai.py`), RunPod's job API (`jobs.py`), operations: health and
-metrics (`operations.py`), voices: upload, read, delete (`voices.py`); the API key and the body
-limit wrap them all (`middleware.py`).
+Surfaces: OpenAI's speech API (`openai.py`, voice aliases in `aliases.py`), RunPod's job API
+(`jobs.py`), operations: health and metrics (`operations.py`), voices: upload, read, delete
+(`voices.py`); the API key and the body limit wrap them all (`middleware.py`), CORS (when
+`CORS_ORIGINS` is set) wraps those.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
 
 from ..service.speech import SpeechService
 from ..settings import ServerSettings
 from . import jobs, openai, operations, voices
+from .aliases import VoiceAliases
 from .metrics import Metrics
 from .middleware import BearerAuth, BodyLimit, openai_error
 
@@ -36,8 +39,14 @@ def create_app(service: SpeechService | None = None, server: ServerSettings | No
     if server.api_key:
         app.add_middleware(BearerAuth, api_key=server.api_key)
     app.add_middleware(BodyLimit, max_bytes=server.max_request_bytes)
-    for surface in (operations, openai, voices, jobs):
-        app.include_router(surface.router(service, metrics))
+    if server.cors_origins:  # outermost: preflights are answered before the key is asked for
+        app.add_middleware(CORSMiddleware, allow_origins=list(server.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["X-Audio-Duration", "X-Seed", "X-Generation-Time",
+                                                                "X-Text-Chunks", "X-Chunks-Cut"])
+    app.include_router(operations.router(service, metrics))
+    app.include_router(openai.router(service, metrics, VoiceAliases.load(server.voice_aliases_path)))
+    app.include_router(voices.router(service, metrics))
+    app.include_router(jobs.router(service, metrics))
     _error_bodies(app)
     return app
 

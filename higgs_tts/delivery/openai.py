@@ -1,10 +1,12 @@
-"""OpenAI's speech API: `POST /v1/audio/speech` and the voice list."""
+"""OpenAI's speech API: `POST /v1/audio/speech`, the model and voice lists."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Literal
@@ -13,13 +15,17 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ..core.audio import SAMPLE_RATE
+from ..core.sampling import SamplingParams
+from ..core.text import speaker_tags, word_count, words_per_chunk
 from ..service import formats
 from ..service.audit import AuditRecord
-from ..service.schema import OutputFormat, parse_input
+from ..service.errors import Failure
+from ..service.schema import GenerateInput, OutputFormat, parse_input
 from ..service.speech import SpeechService
+from .aliases import VoiceAliases
 from .metrics import Metrics
 from .middleware import failure_response, openai_error
 
@@ -34,33 +40,86 @@ def model_label(model: str) -> str:
     return model if model in MODEL_NAMES else "other"
 
 
-class SpeechRequest(BaseModel):
-    """OpenAI's `POST /v1/audio/speech` body (plus the seed, which OpenAI lacks).
+# The job fields /v1/audio/speech spells OpenAI's way, and those that belong to RunPod jobs only.
+OPENAI_NAMES = {"transcript": "input", "ref_audio": "voice", "output_format": "response_format"}
+JOB_ONLY = {"action", "s3_bucket", "s3_key", "stream"}
+# Fields that known clients add: accepted, and ignored but for `stream` (README, "HTTP server").
+CLIENT_EXTRAS = {
+    "stream": "Kokoro-FastAPI's; false: the whole file when it is done (lengths in its header)",
+    "backend": "LibreChat's (for LocalAI); ignored",
+    "lang_code": "Kokoro-FastAPI's; ignored: the model reads the language from the text",
+}
 
-    `stream_format: "sse"` sends OpenAI's event shape; the events follow generation of the whole
-    clip (incremental decoding is not built yet).
-    """
+
+class _OpenAIFields(BaseModel):
+    """OpenAI's `POST /v1/audio/speech` body; the job's generation fields are added as extensions."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     model: str = Field("higgs-audio-v2", max_length=100)
-    input: str
-    voice: str | None = None
+    input: str = Field(description="the text to speak (long texts are chunked by sentences)")
+    voice: str | None = Field(None, description="a library voice, OpenAI's name (alias) or several: 'a,b'")
     response_format: OutputFormat = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
-    instructions: str | None = None
+    instructions: str | None = Field(None, description="the scene prompt")
     stream_format: Literal["audio", "sse"] = "audio"
-    seed: int | None = None
+    stream: bool | None = Field(None, description=CLIENT_EXTRAS["stream"])
+    backend: str | None = Field(None, max_length=100, description=CLIENT_EXTRAS["backend"])
+    lang_code: str | None = Field(None, max_length=20, description=CLIENT_EXTRAS["lang_code"])
 
 
+# Every other generation field of the job schema, under its own name: sampling, chunking, seed,
+# scene_prompt, the reference clip; a field added to GenerateInput is accepted here unedited.
+EXTENSIONS = {name: (info.annotation, info) for name, info in GenerateInput.model_fields.items()
+              if name not in OPENAI_NAMES and name not in JOB_ONLY and name not in _OpenAIFields.model_fields}
+SpeechRequest = create_model("SpeechRequest", __base__=_OpenAIFields, __module__=__name__, **EXTENSIONS)
 
-def router(service: SpeechService, metrics: Metrics) -> APIRouter:
+
+def _public(failure: Failure, names: dict[str, str]) -> Failure:
+    """The failure in the request's own field names (`voice`, not `ref_audio`)."""
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+    return dataclasses.replace(failure, message=pattern.sub(lambda m: names[m.group()], failure.message),
+                               field=names.get(failure.field, failure.field))
+
+
+def _model_list() -> list[dict]:
+    return [{"id": name, "object": "model", "created": 0, "owned_by": "higgs-tts"} for name in MODEL_NAMES]
+
+
+def router(service: SpeechService, metrics: Metrics, aliases: VoiceAliases | None = None) -> APIRouter:
     api = APIRouter()
+    aliases = aliases or VoiceAliases.load()
+
+    def library() -> dict[str, dict]:
+        return {v["name"]: v for v in service.list_voices()["voices"]}
 
     @api.get("/v1/voices")
     def voices():
         return {"voices": service.list_voices()["voices"]}
 
-    @api.post("/v1/audio/speech")
+    @api.get("/v1/models")
+    def models():
+        return {"object": "list", "data": _model_list()}
+
+    @api.get("/v1/audio/models")
+    def audio_models():  # OpenAI's list, plus Open WebUI's `models`
+        return {"object": "list", "data": _model_list(), "models": [{"id": n, "name": n} for n in MODEL_NAMES]}
+
+    @api.get("/v1/audio/voices")
+    def audio_voices():
+        """Library voices, then OpenAI's names that map to one (Open WebUI reads `voices[].id`)."""
+        known = library()
+        listed = [{"id": name, **voice} for name, voice in known.items()]
+        for alias, target in aliases.mapping.items():
+            if alias not in known and all(t in known for t in target.split(",")):
+                description = "; ".join(f"{t}: {known[t]['description']}" for t in target.split(","))
+                listed.append({"id": alias, "name": alias, "kind": "alias", "description": description,
+                               "voice": target})
+        return {"voices": listed}
+
+    # The body is read by hand (strict, errors in OpenAI's shape), and declared here for /docs.
+    body_schema = {"required": True, "content": {"application/json": {"schema": SpeechRequest.model_json_schema()}}}
+
+    @api.post("/v1/audio/speech", openapi_extra={"requestBody": body_schema})
     async def speech(request: Request):
         started = time.perf_counter()
         try:
@@ -70,11 +129,18 @@ def router(service: SpeechService, metrics: Metrics) -> APIRouter:
             field = ".".join(str(p) for p in error["loc"]) or "body"
             metrics.observe("speech", started, 400, code="invalid_input")
             return openai_error(400, f"{field}: {error['msg']}", "invalid_input", field)
+        names = dict(OPENAI_NAMES)
         raw = {"transcript": body.input, "output_format": body.response_format, "speed": body.speed}
-        streamable = body.speed == 1.0 and formats.streams(body.response_format)
-        for key, value in (("ref_audio", body.voice), ("scene_prompt", body.instructions), ("seed", body.seed)):
-            if value is not None:
-                raw[key] = value
+        raw.update({name: getattr(body, name) for name in EXTENSIONS if name in body.model_fields_set})
+        if body.instructions is not None:
+            if "scene_prompt" in body.model_fields_set:
+                return openai_error(400, "instructions: give instructions or scene_prompt, not both",
+                                    "invalid_input", "instructions")
+            raw["scene_prompt"], names["scene_prompt"] = body.instructions, "instructions"
+        if body.voice is not None and body.voice.strip():
+            raw["ref_audio"] = aliases.resolve(body.voice, set(library()))
+        _chunk_long_input(raw, body.model_fields_set)
+        streamable = body.speed == 1.0 and body.stream is not False and formats.streams(body.response_format)
         audit = AuditRecord(job_id=f"http-{uuid.uuid4().hex[:12]}", raw=raw)
         try:
             request_input = parse_input(raw)
@@ -84,7 +150,7 @@ def router(service: SpeechService, metrics: Metrics) -> APIRouter:
                 return _streaming_reply(items, first, body, started, audit, metrics)
             rendered = await anyio.to_thread.run_sync(service.render, request_input)
         except Exception as exc:  # every failure becomes an error body, never a traceback
-            failure = service.describe_failure(exc, audit.job_id)
+            failure = _public(service.describe_failure(exc, audit.job_id), names)
             audit.fail(failure.code)
             audit.emit(time.perf_counter() - started)
             metrics.observe("speech", started, failure.status, model_label(body.model), failure.code)
@@ -102,6 +168,8 @@ def router(service: SpeechService, metrics: Metrics) -> APIRouter:
             "X-Audio-Duration": f"{result.duration_seconds:.3f}",
             "X-Seed": str(result.seed),
             "X-Generation-Time": f"{result.generation_seconds:.3f}",
+            "X-Text-Chunks": str(len(result.chunks)),
+            "X-Chunks-Cut": str(len(result.cut_chunks)),  # chunks that max_new_tokens ended early
         }
         if body.stream_format == "sse":
             events = _sse(formats.pieces(rendered.data, 48 * 1024), len(body.input), lambda: result.num_frames)
@@ -112,13 +180,25 @@ def router(service: SpeechService, metrics: Metrics) -> APIRouter:
     return api
 
 
+def _chunk_long_input(raw: dict, given: set[str]) -> None:
+    """Without a chunk_method, a text longer than one chunk can speak within max_new_tokens is
+    chunked: by speaker turns when it has speaker tags, else by sentences of at most that many words."""
+    if "chunk_method" in given:
+        return
+    limit = words_per_chunk(raw.get("max_new_tokens", SamplingParams.max_new_tokens))
+    if not isinstance(raw["transcript"], str) or word_count(raw["transcript"]) <= limit:
+        return
+    raw["chunk_method"] = "speaker" if speaker_tags(raw["transcript"]) else "sentence"
+    raw.setdefault("chunk_max_word_num", limit)
+
+
 def _next_item(items):
     """The first item, so that failures before any audio still become error replies."""
     return next(items)
 
 
 def _streaming_reply(items, first, body: SpeechRequest, started: float, audit, metrics: Metrics):
-    """Chunked PCM/WAV (or SSE deltas of it) from a running synthesis."""
+    """Chunked audio in the response format (or SSE deltas of it) from a running synthesis."""
 
     def observe(status: int, code: str | None = None) -> None:
         metrics.observe("speech", started, status, model_label(body.model), code)
@@ -126,15 +206,17 @@ def _streaming_reply(items, first, body: SpeechRequest, started: float, audit, m
 
     def audio_bytes():
         item = first
-        if body.response_format == "wav":
-            yield formats.wav_stream_header(SAMPLE_RATE)
+        encoder = formats.StreamEncoder(body.response_format, SAMPLE_RATE)
         try:
             while True:
                 if isinstance(item, np.ndarray):
                     if item is first:
                         metrics.first_audio.observe(time.perf_counter() - started)
-                    yield formats.to_pcm16(item)
+                    if data := encoder.push(item):
+                        yield data
                 else:
+                    if data := encoder.finish():
+                        yield data
                     frames[0] = item.num_frames
                     metrics.record(item)
                     audit.status = "ok"
@@ -150,6 +232,7 @@ def _streaming_reply(items, first, body: SpeechRequest, started: float, audit, m
             observe(500, failure.code)
             log.warning("stream %s ended early: %s", audit.job_id, failure.message)
         finally:
+            encoder.close()
             audit.emit(time.perf_counter() - started)
             items.close()
 

@@ -12,21 +12,25 @@ import soundfile as sf
 
 @dataclass(frozen=True)
 class Format:
-    container: str | None  # libsndfile's (ADTS: PyAV's encoder; None: raw samples)
+    container: str | None  # libsndfile's, for whole clips (ADTS: PyAV's encoder; None: raw samples)
     subtype: str | None
     content_type: str
     extension: str
-    streams: bool = False  # sent while it is generated (HTTP), not only when the clip is done
+    # PyAV's muxer and encoder, for audio sent while it is generated (None: PCM written directly)
+    av_format: str | None = None
+    av_codec: str | None = None
 
 
 FORMATS = {
-    "wav": Format("WAV", "PCM_16", "audio/wav", "wav", streams=True),
-    "flac": Format("FLAC", "PCM_16", "audio/flac", "flac"),
-    "mp3": Format("MP3", "MPEG_LAYER_III", "audio/mpeg", "mp3"),
-    "opus": Format("OGG", "OPUS", "audio/ogg; codecs=opus", "opus"),
-    "aac": Format("ADTS", "aac", "audio/aac", "aac"),  # encoded with PyAV (libsndfile has no AAC)
-    "pcm": Format(None, None, "audio/pcm", "pcm", streams=True),  # raw signed 16-bit little-endian mono
+    "wav": Format("WAV", "PCM_16", "audio/wav", "wav"),
+    "flac": Format("FLAC", "PCM_16", "audio/flac", "flac", "flac", "flac"),
+    "mp3": Format("MP3", "MPEG_LAYER_III", "audio/mpeg", "mp3", "mp3", "libmp3lame"),
+    "opus": Format("OGG", "OPUS", "audio/ogg; codecs=opus", "opus", "ogg", "libopus"),
+    "aac": Format("ADTS", "aac", "audio/aac", "aac", "adts", "aac"),  # libsndfile has no AAC: PyAV for both
+    "pcm": Format(None, None, "audio/pcm", "pcm"),  # raw signed 16-bit little-endian mono
 }
+# Ogg pages are cut every 100 ms (ffmpeg's default is 1 s), so streamed opus leaves in small steps.
+OGG_PAGE_MICROSECONDS = 100_000
 
 
 def content_type(fmt: str) -> str:
@@ -38,7 +42,8 @@ def extension(fmt: str) -> str:
 
 
 def streams(fmt: str) -> bool:
-    return FORMATS[fmt].streams
+    """Whether `fmt` can be sent while it is generated (every format can; speed changes cannot)."""
+    return fmt in FORMATS
 
 
 def pieces(data, size: int):
@@ -52,19 +57,76 @@ def to_pcm16(samples: np.ndarray) -> bytes:
     return (clipped * 32767.0).round().astype("<i2").tobytes()
 
 
-def _encode_aac(samples: np.ndarray, sample_rate: int) -> bytes:
-    import av
+class _Sink(io.RawIOBase):
+    """A write-only file for PyAV's muxer: what it writes is collected until taken."""
 
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="adts") as container:
-        stream = container.add_stream("aac", rate=sample_rate, layout="mono")
-        frame = av.AudioFrame.from_ndarray(np.asarray(samples, dtype=np.float32)[None, :], format="flt", layout="mono")
-        frame.sample_rate = sample_rate
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buffer.getvalue()
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        out = b"".join(self.parts)
+        self.parts.clear()
+        return out
+
+
+class StreamEncoder:
+    """Audio in `fmt`, encoded piece by piece as it is generated: `push(samples)` returns the bytes
+    ready so far, `finish()` the rest. Their concatenation is one valid file of the whole audio.
+
+    The compressed formats go through PyAV (ffmpeg) into a non-seekable sink, so every packet is
+    written out as soon as the muxer has it; WAV gets a header for unknown length, then PCM.
+    """
+
+    def __init__(self, fmt: str, sample_rate: int) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"output_format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+        self.fmt, self.sample_rate = fmt, sample_rate
+        self._header = wav_stream_header(sample_rate) if fmt == "wav" else b""
+        self._container = self._stream = None
+        spec = FORMATS[fmt]
+        if spec.av_format is not None:
+            import av
+
+            self._sink = _Sink()
+            options = {"page_duration": str(OGG_PAGE_MICROSECONDS)} if spec.av_format == "ogg" else {}
+            self._container = av.open(self._sink, mode="w", format=spec.av_format, options=options)
+            self._stream = self._container.add_stream(spec.av_codec, rate=sample_rate, layout="mono")
+
+    def push(self, samples: np.ndarray) -> bytes:
+        if self._container is None:
+            head, self._header = self._header, b""
+            return head + to_pcm16(samples)
+        import av
+
+        if len(samples):
+            frame = av.AudioFrame.from_ndarray(np.asarray(samples, dtype=np.float32)[None, :], format="flt",
+                                               layout="mono")
+            frame.sample_rate = self.sample_rate
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        return self._sink.take()
+
+    def finish(self) -> bytes:
+        if self._container is None:
+            head, self._header = self._header, b""
+            return head
+        for packet in self._stream.encode(None):
+            self._container.mux(packet)
+        self.close()
+        return self._sink.take()
+
+    def close(self) -> None:
+        if self._container is not None:
+            container, self._container = self._container, None
+            container.close()
 
 
 def wav_stream_header(sample_rate: int) -> bytes:
@@ -84,7 +146,8 @@ def encode(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     if container is None:
         return to_pcm16(samples)
     if container == "ADTS":
-        return _encode_aac(samples, sample_rate)
+        encoder = StreamEncoder(fmt, sample_rate)
+        return encoder.push(samples) + encoder.finish()
     buffer = io.BytesIO()
     if subtype == "PCM_16":  # the same 16-bit samples as the pcm format and streamed items
         samples = np.frombuffer(to_pcm16(samples), dtype="<i2")

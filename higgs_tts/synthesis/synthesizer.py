@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..core.checkpoint import LoadedModel, ModelCache, load_processor
-from ..core.codes import generated_frames
+from ..core.codes import generated_frames, stream_ended
 from ..core.encoding import ENCODING, encode_clip
 from ..core.prompt import DEFAULT_SCENE, Prompt, PromptRenderer, PromptVoice, build_prompt
 from ..core.sampling import MAX_SEED, SamplingParams
@@ -96,6 +96,7 @@ class SynthesisResult:
     decode_seconds: float
     first_audio_seconds: float | None = None  # streaming: from the call to the first audio chunk
     voice_kinds: list[str] = field(default_factory=list)  # per entry of `voices`: "clone" or "described"
+    cut_chunks: tuple[int, ...] = ()  # chunks that reached max_new_tokens before the model ended them
 
     @property
     def duration_seconds(self) -> float:
@@ -122,6 +123,7 @@ class _Run:
     first_audio_seconds: float | None = None
     history: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # (chunk text, its frames)
     progress: Progress | None = None
+    cut_chunks: list[int] = field(default_factory=list)
 
     def codes(self) -> torch.Tensor:
         if not self.history:
@@ -137,6 +139,7 @@ class _Run:
             decode_seconds=decode_seconds, first_audio_seconds=self.first_audio_seconds,
             # a clip sent with the request (after the named voices) is always cloned
             voice_kinds=[v.kind for v in self.voices] + ["clone"] * (len(self.voice_names) - len(self.voices)),
+            cut_chunks=tuple(self.cut_chunks),
         )
 
 
@@ -356,6 +359,10 @@ class Synthesizer:
                 sent, frames = frames.shape[0], generated_frames(torch.cat(columns))
                 if frames.shape[0] > sent:
                     yield frames[sent:]
+            if columns and not stream_ended(torch.cat(columns)):  # max_new_tokens came first: cut
+                run.cut_chunks.append(len(run.history))
+                log.warning("chunk %d of %d reached max_new_tokens (%d) before its end; its speech is cut",
+                            len(run.history) + 1, len(run.chunks), request.sampling.max_new_tokens)
             run.history.append((chunk, frames))
             if run.progress is not None:
                 done = sum(f.shape[0] for _, f in run.history)

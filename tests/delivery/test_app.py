@@ -60,8 +60,18 @@ def test_speech_returns_audio_bytes(server, fmt, content_type):
     elif fmt == "wav":  # streamed: a header for unknown length, then PCM
         assert reply.content[:4] == b"RIFF" and reply.content[36:40] == b"data"
         assert (len(reply.content) - 44) % (2 * 960) == 0
-    else:
-        assert sf.read(io.BytesIO(reply.content))[1] == 24000
+    else:  # streamed: FLAC's header has no length, which libsndfile cannot read; ffmpeg can
+        import av
+
+        with av.open(io.BytesIO(reply.content)) as container:
+            assert container.streams.audio[0].rate == 24000
+            assert sum(f.samples for f in container.decode(audio=0)) > 0
+    if fmt in ("wav", "flac"):  # Kokoro-FastAPI's `stream: false`: the whole file, lengths in its header
+        whole = speech(server, input="Hello over HTTP.", voice="belinda", response_format=fmt, stream=False,
+                       **QUICK)
+        samples, rate = sf.read(io.BytesIO(whole.content))
+        assert rate == 24000 and len(samples) / rate == pytest.approx(float(whole.headers["x-audio-duration"]),
+                                                                      abs=1e-3)
 
 
 def test_streamed_pcm_equals_the_runsync_audio(server):
@@ -76,7 +86,7 @@ def test_streamed_pcm_equals_the_runsync_audio(server):
 
 
 def test_speed_changes_duration(server):
-    normal = speech(server, input="Speed test sentence.", response_format="flac", seed=9)
+    normal = speech(server, input="Speed test sentence.", response_format="flac", seed=9, stream=False)
     fast = speech(server, input="Speed test sentence.", response_format="flac", seed=9, speed=2.0)
     assert float(fast.headers["x-audio-duration"]) == pytest.approx(float(normal.headers["x-audio-duration"]) / 2,
                                                                      abs=0.02)
@@ -96,8 +106,79 @@ def test_openai_client(server, tmp_path):
     assert sf.info(target).samplerate == 24000
 
 
+def test_openai_client_on_its_defaults(server, tmp_path):
+    """The openai package as people use it: OpenAI's voice name, the model list, a streamed mp3."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server + "/v1", api_key=KEY)
+    assert {"tts-1", "tts-1-hd", "higgs-audio-v2"} <= {m.id for m in client.models.list()}
+    audio = client.audio.speech.create(model="tts-1", voice="alloy", input="Alloy speaks.")
+    assert sf.info(io.BytesIO(audio.content)).samplerate == 24000
+    with client.audio.speech.with_streaming_response.create(model="gpt-4o-mini-tts", voice="onyx",
+                                                            input="A streamed mp3. " * 3) as response:
+        assert response.headers["content-type"] == "audio/mpeg"
+        pieces = list(response.iter_bytes(512))
+    assert len(pieces) > 1
+    assert sf.info(io.BytesIO(b"".join(pieces))).samplerate == 24000
+    extra = client.audio.speech.create(model="tts-1", voice="nova", input="With extensions.", response_format="wav",
+                                       extra_body={"temperature": 0.3, "seed": 2, "chunk_method": "sentence"})
+    assert sf.info(io.BytesIO(extra.content)).samplerate == 24000
+
+
+def test_open_webui_requests(server):
+    """Open WebUI's OpenAI TTS engine (backend/open_webui/routers/audio.py, open-webui/open-webui): it
+    lists `{base}/audio/models` (reads `models[].id`) and `{base}/audio/voices` (reads `voices[].id`,
+    `.name`), then posts the browser's `{"input", "voice"}` with its configured `model`."""
+    base = server + "/v1"
+    models = httpx.get(base + "/audio/models", headers=AUTH).json()
+    assert "tts-1" in [m["id"] for m in models["models"]]
+    voices = {v["id"]: v["name"] for v in httpx.get(base + "/audio/voices", headers=AUTH).json()["voices"]}
+    assert {"alloy", "echo", "fable", "onyx", "nova", "shimmer", "belinda"} <= set(voices)  # its fallback names too
+    reply = httpx.post(base + "/audio/speech", json={"input": "Hello from Open WebUI.", "voice": "alloy",
+                                                     "model": "tts-1"},
+                       headers={"Content-Type": "application/json", **AUTH}, timeout=300)
+    assert reply.status_code == 200 and reply.headers["content-type"] == "audio/mpeg"
+    assert sf.info(io.BytesIO(reply.content)).samplerate == 24000
+
+
+def test_sillytavern_request(server):
+    """SillyTavern's OpenAI-compatible TTS (src/endpoints/openai.py `custom/generate-voice`, fed by
+    public/scripts/extensions/tts/openai-compatible.js, SillyTavern/SillyTavern): exactly these five
+    fields, its default voice list being OpenAI's names; its speed slider moves in steps of 0.05."""
+    for voice, speed in (("alloy", 1), ("shimmer", 1.25)):
+        reply = httpx.post(server + "/v1/audio/speech",
+                           content=json.dumps({"input": "Hello from SillyTavern.", "response_format": "mp3",
+                                               "voice": voice, "speed": speed, "model": "tts-1"}),
+                           headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
+                           timeout=300)
+        assert reply.status_code == 200, reply.text
+        assert sf.info(io.BytesIO(reply.content)).samplerate == 24000
+
+
+def test_librechat_requests(server):
+    """LibreChat's TTSService (api/server/services/Files/Audio/TTSService.js, danny-avila/LibreChat):
+    `{input, model, voice, backend}` with undefined fields removed, so `voice` may be missing and
+    `backend` (LocalAI's) may be there; texts of 4,096 characters and more are sent in pieces."""
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+    for data in ({"input": "Hello from LibreChat.", "model": "tts-1", "voice": "echo"},
+                 {"input": "No voice configured.", "model": "tts-1"},
+                 {"input": "LocalAI style.", "model": "tts-1", "voice": "fable", "backend": "coqui"}):
+        reply = httpx.post(server + "/v1/audio/speech", json=data, headers=headers, timeout=300)
+        assert reply.status_code == 200, (data, reply.text)
+        assert sf.info(io.BytesIO(reply.content)).samplerate == 24000
+
+
+def test_unknown_fields_and_voices_are_refused_by_name(server):
+    reply = speech(server, input="x", voice="alloy", return_download_link=True)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "return_download_link"
+    reply = speech(server, input="x", voice="glados")
+    error = reply.json()["error"]
+    assert (reply.status_code, error["param"], error["code"]) == (400, "voice", "unknown_voice")
+    assert "glados" in error["message"]
+
+
 def test_sse_events_carry_the_audio(server):
-    for fmt in ("pcm", "mp3"):  # pcm streams while generating, mp3 after the clip is done
+    for fmt in ("pcm", "mp3"):  # both stream while generating
         reply = speech(server, input="Events please.", response_format=fmt, stream_format="sse", **QUICK)
         assert reply.headers["content-type"].startswith("text/event-stream")
         events = [json.loads(line[6:]) for line in reply.text.splitlines() if line.startswith("data: ")]
@@ -125,8 +206,8 @@ def test_documented_curl_command(server, tmp_path):
 @pytest.mark.parametrize(
     ("body", "status", "code", "param"),
     [
-        ({"input": "x", "voice": "nobody"}, 400, "unknown_voice", "ref_audio"),
-        ({"input": ""}, 400, "invalid_input", "transcript"),
+        ({"input": "x", "voice": "nobody"}, 400, "unknown_voice", "voice"),
+        ({"input": ""}, 400, "invalid_input", "input"),
         ({"input": "x", "colour": "red"}, 400, "invalid_input", "colour"),
         ({"input": "x", "response_format": "ogg"}, 400, "invalid_input", "response_format"),
         ({"input": "x", "speed": 9}, 400, "invalid_input", "speed"),
@@ -199,7 +280,7 @@ def test_chunked_bodies_are_limited_and_still_readable(server):
         yield payload[10:]
 
     headers = {**AUTH, "Content-Type": "application/json"}
-    small = json.dumps({"input": "Chunked body.", "response_format": "flac", "seed": 1}).encode()
+    small = json.dumps({"input": "Chunked body.", "response_format": "mp3", "seed": 1}).encode()
     reply = httpx.post(server + "/v1/audio/speech", content=body(small), headers=headers, timeout=300)
     assert reply.status_code == 200, reply.text
     assert sf.read(io.BytesIO(reply.content))[1] == 24000

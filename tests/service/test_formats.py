@@ -48,3 +48,28 @@ def test_pcm_is_raw_s16le(tone):
 def test_unknown_format():
     with pytest.raises(ValueError, match="output_format"):
         formats.encode(np.zeros(10, dtype=np.float32), 24000, "aiff")
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "aac", "flac", "wav", "pcm"])
+def test_stream_encoder_sends_bytes_while_pushed_and_decodes_to_the_whole_clip(tone, fmt):
+    import av
+
+    encoder = formats.StreamEncoder(fmt, 24000)
+    pushed = [encoder.push(tone[i : i + 2400]) for i in range(0, len(tone), 2400)]  # ten pushes of 0.1 s
+    data = b"".join(pushed) + encoder.finish()
+    assert sum(1 for p in pushed[:5] if p) >= 3  # bytes leave during the first half, not only at the end
+    if fmt == "pcm":
+        assert data == formats.encode(tone, 24000, "pcm")
+        return
+    with av.open(io.BytesIO(data)) as container:
+        rate = container.streams.audio[0].rate
+        decoded = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    expected = len(tone) * rate // 24000
+    assert expected <= len(decoded) <= expected + 4096 * rate // 24000  # codec priming and padding at most
+    if fmt in ("wav", "flac"):  # lossless: the same samples
+        assert np.abs(decoded.astype(np.float32) / 32768.0 - tone).max() < 1e-4
+
+
+def test_stream_encoder_refuses_an_unknown_format():
+    with pytest.raises(ValueError, match="output_format"):
+        formats.StreamEncoder("aiff", 24000)
