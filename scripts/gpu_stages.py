@@ -35,6 +35,8 @@ TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away i
 # needs only a tiny error; these are the floors below which something is wrong, not a tight fit.
 TOP1_MIN = 0.90  # teacher-forced top-1 agreement of our step with transformers' forward
 REL_ERR_MAX = 0.05  # median relative error of our step's logits against transformers' forward
+BIG = 64 if CUDA else 4  # the large batch of the timing stage (a CPU run only checks the code path)
+REPEATS = 50 if CUDA else 3
 WIDTH = 240  # characters per summary line (40 of them fit the device tool's 12,000-character tail)
 
 
@@ -309,15 +311,20 @@ def _capture(loaded, slots: int, max_len: int) -> None:
 
 def stage_timing() -> None:
     loaded = load()
-    for rows in (1, 64):
+    for rows in (1, BIG):
         guarded("timing", f"split, {rows} rows", lambda r=rows: _split(loaded, r))
     guarded("timing", "kernels per step", lambda: _kernels(loaded))
 
 
 def _events_ms(fn, repeats: int) -> float:
-    """Median device time of fn() over `repeats`, CUDA events around each call."""
+    """Median device time of fn() over `repeats`, CUDA events around each call (on CPU, the clock)."""
     times = []
     for _ in range(repeats):
+        if not CUDA:
+            started = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - started) * 1e3)
+            continue
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -331,37 +338,35 @@ def _events_ms(fn, repeats: int) -> float:
 def _split(loaded, rows: int) -> None:
     from higgs_tts.engine.sampler import sample
 
-    name = f"timing split at {rows} rows"
-    if not CUDA:
-        record("timing", name, NO_CUDA, NO_CUDA)
-        return
-    batch = admitted_batch(loaded, rows, graphs=True)
+    # Without CUDA the same split runs eagerly on the clock: it checks the code, its figures mean little.
+    name = f"timing split at {rows} rows" + ("" if CUDA else " (CPU, eager step, no graphs)")
+    batch = admitted_batch(loaded, rows, graphs=CUDA)
     batch.burst()  # captures this shape, warms the sampler
     rows_run, length = batch._shape()
     step = batch._step_fn(rows_run, length)
     column = torch.randint(0, 1024, (rows_run, batch.num_codebooks), device=batch.device)
     positions = batch.positions[:rows_run].clone()
-    replay = _events_ms(lambda: step(column, positions), 50)
+    replay = _events_ms(lambda: step(column, positions), REPEATS)
     params, pattern = batch.params.rows(rows_run), batch.pattern.rows(rows_run)
     logits, steps, history = batch.logits[:rows_run], batch.steps[:rows_run], batch.history[:rows_run]
-    sampler = _events_ms(lambda: sample(logits, pattern, params, steps, history), 50)
+    sampler = _events_ms(lambda: sample(logits, pattern, params, steps, history), REPEATS)
     every = batch.check_every
 
     def steps_only() -> None:  # a burst's device work: sampler then replay, no bookkeeping, no host sync
         for _ in range(every):
             logits.copy_(step(sample(logits, pattern, params, steps, history), positions))
 
-    device = _events_ms(steps_only, 5)
+    device = _events_ms(steps_only, 5 if CUDA else 1)
     walls = []
-    for _ in range(10):
+    for _ in range(10 if CUDA else 2):
         started = time.perf_counter()
         batch.burst()  # the real one: bookkeeping, and one host sync at its end (.cpu(), .tolist())
         walls.append((time.perf_counter() - started) * 1e3)
     wall = statistics.median(walls)
-    record("timing", name, f"graph replay {replay:.3f} ms, sampler {sampler:.3f} ms; {every} steps on the device "
-                           f"{device:.2f} ms ({1e3 * every / device:.0f} frames/s per stream); a whole burst "
-                           f"{wall:.2f} ms wall ({1e3 * every / wall:.0f} f/s), bookkeeping + host sync "
-                           f"{max(wall - device, 0):.2f} ms/burst")
+    what = "graph replay" if CUDA else "eager step"
+    record("timing", name, f"{what} {replay:.3f} ms, sampler {sampler:.3f} ms; {every} steps {device:.2f} ms "
+                           f"device ({1e3 * every / device:.0f} f/s/stream); burst {wall:.2f} ms wall "
+                           f"({1e3 * every / wall:.0f} f/s), +{max(wall - device, 0):.2f} ms bookkeeping and sync")
 
 
 @torch.inference_mode()
@@ -369,22 +374,24 @@ def _kernels(loaded) -> None:
     """Kernels launched per decode step: one burst under the profiler, divided by its steps."""
     from torch.profiler import ProfilerActivity, profile
 
-    if not CUDA:
-        record("timing", "kernels per step", NO_CUDA, NO_CUDA)
-        return
+    # Without CUDA: aten operators per step instead of kernels (it checks the code path).
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if CUDA else [])
+    kind = torch.autograd.DeviceType.CUDA if CUDA else torch.autograd.DeviceType.CPU
     lines = []
-    for rows in (1, 64):
-        batch = admitted_batch(loaded, rows, graphs=True)
+    for rows in (1, BIG):
+        batch = admitted_batch(loaded, rows, graphs=CUDA)
         batch.burst()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with profile(activities=activities) as prof:
             batch.burst()
             sync()
-        events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        events = [e for e in prof.events() if e.device_type == kind and (CUDA or e.name.startswith("aten::"))]
         every = batch.check_every
-        record("timing", f"kernels per step at {rows} rows", f"{len(events) / every:.0f} device events per step "
+        what = "device events (kernels, copies)" if CUDA else "aten operators (CPU, no CUDA)"
+        record("timing", f"kernels per step at {rows} rows", f"{len(events) / every:.0f} {what} per step "
                                                              f"({len(events)} in a burst of {every})")
         lines.append(f"== {rows} rows, one burst of {every} steps\n")
-        lines.append(prof.key_averages().table(sort_by="device_time_total", row_limit=25))
+        lines.append(prof.key_averages().table(sort_by="device_time_total" if CUDA else "cpu_time_total",
+                                               row_limit=25))
         del batch
     (OUT / "profile.txt").write_text("\n".join(lines))
 
