@@ -44,6 +44,8 @@ if [ ! -f "$VENV/.ready" ]; then
   # Nothing below depends on torch, so pip never resolves (downloads) torch's CUDA wheels again.
   "$VENV/bin/pip" install --quiet "${LENT[@]}"
   "$VENV/bin/pip" install --quiet --no-deps accelerate==1.15.0 psutil  # it requires torch: no resolving
+  # Pulled in here (by typer) but absent from the lent image (KINDS.md): nothing may rely on them.
+  "$VENV/bin/pip" uninstall --quiet --yes pydantic pydantic-core annotated-types typing-inspection
   touch "$VENV/.ready"
 fi
 [ "${1:-}" != --setup ] || exit 0
