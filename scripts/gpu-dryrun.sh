@@ -3,7 +3,8 @@
 # relevant packages at its versions (KINDS.md: torch 2.11.0, transformers 5.17, numpy 2.5.2, ...),
 # then scripts/gpu-check.sh exactly as the lent machine runs it (the kit from scripts/gpu-wheels.sh
 # installed with --no-index into /tmp/site, no registry). Every stage runs; GPU-only parts say
-# "skipped: no CUDA". The environment is kept in .cache/gpu-dryrun/ (ignored) and reused.
+# "skipped: no CUDA". The environment is kept outside the repository (GPU_DRYRUN_DIR, default
+# ~/.cache/higgs-tts-gpu-dryrun: nothing in it travels or is linted) and reused.
 #
 # Cost, first time: the cp312 torch wheel (~530 MB; its CUDA libraries are borrowed from a local
 # Python 3.11 torch 2.11.0 environment when there is one, else downloaded, ~2.7 GB).
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 # Usage: scripts/gpu-dryrun.sh [--setup]   (--setup: build the environment only)
 PY312="${PY312:-python3.12}"
 "$PY312" -V >/dev/null 2>&1 || PY312=$(find /root/.pyenv/versions -path '*3.12*/bin/python3.12' 2>/dev/null | sort | tail -1)
-HERE=.cache/gpu-dryrun
+HERE="${GPU_DRYRUN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/higgs-tts-gpu-dryrun}"
 VENV="$HERE/venv"
 # The lent machine's versions besides torch 2.11.0 and torchaudio 2.11.0 (KINDS.md, "pip list").
 LENT=(transformers==5.17.0 numpy==2.5.2 safetensors==0.8.0 tokenizers==0.23.2
@@ -54,4 +55,4 @@ export OUT="${OUT:-$HERE/out}"
 rm -rf "$OUT" /tmp/site
 mkdir -p "$OUT"
 # python3 is the 3.12 environment's, as it is the image's python on the lent machine.
-PATH="$(realpath "$VENV/bin"):$PATH" bash scripts/gpu-check.sh
+PATH="$VENV/bin:$PATH" bash scripts/gpu-check.sh

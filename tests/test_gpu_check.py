@@ -4,12 +4,16 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO
 
 STAGES = REPO / "scripts" / "gpu_stages.py"
-DRYRUN_VENV = REPO / ".cache" / "gpu-dryrun" / "venv" / ".ready"
+# where scripts/gpu-dryrun.sh keeps its environment
+DRYRUN_DIR = Path(os.environ.get("GPU_DRYRUN_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                  / "higgs-tts-gpu-dryrun")
+DRYRUN_VENV = DRYRUN_DIR / "venv" / ".ready"
 
 
 def test_summary_fits_forty_lines_and_names_every_failure(tmp_path):
