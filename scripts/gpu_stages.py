@@ -410,8 +410,6 @@ def stage_summary(stages: list[str]) -> None:
     lines = ["=" * 30 + " gpu-check summary " + "=" * 30]
     lines.append("stages: " + "; ".join(stages))
     for r in results:
-        if r["name"] == "versions":
-            continue
         mark = {"ok": "ok  ", "FAIL": "FAIL", "info": "    "}.get(r["status"], "skip")
         lines.append(f"{mark} {r['stage']:<6} {r['name']}: {r['value']}"[:WIDTH])
     bench = OUT / "bench.json"
