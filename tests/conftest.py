@@ -52,6 +52,27 @@ def settings(tiny_checkpoint, voice_prompts) -> Settings:
     )
 
 
+# On CUDA, cuBLAS picks other kernels (and split-K) for other batch shapes, and our decode step is
+# not transformers' forward, so codes made in another batch or by the reference path may differ
+# in rounding, and a near-tie can flip. There they must agree in at least this share of their
+# cells (a flip changes everything after it, so 0.9 still means "the same codes but for a late
+# flip"); on CPU, and wherever the shapes are the same, they are bitwise equal.
+CUDA_CODE_AGREEMENT = 0.9
+
+
+def assert_codes_agree(got, want, device) -> None:
+    """`got` equals `want` bitwise on CPU; on CUDA at least CUDA_CODE_AGREEMENT of their cells match."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        assert torch.equal(got, want)
+        return
+    common = min(got.shape[0], want.shape[0])
+    same = int((got[:common] == want[:common]).sum())
+    cells = max(got.shape[0], want.shape[0]) * want.shape[1]
+    assert cells and same / cells >= CUDA_CODE_AGREEMENT, f"{same}/{cells} cells agree on CUDA"
+
+
 MODELS = None  # one loaded tiny model for every in-process speech service
 
 

@@ -1,10 +1,12 @@
-"""The fast engine against transformers' generate() on the tiny checkpoint (CPU, no graphs)."""
+"""The fast engine against transformers' generate() on the tiny checkpoint (CPU, no graphs; on CUDA
+with graphs, where codes from other batch shapes agree by a share, not bitwise: conftest)."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
+from conftest import assert_codes_agree
 
 from higgs_tts.core.checkpoint import ModelCache, load_model
 from higgs_tts.core.prompt import PromptRenderer, PromptVoice, build_prompt
@@ -61,7 +63,7 @@ def test_greedy_codes_equal_the_reference(engine, loaded, renderer, voice_frames
     reference = generate_reference(loaded.model, inputs, GREEDY, seed=0)
     fast = engine.generate([EngineRequest(inputs, GREEDY, seed=0)])[0]
     assert reference.shape[0] > 9
-    assert torch.equal(fast, reference)
+    assert_codes_agree(fast, reference, loaded.device)
 
 
 def test_batch_of_different_prompts_equals_each_alone(engine, loaded, renderer, voice_frames):
@@ -72,7 +74,7 @@ def test_batch_of_different_prompts_equals_each_alone(engine, loaded, renderer, 
     params = [GREEDY, dataclasses.replace(GREEDY, max_new_tokens=20), GREEDY]
     batch = engine.generate([EngineRequest(i, p, 0) for i, p in zip(inputs, params, strict=True)])
     for got, i, p in zip(batch, inputs, params, strict=True):
-        assert torch.equal(got, generate_reference(loaded.model, i, p, seed=0))
+        assert_codes_agree(got, generate_reference(loaded.model, i, p, seed=0), loaded.device)
     assert batch[1].shape[0] <= 20
 
 
@@ -82,7 +84,7 @@ def test_padded_batch_of_three_runs_as_four_and_equals_each_alone(loaded, render
     inputs = [renderer.inputs(cases[c]) for c in ("cloned", "no_voice", "in_system")]
     batch = padded.generate([EngineRequest(i, GREEDY, 0) for i in inputs])
     for got, i in zip(batch, inputs, strict=True):
-        assert torch.equal(got, generate_reference(loaded.model, i, GREEDY, seed=0))
+        assert_codes_agree(got, generate_reference(loaded.model, i, GREEDY, seed=0), loaded.device)
     assert [capacity for capacity, _ in padded._batches] == [4]
 
 
@@ -114,8 +116,12 @@ def test_three_chunk_text_equals_the_reference_path(settings):
     fast = Synthesizer(dataclasses.replace(settings, engine="fast"), models).synthesize(request)
     reference = Synthesizer(dataclasses.replace(settings, engine="reference"), models).synthesize(request)
     assert len(fast.chunks) == 3
-    assert fast.num_frames == reference.num_frames > 0
-    assert np.array_equal(fast.audio, reference.audio)
+    if torch.device(settings.device).type == "cuda":  # codes agree by a share there; audio would follow them
+        assert fast.num_frames > 0 and reference.num_frames > 0
+        assert_codes_agree(fast.codes, reference.codes, settings.device)
+    else:
+        assert fast.num_frames == reference.num_frames > 0
+        assert np.array_equal(fast.audio, reference.audio)
 
 
 SAMPLED = SamplingParams(temperature=1.0, top_k=50, top_p=0.95, max_new_tokens=48)
@@ -137,7 +143,7 @@ def test_output_does_not_depend_on_batch_composition(engine, renderer, voice_fra
     others = [EngineRequest(renderer.inputs(cases["no_voice"]), SAMPLED, 1),
               EngineRequest(renderer.inputs(cases["two_voices"]), dataclasses.replace(SAMPLED, temperature=0.5), 2)]
     in_batch = engine.generate([others[0], mine, others[1]])[1]
-    assert torch.equal(alone, in_batch)
+    assert_codes_agree(in_batch, alone, engine.device)
 
 
 def test_sampling_respects_the_delay_pattern(engine, renderer, voice_frames):

@@ -1,14 +1,22 @@
-"""`higgs-tts bench` runs on CPU with the tiny checkpoint and reports every figure."""
+"""`higgs-tts bench` runs with the tiny checkpoint on the tests' device and reports every figure."""
 
 import json
 import os
 import subprocess
 import sys
 
+import torch
 
-def test_bench_json_has_every_figure(tiny_checkpoint):
+
+def bench_env(tiny_checkpoint, settings) -> dict:
+    """The tiny checkpoint, on the device and dtype the other tests use (HIGGS_TEST_DEVICE/DTYPE)."""
     model_dir, codec_dir = tiny_checkpoint
-    env = {**os.environ, "MODEL_PATH": str(model_dir), "TOKENIZER_PATH": str(codec_dir)}
+    return {**os.environ, "MODEL_PATH": str(model_dir), "TOKENIZER_PATH": str(codec_dir), "DEVICE": settings.device,
+            "DTYPE": settings.dtype}
+
+
+def test_bench_json_has_every_figure(tiny_checkpoint, settings):
+    env = bench_env(tiny_checkpoint, settings)
     done = subprocess.run(
         [sys.executable, "-m", "higgs_tts.cli", "bench", "--json", "--steps", "24", "--reference-steps", "8",
          "--batch-sizes", "1,3", "--concurrency", "1,3"],
@@ -16,7 +24,10 @@ def test_bench_json_has_every_figure(tiny_checkpoint):
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["device"] == "cpu" and result["dtype"] == "float32"
+    device = torch.device(settings.device)
+    # bench names a GPU by its model ("NVIDIA H200"), the CPU as "cpu"
+    assert result["device"] == (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    assert result["dtype"] == settings.dtype
     assert [b["batch"] for b in result["batches"]] == [1, 3]
     for b in result["batches"]:
         assert b["steps"] == 24 and b["frames_per_s_per_stream"] > 0
@@ -31,9 +42,8 @@ def test_bench_json_has_every_figure(tiny_checkpoint):
         assert c["audio_seconds_per_s"] > 0 and c["x_real_time_per_stream"] > 0 and c["time_to_first_audio_ms"] > 0
 
 
-def test_bench_table_for_people(tiny_checkpoint):
-    model_dir, codec_dir = tiny_checkpoint
-    env = {**os.environ, "MODEL_PATH": str(model_dir), "TOKENIZER_PATH": str(codec_dir)}
+def test_bench_table_for_people(tiny_checkpoint, settings):
+    env = bench_env(tiny_checkpoint, settings)
     done = subprocess.run(
         [sys.executable, "-m", "higgs_tts.cli", "bench", "--steps", "16", "--reference-steps", "4",
          "--batch-sizes", "1"],
