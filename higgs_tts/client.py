@@ -324,7 +324,8 @@ class LiveSpeech:
         url = server_url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.ws = _WebSocket(url + "/v1/audio/speech/stream", headers, timeout)
-        self.send({"type": "config", **config})
+        with contextlib.suppress(OSError):  # closed at once (a wrong key): the reason is the next message
+            self.send({"type": "config", **config})
         self.ready = self.receive()
         if self.ready.get("type") != "ready":
             self.ws.close()
