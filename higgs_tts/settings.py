@@ -150,7 +150,7 @@ class ServerSettings:
     voice_aliases_path: Path | None = None  # OpenAI voice names -> library voices; None: the packaged file
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the HTTP server; () = CORS off
     live_idle_seconds: float = 60.0  # a live session with nothing to say and no message for this long ends
-    live_max_messages_per_second: int = 50  # a live session's client messages, over any one second
+    live_max_messages_per_second: int = 200  # a live session's client messages, over any one second
 
     @classmethod
     def from_env(cls) -> ServerSettings:
@@ -165,5 +165,5 @@ class ServerSettings:
             voice_aliases_path=Path(p) if (p := _optional("VOICE_ALIASES_PATH")) else None,
             cors_origins=tuple(o.strip() for o in (_optional("CORS_ORIGINS") or "").split(",") if o.strip()),
             live_idle_seconds=_number("LIVE_IDLE_SECONDS", 60.0, float),
-            live_max_messages_per_second=_number("LIVE_MAX_MESSAGES_PER_SECOND", 50),
+            live_max_messages_per_second=_number("LIVE_MAX_MESSAGES_PER_SECOND", 200),
         )

@@ -39,6 +39,7 @@ PATH = "/v1/audio/speech/stream"
 CONFIG_NAMES = {"voice": "ref_audio", "response_format": "output_format", "instructions": "scene_prompt"}
 MESSAGES = {"text": {"type", "text"}, "flush": {"type"}, "cancel": {"type"}, "close": {"type"}}
 POLL_SECONDS = 0.5  # the writer's wait for the next event between checks that the socket is open
+WAITING_THREADS = 10_000  # the writers' waits have threads of their own, not the default pool's 40
 
 
 def error_frame(code: str, message: str, param: str | None = None) -> dict:
@@ -86,6 +87,7 @@ def router(service: SpeechService, metrics: Metrics, server: ServerSettings,
            aliases: VoiceAliases | None = None) -> APIRouter:
     api = APIRouter()
     aliases = aliases or VoiceAliases.load()
+    waiters = anyio.CapacityLimiter(WAITING_THREADS)
 
     @api.websocket(PATH)
     async def speech_stream(websocket: WebSocket):
@@ -118,7 +120,7 @@ def router(service: SpeechService, metrics: Metrics, server: ServerSettings,
                 return
             await send(session.ready())
             async with anyio.create_task_group() as tasks:
-                tasks.start_soon(_write, websocket, session, send, fail, tasks.cancel_scope, outcome, metrics)
+                tasks.start_soon(_write, websocket, session, send, fail, tasks.cancel_scope, outcome, metrics, waiters)
                 await _read(websocket, session, server, send, fail)
                 tasks.cancel_scope.cancel()  # the client left or broke a limit (the writer's `done` cancels _read)
         finally:
@@ -215,11 +217,12 @@ async def _read(websocket: WebSocket, session: LiveSession, server: ServerSettin
             await send(public_failure(exc))
 
 
-async def _write(websocket: WebSocket, session: LiveSession, send, fail, scope, outcome, metrics: Metrics) -> None:
+async def _write(websocket: WebSocket, session: LiveSession, send, fail, scope, outcome, metrics: Metrics,
+                 waiters: anyio.CapacityLimiter) -> None:
     """Session events to the client; after `done` (or a fatal error) the socket is closed."""
     try:
         while True:
-            event = await anyio.to_thread.run_sync(session.next_event, POLL_SECONDS)
+            event = await anyio.to_thread.run_sync(session.next_event, POLL_SECONDS, limiter=waiters)
             if event is None:
                 continue
             if event["type"] == "audio":
