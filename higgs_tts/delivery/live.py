@@ -18,13 +18,16 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import time
+import uuid
 from collections import deque
 
 import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from ..service.errors import InputError
+from ..service.audit import AuditRecord
+from ..service.errors import STATUS, InputError
 from ..service.live import LiveSession
 from ..service.speech import SpeechService
 from ..settings import ServerSettings
@@ -37,7 +40,10 @@ log = logging.getLogger(__name__)
 PATH = "/v1/audio/speech/stream"
 # Config fields spelled OpenAI's way, as on POST /v1/audio/speech; the others keep the job's names.
 CONFIG_NAMES = {"voice": "ref_audio", "response_format": "output_format", "instructions": "scene_prompt"}
+_JOB_NAMES = re.compile(r"\b(" + "|".join(map(re.escape, CONFIG_NAMES.values())) + r")\b")
 MESSAGES = {"text": {"type", "text"}, "flush": {"type"}, "cancel": {"type"}, "close": {"type"}}
+# error codes of the socket itself -> the status metrics count them under (the rest: service.errors)
+SESSION_STATUS = {"invalid_api_key": 401, "idle_timeout": 408, "rate_limited": 429}
 POLL_SECONDS = 0.5  # the writer's wait for the next event between checks that the socket is open
 WAITING_THREADS = 10_000  # the writers' waits have threads of their own, not the default pool's 40
 
@@ -62,11 +68,9 @@ def job_fields(config: dict, aliases: VoiceAliases, library: set[str]) -> dict:
 def public_failure(exc: BaseException) -> dict:
     """An error frame for any failure, in the config's own field names (`voice`, not `ref_audio`)."""
     failure = SpeechService.describe_failure(exc, "live")
-    message, param = failure.message, failure.field
-    for public, name in CONFIG_NAMES.items():
-        message = message.replace(name, public)
-        param = public if param == name else param
-    return error_frame(failure.code, message, param)
+    public = {name: spelled for spelled, name in CONFIG_NAMES.items()}
+    message = _JOB_NAMES.sub(lambda m: public[m.group()], failure.message)
+    return error_frame(failure.code, message, public.get(failure.field, failure.field))
 
 
 class _RateLimit:
@@ -114,20 +118,36 @@ def router(service: SpeechService, metrics: Metrics, server: ServerSettings,
             metrics.observe("speech_stream", started, 401, code="invalid_api_key")
             return
         session: LiveSession | None = None
+        audit = AuditRecord(job_id=f"live-{uuid.uuid4().hex[:12]}", action="live")
         try:
             session = await _configure(websocket, service, aliases, server, fail)
             if session is None:
                 return
-            await send(session.ready())
+            ready = session.ready()
+            audit.facts.update(output_format=ready["response_format"], voices=",".join(ready["voices"])[:200],
+                               delivery="websocket")
+            await send(ready)
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(_write, websocket, session, send, fail, tasks.cancel_scope, outcome, metrics, waiters)
                 await _read(websocket, session, server, send, fail)
                 tasks.cancel_scope.cancel()  # the client left or broke a limit (the writer's `done` cancels _read)
+        except WebSocketDisconnect:
+            pass  # gone while the ready message was sent
         finally:
             if session is not None:
                 session.abort()  # gone or done: the worker stops, the engine slot is freed at the next burst
-            status = 200 if outcome["code"] in (None, "done") else 400
-            metrics.observe("speech_stream", started, status, code=None if status == 200 else outcome["code"])
+            code = outcome["code"]
+            status = 200 if code in (None, "done") else SESSION_STATUS.get(code, STATUS.get(code, 500))
+            metrics.observe("speech_stream", started, status, code=None if status == 200 else code)
+            done = outcome.get("done") or {}
+            audit.facts.update({k: done[k] for k in ("segments", "text_chars", "first_audio_seconds") if k in done})
+            if "duration_seconds" in done:
+                audit.facts["audio_duration"] = done["duration_seconds"]
+            if status == 200:
+                audit.status = "ok" if done else "disconnected"
+            else:
+                audit.fail(code)
+            audit.emit(time.perf_counter() - started)
 
     return api
 
@@ -136,27 +156,30 @@ async def _configure(websocket: WebSocket, service: SpeechService, aliases: Voic
                      fail) -> LiveSession | None:
     """The first frame must be the config; the session is made off the event loop (it may load the
     model or fetch a clip). None after an error frame."""
+    message = None
     with anyio.move_on_after(server.live_idle_seconds):
         message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return None
-        frame = _parse(message["text"]) if message.get("text") is not None else "messages must be JSON text frames"
-        if isinstance(frame, str):
-            await fail(error_frame("invalid_input", frame, "type"))
-            return None
-        if frame.get("type") != "config":
-            await fail(error_frame("invalid_input", "the first message must be {\"type\": \"config\", ...}", "type"))
-            return None
-        try:
-            library = {v["name"] for v in service.list_voices()["voices"]}
-            fields = job_fields(frame, aliases, library)
-            return await anyio.to_thread.run_sync(LiveSession, service, fields)
-        except Exception as exc:
-            await fail(public_failure(exc))
-            return None
-    await fail(error_frame("idle_timeout", f"no config within {server.live_idle_seconds:g} seconds "
-                           "(LIVE_IDLE_SECONDS)"))
-    return None
+    if message is None:
+        await fail(error_frame("idle_timeout", f"no config within {server.live_idle_seconds:g} seconds "
+                               "(LIVE_IDLE_SECONDS)"))
+        return None
+    if message["type"] == "websocket.disconnect":
+        return None
+    frame = _parse(message["text"]) if message.get("text") is not None else "messages must be JSON text frames"
+    if isinstance(frame, str):
+        await fail(error_frame("invalid_input", frame, "type"))
+        return None
+    if frame.get("type") != "config":
+        await fail(error_frame("invalid_input", "the first message must be {\"type\": \"config\", ...}", "type"))
+        return None
+    try:
+        library = {v["name"] for v in service.list_voices()["voices"]}
+        fields = job_fields(frame, aliases, library)
+        # not under the idle timeout: a model load may take longer, and the session must not be lost
+        return await anyio.to_thread.run_sync(LiveSession, service, fields)
+    except Exception as exc:
+        await fail(public_failure(exc))
+        return None
 
 
 def _parse(text: str) -> dict | str:
@@ -232,7 +255,7 @@ async def _write(websocket: WebSocket, session: LiveSession, send, fail, scope, 
                 break
             await send(event)
             if event["type"] == "done":
-                outcome["code"] = "done"
+                outcome.update(code="done", done=event)
                 if event.get("first_audio_seconds") is not None:
                     metrics.first_audio.observe(event["first_audio_seconds"])
                 await websocket.close(code=1000)

@@ -188,6 +188,8 @@ def test_bad_frames_get_error_frames_and_the_session_goes_on(server):
     ({"speed": 2.0}, "invalid_input", "speed"),
     ({"response_format": "midi"}, "invalid_input", "response_format"),
     ({"voice": "belinda", "ref_audio": "belinda"}, "invalid_input", "voice"),
+    ({"ref_audio_base64": "not base64!"}, "invalid_input", "ref_audio_base64"),
+    ({"instructions": "x" * 5001}, "invalid_input", "instructions"),
 ])
 def test_a_bad_config_gets_an_error_frame_naming_the_field(server, config, code, param):
     with connect(ws_url(server), additional_headers=AUTH) as ws:
