@@ -4,6 +4,7 @@ pauses, cancel, compressed formats, limits and refused configs."""
 import base64
 import dataclasses
 import io
+import time
 
 import av
 import numpy as np
@@ -124,3 +125,19 @@ def test_the_pcm_is_sixteen_bit_samples(service):
     events = events_until(session, "done")
     audio = np.frombuffer(b"".join(e["audio"] for e in events if e["type"] == "audio"), dtype="<i2")
     assert len(audio) == round(events[-1]["duration_seconds"] * 24000) and np.abs(audio).max() > 0
+
+
+def test_a_reader_that_falls_behind_stalls_the_session_and_loses_nothing(service):
+    from higgs_tts.service.live import EVENT_QUEUE
+
+    session = LiveSession(service, QUICK)
+    session.text(" ".join(f"Word {i}." for i in range(30)) + " ")  # far more events than the queue holds
+    session.close()
+    deadline = time.monotonic() + 300
+    while session._events.qsize() < EVENT_QUEUE:  # nobody reads: the queue fills up ...
+        assert time.monotonic() < deadline, "the event queue never filled"
+        time.sleep(0.05)
+    time.sleep(1.0)
+    assert session._events.qsize() == EVENT_QUEUE and session.busy()  # ... and the worker waits, phrases unspoken
+    events = events_until(session, "done")
+    assert [e["segment"] for e in events if e["type"] == "segment"] == list(range(30))
