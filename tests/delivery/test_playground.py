@@ -106,7 +106,9 @@ def test_speak_in_a_real_browser(server, browser_page, voice_prompts, tmp_path):
         else audio.addEventListener('loadedmetadata', () => done(audio.duration));
     })""")
     assert duration > 0
-    assert "time to first audio" in page.text_content("#metrics")
+    metrics = page.text_content("#metrics")
+    assert "time to first audio" in metrics
+    assert int(metrics.split(" pieces")[0].split()[-1]) > 1  # streamed: audio came (and played) in pieces
     assert page.get_attribute("#download", "download") == "take-1.wav"
     assert "belinda" in page.text_content("#history li") and "seed 3" in page.text_content("#history li")
 

@@ -343,7 +343,7 @@ async function speak() {
     $("download").download = `take-${state.takes + 1}.${format}`;
     $("download").hidden = false;
     const rtf = duration ? elapsed / duration : NaN;
-    $("metrics").textContent = `${(received / 1024).toFixed(1)} KiB · ${duration.toFixed(2)} s of audio · time to first audio `
+    $("metrics").textContent = `${(received / 1024).toFixed(1)} KiB in ${pieces.length} pieces · ${duration.toFixed(2)} s of audio · time to first audio `
       + `${((first ?? 0) / 1000).toFixed(2)} s · real-time factor ${rtf.toFixed(2)} (generation time / audio time)`;
     state.takes += 1;
     addTake({ n: state.takes, voice: voice || "(model's pick)", seed: body.seed, temperature: body.temperature ?? "default",
