@@ -1,5 +1,5 @@
 """The web playground: its files and the key rule in-process, then the page in a real headless
-browser (Debian's chromium, driven by Playwright) against a running `higgs-tts serve`."""
+browser (Debian's chromium, driven by Playwright, a fake microphone) against a running `higgs-tts serve`."""
 
 import shutil
 import tempfile
@@ -17,7 +17,9 @@ BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 # The flags for a closed network: nothing the browser does on its own reaches out.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--autoplay-policy=no-user-gesture-required"]
+         "--autoplay-policy=no-user-gesture-required",
+         # a fake microphone (a beeping tone), allowed without asking, for the record button
+         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 
 
 @pytest.fixture
@@ -144,16 +146,24 @@ def test_speak_in_a_real_browser(server, browser_page, voice_prompts, tmp_path):
     page.wait_for_selector("#speakers select option[value=from_browser]", state="attached")
     assert page.input_value("#speakers select") == "from_browser"
 
-    # Clone once: the clip goes with the request as a data URL, with its transcript.
+    # Record a clip with the (fake) microphone, then clone once: the recording goes with the
+    # request as a data URL, with its transcript.
+    page.click("#record")
+    page.wait_for_selector("#record:has-text('Stop recording')")
+    page.wait_for_timeout(1500)
+    page.click("#record")
+    page.wait_for_selector("#record:has-text('Record'):not(:has-text('Stop'))")
+    assert page.evaluate("document.getElementById('ref-preview').src").startswith("blob:")
     page.check("#use-ref")
     page.fill("#text", "Hello from the browser.")
     with page.expect_request("**/v1/audio/speech") as sent:
         page.click("#speak")
     body = sent.value.post_data_json
-    assert body["ref_audio_base64"].startswith("data:audio/") and "voice" not in body
+    assert body["ref_audio_base64"].startswith("data:audio/webm") and "voice" not in body
     assert body["ref_audio_transcript"] == (voice_prompts / "en_man.txt").read_text()
     page.wait_for_selector("#history li:nth-child(4)", state="attached")
-    assert page.is_hidden("#error")
+    assert page.is_hidden("#error"), page.text_content("#error")
+    assert "clone of recording.webm" in page.text_content("#history li")
 
     shot = tmp_path / "playground.png"
     page.screenshot(path=str(shot), full_page=True)
