@@ -10,6 +10,9 @@ From a shell (ENDPOINT_URL and RUNPOD_API_KEY, or --endpoint-url and --api-key):
     python -m higgs_tts.client speak "Hello!" --voice belinda --out hello.wav [--async] [--stream]
     python -m higgs_tts.client health
     python -m higgs_tts.client voices
+    python -m higgs_tts.client live "Hello! How are you?" --endpoint-url http://127.0.0.1:8000 --out hi.wav
+
+`LiveSpeech` / `live` speak text as it is written over `higgs-tts serve`'s WebSocket.
 
 It uses only the standard library, so it can be copied into any project as one file
 (`python client.py speak ...` then works the same way).
@@ -19,12 +22,18 @@ from __future__ import annotations
 
 import argparse
 import base64
+import codecs
 import contextlib
+import hashlib
 import json
 import os
+import socket
+import ssl
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import wave
 from pathlib import Path
@@ -209,6 +218,197 @@ def generate_audio(text: str, voice: str | None = None, scene_prompt: str | None
     return HiggsTTSClient().generate_audio(text, voice, scene_prompt, s3_bucket, mode=mode, **options)
 
 
+# -- live speech: WS /v1/audio/speech/stream on `higgs-tts serve` ----------------------------------
+
+
+class _WebSocket:
+    """Just enough of RFC 6455 for a client (stdlib only): text frames out (masked), frames in
+    (fragments joined, pings answered), a close handshake. Sending is thread-safe."""
+
+    def __init__(self, url: str, headers: dict[str, str], timeout: float) -> None:
+        parts = urllib.parse.urlsplit(url)
+        secure = parts.scheme in ("https", "wss")
+        port = parts.port or (443 if secure else 80)
+        sock = socket.create_connection((parts.hostname, port), timeout=timeout)
+        if secure:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=parts.hostname)
+        self.sock, self._lock, self._buffer = sock, threading.Lock(), b""
+        key = base64.b64encode(os.urandom(16)).decode()
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}", "Upgrade: websocket", "Connection: Upgrade",
+                 f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
+                 *(f"{k}: {v}" for k, v in headers.items())]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        while b"\r\n\r\n" not in self._buffer:
+            self._fill()
+        head, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
+        status, *fields = head.decode("latin-1").split("\r\n")
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+        found = {k.strip().lower(): v.strip() for k, _, v in (f.partition(":") for f in fields)}
+        if " 101 " not in status + " " or found.get("sec-websocket-accept") != accept.decode():
+            sock.close()
+            raise HiggsTTSError(f"{url}: no WebSocket here ({status})", status=status)
+
+    def _fill(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        self._buffer += data
+
+    def _take(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            self._fill()
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        size = len(payload)
+        head = bytes([0x80 | opcode])
+        if size < 126:
+            head += bytes([0x80 | size])
+        elif size < 1 << 16:
+            head += bytes([0x80 | 126]) + size.to_bytes(2, "big")
+        else:
+            head += bytes([0x80 | 127]) + size.to_bytes(8, "big")
+        key = (mask * (size // 4 + 1))[:size]
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big")
+        with self._lock:
+            self.sock.sendall(head + mask + masked)
+
+    def send_text(self, text: str) -> None:
+        self._send(0x1, text.encode())
+
+    def receive_text(self) -> str | None:
+        """The next text message; None once the server has closed."""
+        parts: list[bytes] = []
+        while True:
+            first, second = self._take(2)
+            size = second & 0x7F
+            if size == 126:
+                size = int.from_bytes(self._take(2), "big")
+            elif size == 127:
+                size = int.from_bytes(self._take(8), "big")
+            payload, opcode = self._take(size), first & 0x0F
+            if opcode == 0x8:  # close: answer it
+                with contextlib.suppress(OSError):
+                    self._send(0x8, payload[:2])
+                return None
+            if opcode == 0x9:
+                self._send(0xA, payload)
+            elif opcode in (0x0, 0x1, 0x2):
+                parts.append(payload)
+                if first & 0x80:
+                    return b"".join(parts).decode()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._send(0x8, (1000).to_bytes(2, "big"))
+        self.sock.close()
+
+
+class LiveSpeech:
+    """Text in as it is written, speech out phrase by phrase (`higgs-tts serve`, README "Live speech").
+
+        with LiveSpeech("http://127.0.0.1:8000", api_key=None, voice="belinda") as live:
+            for event in live.speak(llm_tokens()):     # sends the pieces, then close
+                if event["type"] == "audio":
+                    play(event["pcm"])                  # 16-bit mono PCM at 24 kHz (the default format)
+
+    `config` is the config message's fields (voice, response_format, seed, ...). `ready` holds the
+    server's ready message; events are dicts as the server sends them, audio ones with `pcm` (the
+    decoded bytes) beside `audio`.
+    """
+
+    def __init__(self, server_url: str, api_key: str | None = None, timeout: float = 120.0, **config) -> None:
+        url = server_url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.ws = _WebSocket(url + "/v1/audio/speech/stream", headers, timeout)
+        with contextlib.suppress(OSError):  # closed at once (a wrong key): the reason is the next message
+            self.send({"type": "config", **config})
+        self.ready = self.receive()
+        if self.ready.get("type") != "ready":
+            self.ws.close()
+            raise HiggsTTSError(f"live session refused: {self.ready.get('message')}", self.ready,
+                                self.ready.get("code"))
+
+    def send(self, message: dict) -> None:
+        self.ws.send_text(json.dumps(message))
+
+    def text(self, text: str) -> None:
+        self.send({"type": "text", "text": text})
+
+    def flush(self) -> None:
+        self.send({"type": "flush"})
+
+    def cancel(self) -> None:
+        self.send({"type": "cancel"})
+
+    def close(self) -> None:
+        """Speak what is buffered, then the server sends `done` and ends the session."""
+        self.send({"type": "close"})
+
+    def receive(self) -> dict:
+        message = self.ws.receive_text()
+        if message is None:
+            return {"type": "closed"}
+        event = json.loads(message)
+        if event.get("type") == "audio":
+            event["pcm"] = base64.b64decode(event["audio"])
+        return event
+
+    def events(self):
+        """Events until `done` (included); raises HiggsTTSError if the session ends without it."""
+        while True:
+            event = self.receive()
+            if event["type"] == "closed":
+                raise HiggsTTSError("the session ended before done")
+            yield event
+            if event["type"] == "done":
+                return
+
+    def speak(self, pieces, words_per_second: float | None = None):
+        """Send `pieces` (an iterable of text deltas) from a thread, then close; yields the events."""
+        failed: list[BaseException] = []
+
+        def feed() -> None:
+            try:
+                for piece in pieces:
+                    self.text(piece)
+                    if words_per_second:
+                        time.sleep(max(1, len(piece.split())) / words_per_second)
+                self.close()
+            except BaseException as exc:  # handed to the reader
+                failed.append(exc)
+
+        sender = threading.Thread(target=feed, daemon=True)
+        sender.start()
+        yield from self.events()
+        sender.join()
+        if failed:
+            raise failed[0]
+
+    def __enter__(self) -> LiveSpeech:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.ws.close()
+
+
+def speak_live(server_url: str, pieces, api_key: str | None = None, **config) -> tuple[bytes, dict]:
+    """All the audio of `pieces` (text deltas) spoken live, and the `done` message."""
+    audio = bytearray()
+    with LiveSpeech(server_url, api_key, **config) as live:
+        for event in live.speak(pieces):
+            if event["type"] == "audio":
+                audio += event["pcm"]
+            elif event["type"] == "error":
+                raise HiggsTTSError(f"live session: {event.get('message')}", event, event.get("code"))
+            elif event["type"] == "done":
+                return bytes(audio), event
+    raise HiggsTTSError("the session ended before done")
+
+
 # -- command line ---------------------------------------------------------------------------------
 
 FORMATS = {".wav": "wav", ".flac": "flac", ".mp3": "mp3", ".ogg": "opus", ".opus": "opus", ".aac": "aac",
@@ -253,6 +453,18 @@ def _parser() -> argparse.ArgumentParser:
     how.add_argument("--async", dest="use_async", action="store_true", help="/run and poll /status")
     how.add_argument("--stream", action="store_true",
                      help="write PCM items into a WAV file as they arrive (worker with STREAMING=1)")
+    live = commands.add_parser("live", parents=[common], help="speak text as it is written (higgs-tts serve's "
+                               "WebSocket): TEXT, or standard input as it arrives (an LLM piped in)")
+    live.add_argument("text", nargs="?", help="the text (default: read standard input piece by piece)")
+    live.add_argument("--out", type=Path, required=True, help="WAV file to write")
+    live.add_argument("--voice", help="voice name, or names 'belinda,chadwick'")
+    live.add_argument("--scene", help="scene prompt (instructions)")
+    live.add_argument("--seed", type=int)
+    live.add_argument("--max-new-tokens", type=int)
+    live.add_argument("--words-per-second", type=float,
+                      help="send TEXT a word at a time at this pace, as an LLM writes (default: all at once)")
+    live.add_argument("--option", "-o", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                      help="any other config field; VALUE is read as JSON when it parses (repeatable)")
     commands.add_parser("health", parents=[common], help="the worker's health as JSON")
     voices = commands.add_parser("voices", parents=[common], help="voice name, kind and description")
     voices.add_argument("--json", action="store_true", help="the list as JSON")
@@ -333,8 +545,80 @@ def _speak_streamed(client: HiggsTTSClient, job: dict, out: Path) -> dict:
     return _summary(final)
 
 
+def _stdin_pieces():
+    """Standard input as it arrives (not line by line): what a piped LLM has written so far."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while data := os.read(sys.stdin.fileno(), 4096):
+        if text := decoder.decode(data):
+            yield text
+    if tail := decoder.decode(b"", final=True):
+        yield tail
+
+
+def _live(args: argparse.Namespace) -> dict:
+    """Speak TEXT (word by word at --words-per-second) or standard input live into a WAV file, and
+    report the time from the first complete sentence sent to its first audio."""
+    url = args.endpoint_url or os.environ.get("ENDPOINT_URL") or os.environ.get("RUNPOD_ENDPOINT_URL")
+    if not url:
+        raise ValueError("--endpoint-url (or ENDPOINT_URL) is required: the server, e.g. http://127.0.0.1:8000")
+    config: dict = {"response_format": "pcm"}
+    for key, value in (("voice", args.voice), ("instructions", args.scene), ("seed", args.seed),
+                       ("max_new_tokens", args.max_new_tokens)):
+        if value is not None:
+            config[key] = value
+    config.update(dict(args.option))
+    if args.text is None:
+        pieces = _stdin_pieces()
+    elif args.words_per_second:
+        words = args.text.split(" ")
+        pieces = (w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words))
+    else:
+        pieces = iter([args.text])
+    api_key = args.api_key if args.api_key is not None else os.environ.get("RUNPOD_API_KEY")
+    sent_sentence: list[float] = []
+
+    def watched(source):
+        for piece in source:
+            if not sent_sentence and any(c in piece for c in ".!?\n"):
+                sent_sentence.append(time.perf_counter())
+            yield piece
+
+    wav, done, first_audio = None, {}, None
+    try:
+        with LiveSpeech(url, api_key, timeout=args.timeout, **config) as live:
+            wav = _open_wav(args.out, int(live.ready.get("sample_rate") or 24000))
+            for event in live.speak(watched(pieces), args.words_per_second):
+                if event["type"] == "audio":
+                    if first_audio is None:
+                        first_audio = time.perf_counter()
+                    wav.writeframes(event["pcm"])
+                elif event["type"] == "error":
+                    raise HiggsTTSError(f"live session: {event.get('message')}", event, event.get("code"))
+                else:
+                    done = event if event["type"] == "done" else done
+        wav.close()
+    except BaseException:
+        if wav is not None:
+            with contextlib.suppress(Exception):
+                wav.close()
+            args.out.unlink(missing_ok=True)
+        raise
+    if first_audio is not None and sent_sentence:
+        done["client_first_audio_seconds"] = round(max(0.0, first_audio - sent_sentence[0]), 3)
+    print(f"wrote {args.out} ({done.get('duration_seconds')} s, {done.get('segments')} phrases; first audio "
+          f"{done.get('client_first_audio_seconds')} s after the first sentence was sent)", file=sys.stderr)
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "live":
+        try:
+            print(json.dumps(_live(args), indent=2))
+            return 0
+        except (HiggsTTSError, ValueError, OSError, wave.Error) as exc:  # ConnectionError is an OSError
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     try:
         client = HiggsTTSClient(args.endpoint_url, args.api_key, timeout=args.timeout)
         if args.command == "speak":

@@ -113,6 +113,7 @@ class ServiceSettings:
     # ref_audio_url: hosts fetched even over plain http or at a private address, and the deadline
     ref_audio_url_allowlist: tuple[str, ...] = ()
     ref_audio_url_timeout: float = 20.0
+    live_max_buffered_chars: int = 4000  # a live session's text not yet being spoken
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -130,6 +131,7 @@ class ServiceSettings:
             s3_region=_optional("AWS_DEFAULT_REGION") or "us-east-1",
             ref_audio_url_allowlist=_hosts("REF_AUDIO_URL_ALLOWLIST"),
             ref_audio_url_timeout=_number("REF_AUDIO_URL_TIMEOUT", 20.0, float),
+            live_max_buffered_chars=_number("LIVE_MAX_BUFFERED_CHARS", 4000),
         )
 
 
@@ -147,6 +149,8 @@ class ServerSettings:
     health_port: int | None = None  # PORT_HEALTH: /ping on this port too (RunPod load balancing)
     voice_aliases_path: Path | None = None  # OpenAI voice names -> library voices; None: the packaged file
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the HTTP server; () = CORS off
+    live_idle_seconds: float = 60.0  # a live session with nothing to say and no message for this long ends
+    live_max_messages_per_second: int = 200  # a live session's client messages, over any one second
 
     @classmethod
     def from_env(cls) -> ServerSettings:
@@ -160,4 +164,6 @@ class ServerSettings:
             health_port=_number("PORT_HEALTH", None),
             voice_aliases_path=Path(p) if (p := _optional("VOICE_ALIASES_PATH")) else None,
             cors_origins=tuple(o.strip() for o in (_optional("CORS_ORIGINS") or "").split(",") if o.strip()),
+            live_idle_seconds=_number("LIVE_IDLE_SECONDS", 60.0, float),
+            live_max_messages_per_second=_number("LIVE_MAX_MESSAGES_PER_SECOND", 200),
         )

@@ -268,3 +268,258 @@ export function pcmToWav(pcm, sampleRate = 24000) {
 export async function generateAudio(text, voice = null, options = {}) {
   return new HiggsTTSClient().generateAudio(text, voice, options);
 }
+
+// -- live speech: WS /v1/audio/speech/stream on `higgs-tts serve` ------------------------------------
+
+/**
+ * Just enough of RFC 6455 for a client on Node 20/21, which have no global WebSocket (Node 22+,
+ * browsers, Deno and Bun have one, and LiveSpeech uses theirs): the browser API's subset that
+ * LiveSpeech needs (onopen, onmessage, onclose, onerror, send, close), over node:net / node:tls.
+ */
+export class NodeWebSocket {
+  constructor(url, { headers = {} } = {}) {
+    this.readyState = 0;
+    this.onopen = this.onmessage = this.onclose = this.onerror = null;
+    this._open(new URL(url), headers).catch((error) => this._fail(error));
+  }
+
+  async _open(url, headers) {
+    const [{ createHash, randomBytes }, net, tls] = await Promise.all([
+      import("node:crypto"), import("node:net"), import("node:tls")]);
+    const secure = url.protocol === "wss:" || url.protocol === "https:";
+    const port = Number(url.port) || (secure ? 443 : 80);
+    const key = randomBytes(16).toString("base64");
+    this._mask = () => randomBytes(4);
+    this._buffer = Buffer.alloc(0);
+    this._parts = [];
+    const socket = secure ? tls.connect({ host: url.hostname, port, servername: url.hostname })
+      : net.connect({ host: url.hostname, port });
+    this._socket = socket;
+    socket.on("error", (error) => this._fail(error));
+    socket.on("close", () => this._closed(1006));
+    await new Promise((resolve) => socket.once(secure ? "secureConnect" : "connect", resolve));
+    const lines = [`GET ${url.pathname}${url.search} HTTP/1.1`, `Host: ${url.host}`, "Upgrade: websocket",
+      "Connection: Upgrade", `Sec-WebSocket-Key: ${key}`, "Sec-WebSocket-Version: 13",
+      ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`)];
+    socket.write(lines.join("\r\n") + "\r\n\r\n");
+    const accept = createHash("sha1").update(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest("base64");
+    let handshaken = false;
+    socket.on("data", (data) => {
+      this._buffer = Buffer.concat([this._buffer, data]);
+      if (!handshaken) {
+        const end = this._buffer.indexOf("\r\n\r\n");
+        if (end < 0) return;
+        const head = this._buffer.subarray(0, end).toString("latin1").split("\r\n");
+        this._buffer = this._buffer.subarray(end + 4);
+        const fields = Object.fromEntries(head.slice(1).map((l) => [l.split(":")[0].trim().toLowerCase(),
+          l.slice(l.indexOf(":") + 1).trim()]));
+        if (!/^HTTP\/1\.1 101 /.test(head[0]) || fields["sec-websocket-accept"] !== accept) {
+          this._fail(new Error(`no WebSocket at ${url.href} (${head[0]})`));
+          socket.destroy();
+          return;
+        }
+        handshaken = true;
+        this.readyState = 1;
+        this.onopen?.({});
+      }
+      this._frames();
+    });
+  }
+
+  _frames() {
+    for (;;) {
+      const b = this._buffer;
+      if (b.length < 2) return;
+      let size = b[1] & 0x7f;
+      let offset = 2;
+      if (size === 126) {
+        if (b.length < 4) return;
+        size = b.readUInt16BE(2);
+        offset = 4;
+      } else if (size === 127) {
+        if (b.length < 10) return;
+        size = Number(b.readBigUInt64BE(2));
+        offset = 10;
+      }
+      if (b.length < offset + size) return;
+      const payload = b.subarray(offset, offset + size);
+      this._buffer = b.subarray(offset + size);
+      const opcode = b[0] & 0x0f;
+      if (opcode === 0x8) {
+        this._send(0x8, payload.subarray(0, 2));
+        this._socket.end();
+        this._closed(payload.length >= 2 ? payload.readUInt16BE(0) : 1005);
+        return;
+      }
+      if (opcode === 0x9) this._send(0xa, payload);
+      else if (opcode <= 0x2) {
+        this._parts.push(Buffer.from(payload));
+        if (b[0] & 0x80) {
+          const data = Buffer.concat(this._parts).toString("utf8");
+          this._parts = [];
+          this.onmessage?.({ data });
+        }
+      }
+    }
+  }
+
+  _send(opcode, payload) {
+    const mask = this._mask();
+    const size = payload.length;
+    const head = size < 126 ? Buffer.from([0x80 | opcode, 0x80 | size])
+      : size < 65536 ? Buffer.from([0x80 | opcode, 0x80 | 126, size >> 8, size & 0xff])
+        : Buffer.concat([Buffer.from([0x80 | opcode, 0x80 | 127]), (() => {
+          const n = Buffer.alloc(8); n.writeBigUInt64BE(BigInt(size)); return n;
+        })()]);
+    const masked = Buffer.from(payload);
+    for (let i = 0; i < size; i++) masked[i] ^= mask[i & 3];
+    if (!this._socket.destroyed) this._socket.write(Buffer.concat([head, mask, masked]));
+  }
+
+  send(text) {
+    if (this.readyState !== 1) throw new Error("the WebSocket is not open");
+    this._send(0x1, Buffer.from(text, "utf8"));
+  }
+
+  close(code = 1000) {
+    if (this.readyState === 1) {
+      this.readyState = 2;
+      const body = Buffer.alloc(2);
+      body.writeUInt16BE(code);
+      this._send(0x8, body);
+    }
+  }
+
+  _fail(error) {
+    this.onerror?.({ error, message: error.message });
+    this._closed(1006);
+  }
+
+  _closed(code) {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this._socket?.destroy();
+    this.onclose?.({ code });
+  }
+}
+
+/**
+ * Text in as it is written, speech out phrase by phrase (`higgs-tts serve`, README "Live speech").
+ *
+ *   const live = await LiveSpeech.open("http://127.0.0.1:8000", { apiKey, voice: "belinda" });
+ *   for await (const event of live.speak(llmTokens())) {   // sends the pieces, then close
+ *     if (event.type === "audio") play(event.pcm);         // 16-bit mono PCM at 24 kHz (the default)
+ *   }
+ *
+ * Config fields (voice, response_format, instructions, seed, ...) go in the config message. The
+ * key goes as `?api_key=` (a browser's WebSocket cannot send headers; NodeWebSocket sends it as a
+ * header). `WebSocket` picks the implementation (default: the global one, else NodeWebSocket).
+ */
+export class LiveSpeech {
+  static async open(serverUrl, { apiKey = null, WebSocket = globalThis.WebSocket, timeoutMs = 120_000,
+    ...config } = {}) {
+    const base = serverUrl.replace(/\/+$/, "").replace(/^http/, "ws") + "/v1/audio/speech/stream";
+    const Impl = WebSocket ?? NodeWebSocket;
+    const native = Impl !== NodeWebSocket;
+    const ws = native ? new Impl(apiKey ? `${base}?api_key=${encodeURIComponent(apiKey)}` : base)
+      : new Impl(base, { headers: apiKey ? { Authorization: `Bearer ${apiKey}` } : {} });
+    const live = new LiveSpeech(ws, timeoutMs);
+    await live._opened;
+    try {
+      live.send({ type: "config", ...config });
+    } catch {
+      // closed at once (a wrong key): the server's reason is the next message
+    }
+    live.ready = await live.receive();
+    if (live.ready.type !== "ready") {
+      ws.close();
+      throw new HiggsTTSError(`live session refused: ${live.ready.message}`,
+        { output: live.ready, status: live.ready.code ?? null });
+    }
+    return live;
+  }
+
+  constructor(ws, timeoutMs) {
+    this.ws = ws;
+    this.timeoutMs = timeoutMs;
+    this._inbox = [];
+    this._waiting = [];
+    this._opened = new Promise((resolve, reject) => {
+      ws.onopen = resolve;
+      ws.onerror = (event) => reject(new HiggsTTSError(`WebSocket error: ${event.message ?? "connection failed"}`));
+    });
+    ws.onmessage = (event) => this._deliver(JSON.parse(typeof event.data === "string" ? event.data
+      : Buffer.from(event.data).toString("utf8")));
+    ws.onclose = () => this._deliver({ type: "closed" });
+  }
+
+  _deliver(message) {
+    if (message.type === "closed") this._closed = true;
+    if (message.type === "audio") message.pcm = Buffer.from(message.audio, "base64");
+    const waiter = this._waiting.shift();
+    if (waiter) waiter(message);
+    else this._inbox.push(message);
+  }
+
+  /** The next message from the server ({type: "closed"} once the socket is gone). */
+  receive() {
+    if (this._inbox.length) return Promise.resolve(this._inbox.shift());
+    if (this._closed) return Promise.resolve({ type: "closed" });
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new HiggsTTSError(`no message in ${this.timeoutMs} ms`)), this.timeoutMs);
+      this._waiting.push((message) => { clearTimeout(timer); resolve(message); });
+    });
+  }
+
+  send(message) { this.ws.send(JSON.stringify(message)); }
+  text(text) { this.send({ type: "text", text }); }
+  flush() { this.send({ type: "flush" }); }
+  cancel() { this.send({ type: "cancel" }); }
+  /** Speak what is buffered; the server then sends `done` and ends the session. */
+  close() { this.send({ type: "close" }); }
+  /** Drop the connection (the server stops generating and frees the engine slot). */
+  disconnect() { this.ws.close(); }
+
+  /** Messages until `done` (included); throws if the session ends without it. */
+  async *events() {
+    for (;;) {
+      const event = await this.receive();
+      if (event.type === "closed") throw new HiggsTTSError("the session ended before done");
+      yield event;
+      if (event.type === "done") return;
+    }
+  }
+
+  /** Send `pieces` (an iterable or async iterable of text deltas), then close; yields the messages. */
+  async *speak(pieces, { wordsPerSecond = null } = {}) {
+    const feeding = (async () => {
+      for await (const piece of pieces) {
+        this.text(piece);
+        if (wordsPerSecond) await sleep((Math.max(1, piece.trim().split(/\s+/).length) / wordsPerSecond) * 1000);
+      }
+      this.close();
+    })();
+    let failed = null;
+    feeding.catch((error) => { failed = error; });
+    yield* this.events();
+    await feeding.catch(() => {});
+    if (failed) throw failed;
+  }
+}
+
+/** All the audio of `pieces` spoken live: {pcm: Buffer, done}. Error messages throw HiggsTTSError. */
+export async function speakLive(serverUrl, pieces, options = {}) {
+  const live = await LiveSpeech.open(serverUrl, options);
+  const audio = [];
+  try {
+    for await (const event of live.speak(pieces)) {
+      if (event.type === "audio") audio.push(event.pcm);
+      else if (event.type === "error") {
+        throw new HiggsTTSError(`live session: ${event.message}`, { output: event, status: event.code });
+      } else if (event.type === "done") return { pcm: Buffer.concat(audio), done: event };
+    }
+  } finally {
+    live.disconnect();
+  }
+  throw new HiggsTTSError("the session ended before done");
+}

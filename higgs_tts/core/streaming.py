@@ -60,7 +60,8 @@ class StreamingDecoder:
             chunks.append(self._emit(end, end + self.context))
 
     def finish(self) -> np.ndarray:
-        """The remaining audio, once generation has ended."""
+        """The remaining audio, once generation has ended (or pauses: frames pushed after it are
+        decoded on, with the earlier frames as left context)."""
         if self._total == self._emitted:
             return np.zeros(0, dtype=np.float32)
         return self._emit(self._total, self._total)

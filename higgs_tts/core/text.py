@@ -238,3 +238,35 @@ def chunk_text(
     if method == "sentence":
         return chunk_by_sentence(text, max_word_num)
     raise ValueError(f"chunk_method must be null or one of {', '.join(CHUNK_METHODS)}; got {method!r}")
+
+
+# A live phrase without spaces (Chinese, Japanese) is bounded by characters: this many a word.
+PHRASE_CHARS_PER_WORD = 4
+
+
+def cut_phrases(buffer: str, max_words: int) -> tuple[list[str], str]:
+    """Complete phrases at the front of text still being written, and the rest to wait on.
+
+    A phrase ends at a sentence end that something follows (a final "." may yet become "3.5" or
+    "..."), or a line break; a run longer than `max_words` words (or `max_words` *
+    PHRASE_CHARS_PER_WORD characters without spaces) is cut after that many complete words.
+    """
+    phrases: list[str] = []
+    end = 0
+    for match in _SENTENCE_END.finditer(buffer):
+        if match.end() < len(buffer) or match.group() == "\n":
+            end = match.end()
+    if end:
+        phrases = [sentence for sentence, _ in split_sentences(buffer[:end])]
+    rest = buffer[end:]
+    while True:
+        words = re.findall(r"\S+\s+", rest)  # words that something follows: complete
+        if len(words) > max_words:
+            cut = sum(len(w) for w in words[:max_words])
+        elif " " not in rest.strip() and len(rest) > max_words * PHRASE_CHARS_PER_WORD:
+            cut = max_words * PHRASE_CHARS_PER_WORD
+        else:
+            return phrases, rest
+        if rest[:cut].strip():
+            phrases.append(rest[:cut].strip())
+        rest = rest[cut:]

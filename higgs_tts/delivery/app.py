@@ -4,8 +4,9 @@
 
 Surfaces: OpenAI's speech API (`openai.py`, voice aliases in `aliases.py`), RunPod's job API
 (`jobs.py`), operations: health and metrics (`operations.py`), voices: upload, read, delete
-(`voices.py`), the web playground (`playground.py`, at `/playground`); the API key and the body
-limit wrap them all (`middleware.py`), CORS (when `CORS_ORIGINS` is set) wraps those.
+(`voices.py`), live speech over a WebSocket (`live.py`), the web playground (`playground.py`, at
+`/playground`); the API key and the body limit wrap them all (`middleware.py`), CORS (when
+`CORS_ORIGINS` is set) wraps those.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from starlette.exceptions import HTTPException
 
 from ..service.speech import SpeechService
 from ..settings import ServerSettings
-from . import jobs, openai, operations, playground, voices
+from . import jobs, live, openai, operations, playground, voices
 from .aliases import VoiceAliases
 from .metrics import Metrics
 from .middleware import BearerAuth, BodyLimit, openai_error
@@ -44,7 +45,9 @@ def create_app(service: SpeechService | None = None, server: ServerSettings | No
                            allow_headers=["*"], expose_headers=["X-Audio-Duration", "X-Seed", "X-Generation-Time",
                                                                 "X-Text-Chunks", "X-Chunks-Cut"])
     app.include_router(operations.router(service, metrics))
-    app.include_router(openai.router(service, metrics, VoiceAliases.load(server.voice_aliases_path)))
+    aliases = VoiceAliases.load(server.voice_aliases_path)
+    app.include_router(openai.router(service, metrics, aliases))
+    app.include_router(live.router(service, metrics, server, aliases))
     app.include_router(voices.router(service, metrics))
     app.include_router(jobs.router(service, metrics))
     app.include_router(playground.router())

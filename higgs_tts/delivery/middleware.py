@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import Request
+from fastapi import Request, WebSocket
 from fastapi.responses import JSONResponse
 from starlette.middleware.base import BaseHTTPMiddleware
 
@@ -50,9 +50,18 @@ class BodyLimit(BaseHTTPMiddleware):
 PUBLIC_PAGES = ("/", "/playground", "/playground/playground.js", "/playground/playground.css")
 
 
+def websocket_authorized(websocket: WebSocket, api_key: str) -> bool:
+    """A WebSocket's key: `Authorization: Bearer <key>`, or `?api_key=<key>` (browsers cannot set
+    headers on a WebSocket). BearerAuth never sees WebSockets: the route asks this itself."""
+    scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        token = websocket.query_params.get("api_key", "")
+    return hmac.compare_digest(token.strip().encode(), api_key.encode())
+
+
 class BearerAuth(BaseHTTPMiddleware):
     """With an API key set, every route but /health, /ping and the playground's page needs
-    `Authorization: Bearer <key>`."""
+    `Authorization: Bearer <key>` (HTTP only: WebSocket routes check `websocket_authorized`)."""
 
     def __init__(self, app, api_key: str) -> None:
         super().__init__(app)

@@ -6,6 +6,7 @@ earlier chunks as context; all codes are decoded once at the end so there are no
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import threading
@@ -347,23 +348,82 @@ class Synthesizer:
         prompt_voices = [self._prompt_voice(v) for v in run.voices]
         if request.reference is not None:
             prompt_voices.append(self._reference_voice(request.reference))
-        buffer = request.generation_chunk_buffer_size
         for chunk in run.chunks:
-            context = run.history if buffer is None else run.history[-buffer:] if buffer else []
-            prompt = self._prompt(request, run.text, chunk, prompt_voices, run.scene, context)
-            inputs = renderer.inputs(prompt, loaded.device)
-            columns: list[torch.Tensor] = []
-            frames = torch.zeros((0, loaded.model.config.num_codebooks), dtype=torch.long)
-            for piece in generator.generate(inputs, request.sampling, run.seed):
-                columns.append(piece.cpu())
-                sent, frames = frames.shape[0], generated_frames(torch.cat(columns))
-                if frames.shape[0] > sent:
-                    yield frames[sent:]
-            if columns and not stream_ended(torch.cat(columns)):  # max_new_tokens came first: cut
-                run.cut_chunks.append(len(run.history))
-                log.warning("chunk %d of %d reached max_new_tokens (%d) before its end; its speech is cut",
-                            len(run.history) + 1, len(run.chunks), request.sampling.max_new_tokens)
-            run.history.append((chunk, frames))
+            yield from self._chunk(run, request, chunk, renderer, generator, prompt_voices)
             if run.progress is not None:
                 done = sum(f.shape[0] for _, f in run.history)
                 run.progress(len(run.history), len(run.chunks), done * loaded.hop_length / loaded.sample_rate)
+
+    def _chunk(self, run: _Run, request: SynthesisRequest, chunk: str, renderer: PromptRenderer,
+               generator: Generator, prompt_voices: list[PromptVoice]) -> Iterator[torch.Tensor]:
+        """One chunk's new frames as they are complete, with the earlier chunks as context; once it
+        has ended (not when closed early) it joins `run.history`."""
+        loaded = run.loaded
+        buffer = request.generation_chunk_buffer_size
+        context = run.history if buffer is None else run.history[-buffer:] if buffer else []
+        prompt = self._prompt(request, run.text, chunk, prompt_voices, run.scene, context)
+        inputs = renderer.inputs(prompt, loaded.device)
+        columns: list[torch.Tensor] = []
+        frames = torch.zeros((0, loaded.model.config.num_codebooks), dtype=torch.long)
+        for piece in generator.generate(inputs, request.sampling, run.seed):
+            columns.append(piece.cpu())
+            sent, frames = frames.shape[0], generated_frames(torch.cat(columns))
+            if frames.shape[0] > sent:
+                yield frames[sent:]
+        if columns and not stream_ended(torch.cat(columns)):  # max_new_tokens came first: cut
+            run.cut_chunks.append(len(run.history))
+            log.warning("chunk %d of %d reached max_new_tokens (%d) before its end; its speech is cut",
+                        len(run.history) + 1, max(len(run.chunks), len(run.history) + 1),
+                        request.sampling.max_new_tokens)
+        run.history.append((chunk, frames))
+
+    def live(self, request: SynthesisRequest) -> LiveSynthesis:
+        """Phrases that arrive one at a time (a live session), spoken in one voice: see LiveSynthesis.
+        `request.text` is only a placeholder; its voices, scene, sampling and seed hold for every phrase."""
+        return LiveSynthesis(self, request)
+
+
+class LiveSynthesis:
+    """Phrases generated one after another, each with the earlier ones as context, exactly as the
+    chunks of one long text are (same prompt, same seed): the voice stays the same, and the frames
+    equal those of one request chunked into the same phrases.
+
+        phrase(text) -> Iterator[frames [n, K]]   one phrase; closing it early frees its engine slot
+                                                  at the next burst and leaves it out of the context
+    """
+
+    def __init__(self, synthesizer: Synthesizer, request: SynthesisRequest) -> None:
+        self._synthesizer, self.request = synthesizer, request
+        run = synthesizer._start(request)
+        run.chunks = []
+        self.run = run
+        self.renderer = PromptRenderer(run.loaded.processor)
+        self.prompt_voices = [synthesizer._prompt_voice(v) for v in run.voices]
+        if request.reference is not None:
+            self.prompt_voices.append(synthesizer._reference_voice(request.reference))
+
+    @property
+    def seed(self) -> int:
+        return self.run.seed
+
+    @property
+    def hop(self) -> int:
+        return self.run.loaded.hop_length
+
+    @property
+    def sample_rate(self) -> int:
+        return self.run.loaded.sample_rate
+
+    def decode(self, frames: torch.Tensor) -> np.ndarray:
+        return self._synthesizer.decode(frames)
+
+    def phrase(self, text: str) -> Iterator[torch.Tensor]:
+        """The new frames of one phrase (any text; normalized here) as they are generated."""
+        chunk = normalize_transcript(text)
+        if not speakable(chunk):
+            raise ValueError("text has nothing to speak after normalization")
+        request = dataclasses.replace(self.request, text=text)  # speaker tags are counted in the phrase
+        generator = self._synthesizer.generator(self.run.loaded)
+        with generator.admission():  # per phrase: an idle session holds no place in the engine
+            yield from self._synthesizer._chunk(self.run, request, chunk, self.renderer, generator,
+                                                self.prompt_voices)

@@ -231,3 +231,50 @@ def test_client_file_works_copied_alone(worker, tmp_path):
                           env={**os.environ, **env}, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status"] == "healthy"
+
+
+# -- live speech (WS /v1/audio/speech/stream on higgs-tts serve) -----------------------------------
+
+LIVE = {"voice": "belinda", "seed": 5, "max_new_tokens": 40}  # phrases of at most 2 words
+
+
+def test_live_speech_equals_the_chunked_request(serve):
+    audio, done = client_module.speak_live(serve, ["Hello ", "there. ", "Bye", "."], api_key=SERVE_KEY, **LIVE)
+    assert done["segments"] == 2 and len(audio) == round(done["duration_seconds"] * 24000) * 2 > 0
+    whole = httpx.post(serve + "/v1/audio/speech", headers={"Authorization": f"Bearer {SERVE_KEY}"}, timeout=300,
+                       json={"input": "Hello there. Bye.", "response_format": "pcm", "chunk_method": "sentence",
+                             "chunk_max_word_num": 2, **LIVE})
+    assert whole.status_code == 200 and audio == whole.content
+
+
+def test_live_speech_events_and_a_refused_config(serve):
+    with client_module.LiveSpeech(serve, SERVE_KEY, **LIVE) as live:
+        assert live.ready["type"] == "ready" and live.ready["seed"] == 5
+        live.text("Say <|audio_bos|> this")
+        assert live.receive()["code"] == "invalid_input"  # the session goes on
+        events = list(live.speak(["One two. "]))
+    assert [e["text"] for e in events if e["type"] == "segment"] == ["One two."]
+    assert all(isinstance(e["pcm"], bytes) for e in events if e["type"] == "audio")
+    with pytest.raises(HiggsTTSError, match="voice"):
+        client_module.LiveSpeech(serve, SERVE_KEY, voice="nobody_at_all")
+    with pytest.raises(HiggsTTSError, match="API key"):
+        client_module.LiveSpeech(serve, "wrong", **LIVE)
+
+
+def test_cli_live_reads_standard_input_as_it_comes(serve, tmp_path):
+    out = tmp_path / "live.wav"
+    done = subprocess.run(
+        [sys.executable, "-m", "higgs_tts.client", "live", "--endpoint-url", serve, "--api-key", SERVE_KEY,
+         "--voice", "belinda", "--seed", "5", "--max-new-tokens", "40", "--out", str(out)],
+        input="Hello there. Bye.", cwd=REPO, capture_output=True, text=True, timeout=600)
+    ok(done)
+    summary = json.loads(done.stdout)
+    assert summary["type"] == "done" and summary["segments"] == 2
+    print("time to first audio from the first sentence (client):", summary["client_first_audio_seconds"], "s")
+    with wave.open(str(out)) as wav:
+        assert wav.getframerate() == 24000 and wav.getnframes() == round(summary["duration_seconds"] * 24000)
+    paced = ok(cli("live", "One two three. Four.", "--words-per-second", "20", "--out", str(tmp_path / "p.wav"),
+                   "--api-key", SERVE_KEY, url=serve))
+    assert json.loads(paced.stdout)["segments"] >= 2
+    refused = cli("live", "Hi.", "--out", str(tmp_path / "x.wav"), "--api-key", "wrong", url=serve)
+    assert refused.returncode == 1 and "API key" in refused.stderr and not (tmp_path / "x.wav").exists()

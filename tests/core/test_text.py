@@ -120,3 +120,24 @@ class TestChunking:
     def test_unknown_method_is_rejected(self):
         with pytest.raises(ValueError, match="chunk_method"):
             chunk_text("x.", "paragraph")
+
+
+def test_cut_phrases_waits_for_what_follows_a_sentence_end():
+    from higgs_tts.core.text import cut_phrases
+
+    assert cut_phrases("Hello. Wor", 10) == (["Hello."], " Wor")
+    assert cut_phrases("Hello.", 10) == ([], "Hello.")  # may yet become "Hello..." or "Hello.5"
+    assert cut_phrases("Pi is 3.5 and", 10) == ([], "Pi is 3.5 and")
+    assert cut_phrases("One. Two? Three! Four", 10) == (["One.", "Two?", "Three!"], " Four")
+    assert cut_phrases("a line\nnext", 10) == (["a line"], "next")
+    assert cut_phrases('He said "stop." Then', 10) == (['He said "stop."'], " Then")
+
+
+def test_cut_phrases_bounds_long_runs_without_a_sentence_end():
+    from higgs_tts.core.text import PHRASE_CHARS_PER_WORD, cut_phrases
+
+    assert cut_phrases("a b c d e f g h", 3) == (["a b c", "d e f"], "g h")  # "h" may go on
+    assert cut_phrases("a b c d", 3) == ([], "a b c d")  # cut once more than 3 words are complete
+    spaceless = "字" * (2 * PHRASE_CHARS_PER_WORD + 3)
+    phrases, rest = cut_phrases(spaceless, 2)
+    assert phrases == ["字" * (2 * PHRASE_CHARS_PER_WORD)] and rest == "字" * 3
