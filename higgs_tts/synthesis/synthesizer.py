@@ -212,6 +212,10 @@ class Synthesizer:
         scene = DEFAULT_SCENE if request.scene is None else request.scene
         return text, chunks, voices, scene
 
+    def chunks(self, request: SynthesisRequest) -> list[str]:
+        """The request's generation chunks, as synthesis will make them (for sizing its work)."""
+        return self._plan(request)[1]
+
     def _prompt(self, request, text, chunk, voices: list[PromptVoice], scene, history) -> Prompt:
         return build_prompt(
             chunk,
@@ -350,6 +354,7 @@ class Synthesizer:
         buffer = request.generation_chunk_buffer_size
         for chunk in run.chunks:
             context = run.history if buffer is None else run.history[-buffer:] if buffer else []
+            context = _newest_within(context, self.settings.max_context_frames)
             prompt = self._prompt(request, run.text, chunk, prompt_voices, run.scene, context)
             inputs = renderer.inputs(prompt, loaded.device)
             columns: list[torch.Tensor] = []
@@ -367,3 +372,13 @@ class Synthesizer:
             if run.progress is not None:
                 done = sum(f.shape[0] for _, f in run.history)
                 run.progress(len(run.history), len(run.chunks), done * loaded.hop_length / loaded.sample_rate)
+
+
+def _newest_within(history: list[tuple[str, torch.Tensor]], max_frames: int) -> list[tuple[str, torch.Tensor]]:
+    """The newest chunks of `history` whose frames add up to at most `max_frames` (MAX_CONTEXT_FRAMES)."""
+    kept, total = 0, 0
+    for _, frames in reversed(history):
+        if total + frames.shape[0] > max_frames:
+            break
+        kept, total = kept + 1, total + frames.shape[0]
+    return history[len(history) - kept:]
