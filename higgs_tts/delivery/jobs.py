@@ -10,12 +10,12 @@ import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
-import anyio
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from ..service.errors import STATUS
 from ..service.speech import SpeechService
+from .disconnect import run_while_connected
 from .metrics import Metrics
 from .middleware import openai_error
 from .runpod import runpod_reply, stream_items
@@ -167,13 +167,15 @@ def router(service: SpeechService, metrics: Metrics) -> APIRouter:
     jobs = Jobs(service, service.service.max_concurrency, metrics)
 
     @api.post("/runsync")
-    async def runsync(job: RunRequest):
+    async def runsync(job: RunRequest, request: Request):
         started = time.perf_counter()
         job_id = f"sync-{uuid.uuid4()}"
+        cancel = threading.Event()  # set when the caller disconnects: the job stops at its next step
         if job.input.get("stream") is True:  # every item at once, as RunPod's /runsync gives a stream job
-            output = await anyio.to_thread.run_sync(lambda: list(stream_items(service, job.input, job_id)))
+            output = await run_while_connected(
+                request, cancel, lambda: list(stream_items(service, job.input, job_id, cancel=cancel)))
         else:
-            output = await anyio.to_thread.run_sync(service.handle, job.input, job_id)
+            output = await run_while_connected(request, cancel, service.handle, job.input, job_id, None, cancel)
         reply = runpod_reply(job_id, output)
         # The HTTP answer is 200 either way (RunPod's shape); the metrics count what the job did.
         metrics.observe("runsync", started, reply_status(reply), code=_error_code(reply))

@@ -255,13 +255,13 @@ class SpeechService:
         bucket = request.s3_bucket or self.service.default_bucket
         return S3Target(bucket=bucket) if bucket else None
 
-    def open_stream(self, request: GenerateInput) -> Iterator:
+    def open_stream(self, request: GenerateInput, cancel: threading.Event | None = None) -> Iterator:
         """Audio chunks while generating, then the SynthesisResult (see Synthesizer.stream).
 
         Every input check runs here, before the first chunk, so a bad request fails before any
-        bytes are sent.
+        bytes are sent. Setting `cancel` (the listener is gone) ends generation at its next step.
         """
-        return self._streamed(self.synthesizer.stream(self._synthesis_request(request)))
+        return self._streamed(self.synthesizer.stream(self._synthesis_request(request), cancel=cancel))
 
     @staticmethod
     def _streamed(stream: Iterator) -> Iterator:
@@ -366,7 +366,8 @@ class SpeechService:
 
     # -- streamed jobs ---------------------------------------------------------------------------
 
-    def stream(self, raw: object, job_id: str = "local", s3_config: dict | None = None) -> Iterator:
+    def stream(self, raw: object, job_id: str = "local", s3_config: dict | None = None,
+               cancel: threading.Event | None = None) -> Iterator:
         """A `stream: true` job: audio chunks (float32 arrays) while generating, then the final
         response (with the S3 URL when uploading) or, on a failure, the failure response. The
         transport decides how each goes on the wire (RunPod items: `delivery/runpod.py`)."""
@@ -380,7 +381,7 @@ class SpeechService:
             if request.speed != 1.0:
                 raise InputError("speed: must be 1.0 when stream is true (speed changes need the whole clip)",
                                  "speed")
-            items = self.open_stream(request)
+            items = self.open_stream(request, cancel)
             for item in items:
                 if not isinstance(item, np.ndarray):
                     result = item

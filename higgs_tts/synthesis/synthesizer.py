@@ -124,6 +124,7 @@ class _Run:
     history: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # (chunk text, its frames)
     progress: Progress | None = None
     cut_chunks: list[int] = field(default_factory=list)
+    stop: _Stop | None = None  # set: the caller is gone, cancelled, or the process is stopping
 
     def codes(self) -> torch.Tensor:
         if not self.history:
@@ -143,6 +144,16 @@ class _Run:
         )
 
 
+class _Stop:
+    """Set when the request's own event or the synthesizer's shutdown event is (an Event's is_set)."""
+
+    def __init__(self, *events: threading.Event | None) -> None:
+        self.events = [e for e in events if e is not None]
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
+
+
 class Synthesizer:
     """Owns the loaded model, the voice library and the voice-code cache.
 
@@ -158,6 +169,7 @@ class Synthesizer:
         self._generator_lock = threading.Lock()
         self._generator: Generator | None = None
         self._generator_model = None  # the model the generator was made for
+        self._stopping = threading.Event()  # set by stop_all(): every generation ends at its next step
 
     def generator_kind(self, loaded: LoadedModel) -> str:
         """'batched' (our decode loop) or 'reference' (transformers' generate())."""
@@ -175,6 +187,11 @@ class Synthesizer:
         """(running sequences, waiting sequences, admitted requests); zeros before the first request."""
         generator = self._generator
         return (0, 0, 0) if generator is None else generator.load()
+
+    def stop_all(self) -> None:
+        """End every generation at its next step (Cancelled), now and from now on: the process is
+        shutting down, and nothing should hold it."""
+        self._stopping.set()
 
     def _close_generator(self) -> None:
         if self._generator is not None:
@@ -285,23 +302,24 @@ class Synthesizer:
                    progress: Progress | None = None) -> SynthesisResult:
         """The whole clip. Setting `cancel` stops generation within one engine burst (Cancelled);
         `progress` is called after each chunk."""
-        run = self._start(request)
+        run = self._start(request, cancel)
         run.progress = progress
         for _ in self._frames(run, request):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("the request was cancelled")
+            pass
         started = time.perf_counter()
         audio = self.decode(run.codes())
         return run.result(audio, time.perf_counter() - started)
 
-    def stream(self, request: SynthesisRequest, decoder_options: dict | None = None) -> Iterator:
+    def stream(self, request: SynthesisRequest, decoder_options: dict | None = None,
+               cancel: threading.Event | None = None) -> Iterator:
         """Audio chunks (float32 arrays) while generating, then the SynthesisResult as the last item.
+        Setting `cancel` (e.g. from another thread when the listener is gone) ends it with Cancelled.
 
         The chunks come from a StreamingDecoder: together they equal one decode of all codes
         within its stated tolerance. The result's `audio` is their concatenation.
         """
         started = time.perf_counter()
-        run = self._start(request)
+        run = self._start(request, cancel)
         decoder = StreamingDecoder(self.decode, hop=run.loaded.hop_length, **(decoder_options or {}))
         decode_seconds = 0.0
 
@@ -322,7 +340,7 @@ class Synthesizer:
         audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
         yield run.result(audio, decode_seconds)
 
-    def _start(self, request: SynthesisRequest) -> _Run:
+    def _start(self, request: SynthesisRequest, cancel: threading.Event | None = None) -> _Run:
         # Time spent getting the model: its loading, or waiting for a load already under way.
         started = time.perf_counter()
         loaded, _ = self.model()
@@ -334,6 +352,7 @@ class Synthesizer:
             seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
             voice_names=[v.name for v in voices] + ([request.reference.name] if request.reference else []),
             model_load_seconds=model_load_seconds if model_load_seconds >= 0.001 else 0.0,
+            stop=_Stop(cancel, self._stopping),
         )
 
     def _frames(self, run: _Run, request: SynthesisRequest) -> Iterator[torch.Tensor]:
@@ -352,14 +371,19 @@ class Synthesizer:
         if request.reference is not None:
             prompt_voices.append(self._reference_voice(request.reference))
         buffer = request.generation_chunk_buffer_size
+        stop = run.stop or _Stop(self._stopping)
         for chunk in run.chunks:
+            if stop.is_set():
+                raise Cancelled("the request was cancelled")
             context = run.history if buffer is None else run.history[-buffer:] if buffer else []
             context = _newest_within(context, self.settings.max_context_frames)
             prompt = self._prompt(request, run.text, chunk, prompt_voices, run.scene, context)
             inputs = renderer.inputs(prompt, loaded.device)
             columns: list[torch.Tensor] = []
             frames = torch.zeros((0, loaded.model.config.num_codebooks), dtype=torch.long)
-            for piece in generator.generate(inputs, request.sampling, run.seed):
+            for piece in generator.generate(inputs, request.sampling, run.seed, stop):
+                if stop.is_set():  # leaving the loop closes the generation: its slot is free
+                    raise Cancelled("the request was cancelled")
                 columns.append(piece.cpu())
                 sent, frames = frames.shape[0], generated_frames(torch.cat(columns))
                 if frames.shape[0] > sent:
