@@ -24,12 +24,21 @@ async def run_while_connected(request: Request, cancel: threading.Event, call: C
             pass
         cancel.set()
 
+    def outcome() -> tuple[Any, Exception | None]:  # raised outside the task group, not in an ExceptionGroup
+        try:
+            return call(*args), None
+        except Exception as exc:
+            return None, exc
+
     async with anyio.create_task_group() as group:
         group.start_soon(watch)
         try:
-            return await anyio.to_thread.run_sync(call, *args)
+            value, error = await anyio.to_thread.run_sync(outcome)
         finally:
             group.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    return value
 
 
 class CancellingStream(StreamingResponse):
