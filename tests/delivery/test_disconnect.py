@@ -110,3 +110,14 @@ def test_sigterm_mid_generation_exits_within_seconds(server):
     client.join(timeout=10)
     if replies:  # the request in flight was answered before the server went: cancelled, not a crash
         assert replies[0].json()["output"]["error_code"] == "cancelled"
+
+
+def test_a_failure_inside_a_watched_call_keeps_its_error(server):
+    # The watched call runs beside a disconnect watcher; its own error must come out as itself
+    # (once it came out as anyio's ExceptionGroup: a 500 internal_error).
+    url, _ = server
+    response = httpx.post(url + "/v1/audio/speech", json={"input": "Hi.", "voice": "nobody", "speed": 2.0},
+                          timeout=60)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "unknown_voice"
+    job = httpx.post(url + "/runsync", json={"input": {"transcript": "Hi.", "temperature": "hot"}}, timeout=60).json()
+    assert job["status"] == "FAILED" and job["output"]["error_code"] == "invalid_input"
