@@ -64,6 +64,7 @@ class Settings:
     dtype: str | None = None
     engine: str = "auto"  # "fast" (our decode loop), "reference" (transformers' generate()), "auto"
     voice_cache_dir: Path | None = None  # codes of reference voices; None keeps them in memory only
+    voice_cache_max_bytes: int = 512 * 2**20  # the on-disk cache's size; least recently used files go first
     # Continuous batching (fast engine): sequences decoded together, positions per sequence (prompt
     # plus max_new_tokens; the KV cache is slots x max_len, allocated once), requests allowed to wait.
     engine_slots: int = 8
@@ -92,6 +93,7 @@ class Settings:
             dtype=_optional("DTYPE"),
             engine=_optional("ENGINE") or "auto",
             voice_cache_dir=_voice_cache_dir(),
+            voice_cache_max_bytes=_number("VOICE_CACHE_MAX_BYTES", 512 * 2**20),
             engine_slots=_number("ENGINE_SLOTS", 8),
             engine_max_len=_number("ENGINE_MAX_LEN", 4096),
             engine_queue=_number("ENGINE_QUEUE", 32),

@@ -165,7 +165,8 @@ class Synthesizer:
         self.settings = settings or Settings.from_env()
         self.voices = VoiceLibrary(self.settings.voice_prompts_path)
         self._models = models or ModelCache()
-        self._voice_codes = VoiceCodeCache(self.settings.voice_cache_dir)
+        self._voice_codes = VoiceCodeCache(self.settings.voice_cache_dir,
+                                           max_bytes=self.settings.voice_cache_max_bytes)
         self._generator_lock = threading.Lock()
         self._generator: Generator | None = None
         self._generator_model = None  # the model the generator was made for
