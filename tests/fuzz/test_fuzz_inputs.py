@@ -46,7 +46,7 @@ INPUTS = st.one_of(
 CASES = {"validation": 0, "service": 0, "generated": 0}
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(INPUTS)
 def test_validation_accepts_or_names_the_field(raw):
     CASES["validation"] += 1
@@ -75,7 +75,7 @@ def budgeted(settings, tmp_path_factory):
     return SpeechService(local, limits, Synthesizer(local, ModelCache()))
 
 
-@settings(max_examples=120, deadline=None, derandomize=True,
+@settings(max_examples=120, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(raw=INPUTS)
 def test_the_service_answers_every_input_in_the_documented_shape(budgeted, raw):
