@@ -125,7 +125,7 @@ class Jobs:
         items: list[dict] = []  # read by /stream/{id} while they come
         with self.lock:
             self.streams[job_id] = [items, 0]
-        stream = stream_items(self.service, job_input, job_id)
+        stream = stream_items(self.service, job_input, job_id, cancel=cancel)  # /cancel stops it mid-chunk
         for item in stream:
             if cancel.is_set():  # closing the stream gives the engine slot back
                 stream.close()
