@@ -4,8 +4,8 @@
 
 Surfaces: OpenAI's speech API (`openai.py`, voice aliases in `aliases.py`), RunPod's job API
 (`jobs.py`), operations: health and metrics (`operations.py`), voices: upload, read, delete
-(`voices.py`); the API key and the body limit wrap them all (`middleware.py`), CORS (when
-`CORS_ORIGINS` is set) wraps those.
+(`voices.py`), the web playground (`playground.py`, at `/playground`); the API key and the body
+limit wrap them all (`middleware.py`), CORS (when `CORS_ORIGINS` is set) wraps those.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 
 from ..service.speech import SpeechService
 from ..settings import ServerSettings
-from . import jobs, openai, operations, voices
+from . import jobs, openai, operations, playground, voices
 from .aliases import VoiceAliases
 from .metrics import Metrics
 from .middleware import BearerAuth, BodyLimit, openai_error
@@ -49,6 +49,7 @@ def create_app(service: SpeechService | None = None, server: ServerSettings | No
     app.include_router(openai.router(service, metrics, VoiceAliases.load(server.voice_aliases_path)))
     app.include_router(voices.router(service, metrics))
     app.include_router(jobs.router(service, metrics))
+    app.include_router(playground.router())
     _error_bodies(app)
     return app
 

@@ -45,15 +45,22 @@ class BodyLimit(BaseHTTPMiddleware):
         return await call_next(request)
 
 
+# The playground's static page and files (`playground.py`): they hold no data, and the page sends
+# the key with every API call it makes.
+PUBLIC_PAGES = ("/", "/playground", "/playground/playground.js", "/playground/playground.css")
+
+
 class BearerAuth(BaseHTTPMiddleware):
-    """With an API key set, every route but /health and /ping needs `Authorization: Bearer <key>`."""
+    """With an API key set, every route but /health, /ping and the playground's page needs
+    `Authorization: Bearer <key>`."""
 
     def __init__(self, app, api_key: str) -> None:
         super().__init__(app)
         self.api_key = api_key.encode()
 
     async def dispatch(self, request: Request, call_next):
-        if request.url.path not in ("/health", "/ping"):
+        if request.url.path not in ("/health", "/ping") and not (request.method == "GET"
+                                                                  and request.url.path in PUBLIC_PAGES):
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key):
                 return openai_error(401, "missing or wrong API key (send Authorization: Bearer <key>)",

@@ -35,6 +35,13 @@ FORMATS = {
 }
 # Ogg pages are cut every 100 ms (ffmpeg's default is 1 s), so streamed opus leaves in small steps.
 OGG_PAGE_MICROSECONDS = 100_000
+# A clip with no samples (the model ended at once) is sent as this much silence, so every reply is a
+# file players and decoders open (mp3 and aac encoders write nothing at all for no samples).
+EMPTY_CLIP_SECONDS = 0.04
+
+
+def silence_if_empty(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    return samples if len(samples) else np.zeros(round(EMPTY_CLIP_SECONDS * sample_rate), dtype=np.float32)
 
 
 def content_type(fmt: str) -> str:
@@ -99,6 +106,7 @@ class StreamEncoder:
         self.fmt, self.sample_rate = fmt, sample_rate
         self._header = wav_stream_header(sample_rate) if fmt == "wav" else b""
         self._container = self._stream = None
+        self._pushed = 0  # samples so far
         spec = FORMATS[fmt]
         if spec.av_format is not None:
             import av
@@ -109,6 +117,7 @@ class StreamEncoder:
             self._stream = self._container.add_stream(spec.av_codec, rate=sample_rate, layout="mono")
 
     def push(self, samples: np.ndarray) -> bytes:
+        self._pushed += len(samples)
         if self._container is None:
             head, self._header = self._header, b""
             return head + to_pcm16(samples)
@@ -123,13 +132,14 @@ class StreamEncoder:
         return self._sink.take()
 
     def finish(self) -> bytes:
+        tail = self.push(silence_if_empty(np.zeros(0, dtype=np.float32), self.sample_rate)) if not self._pushed else b""
         if self._container is None:
             head, self._header = self._header, b""
-            return head
+            return tail + head
         for packet in self._stream.encode(None):
             self._container.mux(packet)
         self.close()
-        return self._sink.take()
+        return tail + self._sink.take()
 
     def close(self) -> None:
         if self._container is not None:
@@ -151,6 +161,7 @@ def encode(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     if fmt not in FORMATS:
         raise ValueError(f"output_format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     container, subtype = FORMATS[fmt].container, FORMATS[fmt].subtype
+    samples = silence_if_empty(samples, sample_rate)
     if container is None:
         return to_pcm16(samples)
     if container == "ADTS":

@@ -45,7 +45,7 @@ def test_run_refuses_a_webhook_it_cannot_call_by_name(client):
     error = assert_openai_error(client.post("/run", json={"input": {"transcript": "Hi."},
                                                           "webhook": "https://example.invalid/hook"}),
                                 400, "invalid_input")
-    assert error["param"] == "webhook" and "cannot resolve host 'example.invalid'" in error["message"]
+    assert error["param"] == "webhook" and "host 'example.invalid' cannot be resolved" in error["message"]
 
 
 def test_run_is_bounded_and_says_busy(client, service, monkeypatch):

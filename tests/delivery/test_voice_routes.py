@@ -154,7 +154,7 @@ def test_ref_audio_url_on_the_running_server(server, files):
 
     allowed = job(f"http://127.0.0.1:{files}/clip.webm")  # 127.0.0.1 is in REF_AUDIO_URL_ALLOWLIST
     assert allowed["status"] == "COMPLETED", allowed
-    assert allowed["output"]["metadata"]["voice_clone"] == ["uploaded"]
+    assert allowed["output"]["metadata"]["voice_clone"] == "uploaded"
     refused = job(f"http://localhost:{files}/clip.webm")  # the same server by a name not on the list
     assert refused["status"] == "FAILED" and refused["error"].startswith("ref_audio_url: must use https")
     redirected = job(f"http://127.0.0.1:{files}/redirect?to=https://169.254.169.254/latest/meta-data/")

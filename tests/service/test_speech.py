@@ -306,7 +306,7 @@ def test_phone_and_browser_recordings_clone(service, voice_prompts, kind):
     clip = f"data:audio/{kind};base64," + base64.b64encode(data).decode()  # as a browser's FileReader gives it
     cloned = service.handle({"transcript": "Cloned.", "ref_audio_base64": clip, **BASE})
     assert cloned["success"], cloned
-    assert cloned["metadata"]["voice_clone"] == ["uploaded"]
+    assert cloned["metadata"]["voice_clone"] == "uploaded"
     added = service.handle({"action": "add_voice", "voice_name": f"phone_{kind}", "ref_audio_base64": clip,
                             "ref_audio_transcript": "Maintaining your ability to learn."})
     assert added["success"], added
@@ -366,7 +366,7 @@ def test_ref_audio_url_is_refused_unless_allow_listed(service, voice_prompts, tm
         service.service = dataclasses.replace(service.service, ref_audio_url_allowlist=("127.0.0.1",))
         cloned = service.handle(job)
         assert cloned["success"], cloned
-        assert cloned["metadata"]["voice_clone"] == ["uploaded"]
+        assert cloned["metadata"]["voice_clone"] == "uploaded"
         both = service.handle({**job, "ref_audio_base64": b64_audio(1.0)})
         assert both["error_field"] == "ref_audio_url" and "not both" in both["error"]
         assert service.handle({**job, "ref_audio_url": "ftp://x/y"})["error"].startswith(
