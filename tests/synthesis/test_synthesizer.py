@@ -181,3 +181,17 @@ def test_context_is_bounded_by_max_context_frames(settings):
     kept = speak(unbounded, text, voices="belinda", chunk_method="sentence", chunk_max_word_num=3)
     assert torch.equal(got.codes, want.codes)
     assert not torch.equal(kept.codes, want.codes)  # the context did matter
+
+
+def test_stop_all_cancels_every_generation_from_then_on(settings):
+    from higgs_tts.synthesis.synthesizer import Cancelled
+
+    stopping = Synthesizer(settings, ModelCache())
+    check_audio(speak(stopping, "Before the stop."))
+    stopping.stop_all()
+    with pytest.raises(Cancelled):
+        speak(stopping, "After the stop.")
+    with pytest.raises(Cancelled):
+        list(stopping.stream(SynthesisRequest(text="Streamed after.", seed=1,
+                                              sampling=SamplingParams(max_new_tokens=40))))
+    assert stopping.engine_load() == (0, 0, 0)
