@@ -64,16 +64,20 @@ class Settings:
     dtype: str | None = None
     engine: str = "auto"  # "fast" (our decode loop), "reference" (transformers' generate()), "auto"
     voice_cache_dir: Path | None = None  # codes of reference voices; None keeps them in memory only
+    voice_cache_max_bytes: int = 512 * 2**20  # the on-disk cache's size; least recently used files go first
     # Continuous batching (fast engine): sequences decoded together, positions per sequence (prompt
     # plus max_new_tokens; the KV cache is slots x max_len, allocated once), requests allowed to wait.
     engine_slots: int = 8
     engine_max_len: int = 4096
     engine_queue: int = 32
+    # Earlier chunks' frames a chunk's prompt carries as context, at most: the oldest are dropped
+    # beyond it, so a long text's prompts stop growing (about 5.5 minutes of speech).
+    max_context_frames: int = 8192
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {self.engine!r}")
-        for name in ("engine_slots", "engine_max_len", "engine_queue"):
+        for name in ("engine_slots", "engine_max_len", "engine_queue", "max_context_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1; got {getattr(self, name)}")
 
@@ -89,9 +93,11 @@ class Settings:
             dtype=_optional("DTYPE"),
             engine=_optional("ENGINE") or "auto",
             voice_cache_dir=_voice_cache_dir(),
+            voice_cache_max_bytes=_number("VOICE_CACHE_MAX_BYTES", 512 * 2**20),
             engine_slots=_number("ENGINE_SLOTS", 8),
             engine_max_len=_number("ENGINE_MAX_LEN", 4096),
             engine_queue=_number("ENGINE_QUEUE", 32),
+            max_context_frames=_number("MAX_CONTEXT_FRAMES", 8192),
         )
 
 
@@ -103,6 +109,10 @@ class ServiceSettings:
     max_reference_bytes: int = 10 * 1024 * 1024
     max_reference_seconds: float = 60.0
     max_inline_audio_bytes: int = 14 * 1024 * 1024  # RunPod results above ~14 MB of audio do not fit
+    # The work one generation may ask for, checked before any work (service/budget.py): its chunks,
+    # and chunks x max_new_tokens frames (25 a second; 250,000 is 2.8 hours of audio).
+    max_chunks: int = 200
+    max_total_frames: int = 250_000
     presign_seconds: int = 3600
     default_bucket: str | None = None
     idle_cleanup_seconds: float = 300.0
@@ -122,6 +132,8 @@ class ServiceSettings:
             max_reference_bytes=_number("MAX_REFERENCE_BYTES", 10 * 1024 * 1024),
             max_reference_seconds=_number("MAX_REFERENCE_SECONDS", 60.0, float),
             max_inline_audio_bytes=_number("MAX_INLINE_AUDIO_BYTES", 14 * 1024 * 1024),
+            max_chunks=_number("MAX_CHUNKS", 200),
+            max_total_frames=_number("MAX_TOTAL_FRAMES", 250_000),
             presign_seconds=_number("S3_PRESIGN_SECONDS", 3600),
             default_bucket=_optional("S3_BUCKET"),
             idle_cleanup_seconds=_number("IDLE_CLEANUP_SECONDS", 300.0, float),

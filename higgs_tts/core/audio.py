@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 
 SAMPLE_RATE = 24000
+FRAMES_PER_SECOND = 25  # codec frames a second of audio (hop 960 at 24 kHz)
 # Bounds on what a reference may cost, checked from the header before decoding: the source rate,
 # and the decoded size (60 s of 192 kHz stereo fits; an 8-channel 655 kHz "bomb" does not).
 MAX_SOURCE_RATE = 384_000

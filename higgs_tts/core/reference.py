@@ -7,8 +7,10 @@ engine is not available.
 from __future__ import annotations
 
 import copy
+import threading
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .sampling import SamplingParams
 
@@ -34,9 +36,21 @@ def generation_config_for(model, params: SamplingParams):
     return config
 
 
+class _StopWhenSet(StoppingCriteria):
+    """Ends generate() at its next step once `stop` is set (the caller is gone or cancelled)."""
+
+    def __init__(self, stop) -> None:
+        self.stop = stop
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 @torch.inference_mode()
-def generate_reference(model, inputs: dict[str, torch.Tensor], params: SamplingParams, seed: int) -> torch.Tensor:
+def generate_reference(model, inputs: dict[str, torch.Tensor], params: SamplingParams, seed: int,
+                       stop: threading.Event | None = None) -> torch.Tensor:
     """Generate one chunk; returns the generated columns `[L, num_codebooks]` (delayed, BOS first).
+    Setting `stop` ends it within one step (the columns so far come back).
 
     The seed drives every random draw (sampling and RAS resampling) through a forked RNG, so a
     request neither reads nor disturbs the global generator other callers use.
@@ -46,6 +60,7 @@ def generate_reference(model, inputs: dict[str, torch.Tensor], params: SamplingP
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        out = model.generate(**inputs, generation_config=config)
+        criteria = StoppingCriteriaList([_StopWhenSet(stop)] if stop is not None else [])
+        out = model.generate(**inputs, generation_config=config, stopping_criteria=criteria)
     new_steps = out.sequences.shape[1] - inputs["input_ids"].shape[1]
     return out.audio_sequences[0, out.audio_sequences.shape[1] - new_steps :]

@@ -13,7 +13,8 @@ from functools import lru_cache
 CHUNK_METHODS = ("speaker", "word", "sentence")  # or None: the whole text as one chunk
 # Speech runs about 10 frames (0.4 s) a word; a chunk of max_new_tokens / WORD_FRAMES words leaves
 # twice that room, so slow or long words are not cut (2048 frames: chunks of 102 words).
-WORD_FRAMES = 20
+SPEECH_WORD_FRAMES = 10
+WORD_FRAMES = 2 * SPEECH_WORD_FRAMES
 
 # Full-width / CJK punctuation to ASCII, as the reference pipeline maps it.
 _CJK_PUNCTUATION = {

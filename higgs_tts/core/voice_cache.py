@@ -18,9 +18,13 @@ log = logging.getLogger(__name__)
 
 
 class VoiceCodeCache:
-    def __init__(self, directory: Path | None = None, capacity: int = 64) -> None:
+    """`capacity` entries in memory; on disk at most `max_bytes` of files, the least recently used
+    removed first (a read touches its file)."""
+
+    def __init__(self, directory: Path | None = None, capacity: int = 64, max_bytes: int = 512 * 2**20) -> None:
         self.directory = directory
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._codes: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()  # requests on several threads share the cache
 
@@ -68,6 +72,10 @@ class VoiceCodeCache:
         except (OSError, ValueError) as exc:  # a torn or foreign file: encode again
             log.warning("ignoring unreadable voice cache file %s: %s", path.name, exc)
             return None
+        try:
+            os.utime(path)  # recently used: evicted last
+        except OSError:
+            pass
         self._remember(key, codes)
         return codes
 
@@ -85,6 +93,36 @@ class VoiceCodeCache:
             os.replace(tmp, path)  # readers never see a partial file
         except OSError as exc:  # a read-only or full volume costs speed, not the request
             log.warning("cannot write the voice cache under %s: %s", self.directory, exc)
+            return
+        self.evict()
+
+    def evict(self) -> int:
+        """Remove the least recently used files until the folder holds at most `max_bytes`;
+        returns how many were removed."""
+        if self.directory is None or not self.directory.is_dir():
+            return 0
+        files = []
+        for path in self.directory.glob("*/*.npy"):
+            try:
+                stat = path.stat()
+            except OSError:  # removed meanwhile (another worker on the volume)
+                continue
+            files.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in files)
+        removed = 0
+        for _, size, path in sorted(files, key=lambda f: f[0]):
+            if total <= self.max_bytes:
+                break
+            try:
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove the cached codes %s: %s", path.name, exc)
+                continue
+            total -= size
+        return removed
 
     def _remember(self, key: str, codes: torch.Tensor) -> None:
         with self._lock:

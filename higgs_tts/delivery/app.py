@@ -29,6 +29,8 @@ from .middleware import BearerAuth, BodyLimit, openai_error
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_SECONDS = 5  # on SIGTERM: open responses get this long to end (generations are stopped at once)
+
 
 def create_app(service: SpeechService | None = None, server: ServerSettings | None = None) -> FastAPI:
     service = service or SpeechService()
@@ -107,11 +109,24 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     app = create_app(service, server)
     if server.preload_model:
         threading.Thread(target=_preload, args=(service, app), name="preload", daemon=True).start()
-    servers = [uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=server.log_level,
-                                             access_log=False))]
+    servers: list[uvicorn.Server] = []
+
+    class Stopping(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            """SIGTERM or Ctrl-C: stop every generation now (their requests end `cancelled`), so the
+            graceful shutdown waits seconds, not for background work; and stop every server."""
+            service.synthesizer.stop_all()
+            for other in servers:
+                other.should_exit = True
+            super().handle_exit(sig, frame)
+
+    def config(served: FastAPI, on_port: int) -> uvicorn.Config:
+        return uvicorn.Config(served, host=host, port=on_port, log_level=server.log_level, access_log=False,
+                              timeout_graceful_shutdown=SHUTDOWN_SECONDS)
+
+    servers.append(Stopping(config(app, port)))
     if server.health_port is not None and server.health_port != port:
-        servers.append(uvicorn.Server(uvicorn.Config(health_app(app), host=host, port=server.health_port,
-                                                     log_level=server.log_level, access_log=False)))
+        servers.append(Stopping(config(health_app(app), server.health_port)))
 
     async def run_all() -> None:
         await asyncio.gather(*(s.serve() for s in servers))

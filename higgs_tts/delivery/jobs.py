@@ -3,6 +3,7 @@ RunPod clients work unchanged against `higgs-tts serve`."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -10,12 +11,12 @@ import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
-import anyio
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from ..service.errors import STATUS
 from ..service.speech import SpeechService
+from .disconnect import run_while_connected
 from .metrics import Metrics
 from .middleware import openai_error
 from .runpod import runpod_reply, stream_items
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 
 MAX_JOBS_KEPT = 1000  # finished jobs' results kept for /status, newest first
 MAX_PENDING_JOBS = 64  # jobs queued or running; the next /run is told `busy` (each holds its input in memory)
+MAX_RESULT_BYTES = 256 * 1024 * 1024  # finished results kept in memory, at most (the oldest go first)
+RESULT_SECONDS = 30 * 60  # a finished result is kept this long (RunPod keeps /run results 30 minutes)
+MAX_EXPIRED_KEPT = 10_000  # ids of results that expired, so /status can say so rather than "no job"
+FINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
 
 class RunRequest(BaseModel):
@@ -61,6 +66,8 @@ class Jobs:
         self.jobs: OrderedDict[str, dict] = OrderedDict()
         self.streams: dict[str, list] = {}  # job id -> [items, number read]
         self.cancels: dict[str, threading.Event] = {}
+        self.finished: OrderedDict[str, tuple[float, int]] = OrderedDict()  # id -> (when, result bytes)
+        self.expired: OrderedDict[str, str] = OrderedDict()  # id -> why its result is gone
 
     def submit(self, job_input: dict, webhook: str | None = None, allowlist: tuple[str, ...] = ()) -> str | None:
         """The new job's id, or None when MAX_PENDING_JOBS are already queued or running. The
@@ -72,10 +79,10 @@ class Jobs:
                 return None
             self.jobs[job_id] = {"id": job_id, "status": "IN_QUEUE"}
             self.cancels[job_id] = threading.Event()
+            self._prune()
             while len(self.jobs) > MAX_JOBS_KEPT:
-                oldest = self.jobs.popitem(last=False)[0]
-                self.streams.pop(oldest, None)
-                self.cancels.pop(oldest, None)
+                oldest = next(iter(self.jobs))
+                self._forget(oldest, f"its result was dropped: the newest {MAX_JOBS_KEPT} jobs are kept")
         self.pool.submit(self._run, job_id, job_input, webhook, allowlist)
         return job_id
 
@@ -88,6 +95,7 @@ class Jobs:
             event.set()
             if job["status"] in ("IN_QUEUE", "IN_PROGRESS"):
                 job["status"] = "CANCELLED"
+                self._finished(job_id, job)
             return {"id": job_id, "status": job["status"]}
 
     def _run(self, job_id: str, job_input: dict, webhook: str | None = None,
@@ -117,7 +125,7 @@ class Jobs:
         items: list[dict] = []  # read by /stream/{id} while they come
         with self.lock:
             self.streams[job_id] = [items, 0]
-        stream = stream_items(self.service, job_input, job_id)
+        stream = stream_items(self.service, job_input, job_id, cancel=cancel)  # /cancel stops it mid-chunk
         for item in stream:
             if cancel.is_set():  # closing the stream gives the engine slot back
                 stream.close()
@@ -131,9 +139,50 @@ class Jobs:
             job = self.jobs.get(job_id)
             if job is not None and not (job["status"] == "CANCELLED" and fields.get("status") == "IN_PROGRESS"):
                 job.update(fields)
+                if job["status"] in FINAL:
+                    self._finished(job_id, job)
+
+    def _finished(self, job_id: str, job: dict) -> None:
+        """Count a finished result against MAX_RESULT_BYTES, and drop what is beyond the bounds."""
+        stream = self.streams.get(job_id)
+        size = len(json.dumps(job, default=str)) + (len(json.dumps(stream[0], default=str)) if stream else 0)
+        self.finished[job_id] = (time.monotonic(), size)
+        self.finished.move_to_end(job_id)
+        self._prune()
+
+    def _prune(self) -> None:
+        """Results older than RESULT_SECONDS, then the oldest while all are above MAX_RESULT_BYTES."""
+        now = time.monotonic()
+        total = sum(size for _, size in self.finished.values())
+        while self.finished:
+            job_id, (when, size) = next(iter(self.finished.items()))
+            if now - when > RESULT_SECONDS:
+                why = f"its result expired: results are kept {RESULT_SECONDS // 60} minutes"
+            elif total > MAX_RESULT_BYTES:
+                why = f"its result was dropped: at most {MAX_RESULT_BYTES // 2**20} MB of results are kept"
+            else:
+                break
+            total -= size
+            self._forget(job_id, why)
+
+    def _forget(self, job_id: str, why: str) -> None:
+        self.finished.pop(job_id, None)
+        self.jobs.pop(job_id, None)
+        self.streams.pop(job_id, None)
+        self.cancels.pop(job_id, None)
+        self.expired[job_id] = why
+        while len(self.expired) > MAX_EXPIRED_KEPT:
+            self.expired.popitem(last=False)
+
+    def gone(self, job_id: str) -> str | None:
+        """Why a job's result is no longer kept (None: never known, or still here)."""
+        with self.lock:
+            self._prune()
+            return self.expired.get(job_id)
 
     def get(self, job_id: str) -> dict | None:
         with self.lock:
+            self._prune()
             job = self.jobs.get(job_id)
             return dict(job) if job else None
 
@@ -167,13 +216,15 @@ def router(service: SpeechService, metrics: Metrics) -> APIRouter:
     jobs = Jobs(service, service.service.max_concurrency, metrics)
 
     @api.post("/runsync")
-    async def runsync(job: RunRequest):
+    async def runsync(job: RunRequest, request: Request):
         started = time.perf_counter()
         job_id = f"sync-{uuid.uuid4()}"
+        cancel = threading.Event()  # set when the caller disconnects: the job stops at its next step
         if job.input.get("stream") is True:  # every item at once, as RunPod's /runsync gives a stream job
-            output = await anyio.to_thread.run_sync(lambda: list(stream_items(service, job.input, job_id)))
+            output = await run_while_connected(
+                request, cancel, lambda: list(stream_items(service, job.input, job_id, cancel=cancel)))
         else:
-            output = await anyio.to_thread.run_sync(service.handle, job.input, job_id)
+            output = await run_while_connected(request, cancel, service.handle, job.input, job_id, None, cancel)
         reply = runpod_reply(job_id, output)
         # The HTTP answer is 200 either way (RunPod's shape); the metrics count what the job did.
         metrics.observe("runsync", started, reply_status(reply), code=_error_code(reply))
@@ -197,6 +248,9 @@ def router(service: SpeechService, metrics: Metrics) -> APIRouter:
         return {"id": job_id, "status": "IN_QUEUE"}  # counted under "run" when the job ends
 
     def not_found(route: str, started: float, job_id: str):
+        if why := jobs.gone(job_id):
+            metrics.observe(route, started, 404, code="expired")
+            return openai_error(404, f"job {job_id!r}: {why}", "expired", "job_id")
         metrics.observe(route, started, 404, code="not_found")
         return openai_error(404, f"no job {job_id!r}", "not_found", "job_id")
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from typing import Literal
@@ -26,6 +27,7 @@ from ..service.errors import Failure
 from ..service.schema import GenerateInput, OutputFormat, parse_input
 from ..service.speech import SpeechService
 from .aliases import VoiceAliases
+from .disconnect import CancellingStream, run_while_connected
 from .metrics import Metrics
 from .middleware import failure_response, openai_error
 
@@ -142,13 +144,14 @@ def router(service: SpeechService, metrics: Metrics, aliases: VoiceAliases | Non
         _chunk_long_input(raw, body.model_fields_set)
         streamable = body.speed == 1.0 and body.stream is not False and formats.streams(body.response_format)
         audit = AuditRecord(job_id=f"http-{uuid.uuid4().hex[:12]}", raw=raw)
+        cancel = threading.Event()  # set when the client disconnects: generation stops at its next step
         try:
             request_input = parse_input(raw)
             if streamable:  # audio goes out while it is generated
-                items = await anyio.to_thread.run_sync(service.open_stream, request_input)
-                first = await anyio.to_thread.run_sync(_next_item, items)
-                return _streaming_reply(items, first, body, started, audit, metrics)
-            rendered = await anyio.to_thread.run_sync(service.render, request_input)
+                items = await anyio.to_thread.run_sync(service.open_stream, request_input, cancel)
+                first = await run_while_connected(request, cancel, _next_item, items)
+                return _streaming_reply(items, first, body, started, audit, metrics, cancel)
+            rendered = await run_while_connected(request, cancel, service.render, request_input, cancel)
         except Exception as exc:  # every failure becomes an error body, never a traceback
             failure = _public(service.describe_failure(exc, audit.job_id), names)
             audit.fail(failure.code)
@@ -197,7 +200,8 @@ def _next_item(items):
     return next(items)
 
 
-def _streaming_reply(items, first, body: SpeechRequest, started: float, audit, metrics: Metrics):
+def _streaming_reply(items, first, body: SpeechRequest, started: float, audit, metrics: Metrics,
+                     cancel: threading.Event):
     """Chunked audio in the response format (or SSE deltas of it) from a running synthesis."""
 
     def observe(status: int, code: str | None = None) -> None:
@@ -229,7 +233,7 @@ def _streaming_reply(items, first, body: SpeechRequest, started: float, audit, m
         except Exception as exc:  # headers are gone: log, and end the stream early
             failure = SpeechService.describe_failure(exc, audit.job_id)
             audit.fail(failure.code)
-            observe(500, failure.code)
+            observe(failure.status, failure.code)  # 409 cancelled: the client went away
             log.warning("stream %s ended early: %s", audit.job_id, failure.message)
         finally:
             encoder.close()
@@ -237,9 +241,9 @@ def _streaming_reply(items, first, body: SpeechRequest, started: float, audit, m
             items.close()
 
     if body.stream_format == "sse":
-        return StreamingResponse(_sse(audio_bytes(), len(body.input), lambda: frames[0]),
-                                 media_type="text/event-stream")
-    return StreamingResponse(audio_bytes(), media_type=formats.content_type(body.response_format))
+        return CancellingStream(_sse(audio_bytes(), len(body.input), lambda: frames[0]), cancel,
+                                media_type="text/event-stream")
+    return CancellingStream(audio_bytes(), cancel, media_type=formats.content_type(body.response_format))
 
 
 def _sse(chunks, input_tokens: int, output_tokens):

@@ -53,20 +53,22 @@ def progress_payload(chunks_done: int, chunks_total: int, audio_seconds: float) 
 
 
 def stream_items(service: SpeechService, raw: object, job_id: str = "local",
-                 s3_config: dict | None = None, progress: Progress | None = None) -> Iterator[dict]:
+                 s3_config: dict | None = None, progress: Progress | None = None,
+                 cancel: threading.Event | None = None) -> Iterator[dict]:
     """RunPod's streaming contract. A job with `stream: true` yields audio items while it is
     generated, then a final item with the usual response fields (and the S3 URL when uploading);
     a failure ends the stream with an error item. Any other job yields exactly its response.
 
     Audio items: {"type": "audio", "seq", "audio_base64" (16-bit little-endian mono PCM),
     "format": "pcm", "sample_rate", "num_samples", "start_seconds"}, each at most
-    STREAM_ITEM_SECONDS long. Every item is under RunPod's 1 MB (see `whole_items`).
+    STREAM_ITEM_SECONDS long. Every item is under RunPod's 1 MB (see `whole_items`). Setting
+    `cancel` ends generation at its next step.
     """
     if not (isinstance(raw, dict) and raw.get("stream") is True):
-        yield from whole_items(service.handle(raw, job_id, s3_config, progress=progress))
+        yield from whole_items(service.handle(raw, job_id, s3_config, cancel, progress))
         return
     seq = sent = 0
-    events = service.stream(raw, job_id, s3_config)
+    events = service.stream(raw, job_id, s3_config, cancel)
     try:
         for event in events:
             if isinstance(event, np.ndarray):
@@ -142,8 +144,9 @@ class Worker:
     async def streaming_handler(self, job: dict):
         """Streaming jobs: each item is produced in a worker thread; other jobs yield their one response."""
         self.cleaner.job_started()
+        cancel = threading.Event()
         items = stream_items(self.service, job.get("input"), str(job.get("id", "")), job.get("s3Config"),
-                             self._progress(job))
+                             self._progress(job), cancel)
         step: concurrent.futures.Future | None = None
         try:
             while True:
@@ -157,7 +160,8 @@ class Worker:
                     await self.platform.send_stream_item(job, item)
                 yield item
         finally:
-            try:  # cancelled mid-step: let that step end, then close (frees the engine slot)
+            cancel.set()  # cancelled mid-step: that step ends within one generation step
+            try:  # then close (frees the engine slot)
                 await asyncio.to_thread(_close_after, step, items)
             finally:
                 self.cleaner.job_finished()

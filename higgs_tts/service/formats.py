@@ -19,14 +19,18 @@ class Format:
     # PyAV's muxer and encoder, for audio sent while it is generated (None: PCM written directly)
     av_format: str | None = None
     av_codec: str | None = None
+    # About how many bytes a second of speech takes (for sizing a result before generating it):
+    # PCM's 48,000; the compressed ones about 1.5 x what white noise measured at their defaults.
+    bytes_per_second: int = 48_000
 
 
 FORMATS = {
     "wav": Format("WAV", "PCM_16", "audio/wav", "wav"),
     "flac": Format("FLAC", "PCM_16", "audio/flac", "flac", "flac", "flac"),
-    "mp3": Format("MP3", "MPEG_LAYER_III", "audio/mpeg", "mp3", "mp3", "libmp3lame"),
-    "opus": Format("OGG", "OPUS", "audio/ogg; codecs=opus", "opus", "ogg", "libopus"),
-    "aac": Format("ADTS", "aac", "audio/aac", "aac", "adts", "aac"),  # libsndfile has no AAC: PyAV for both
+    "mp3": Format("MP3", "MPEG_LAYER_III", "audio/mpeg", "mp3", "mp3", "libmp3lame", bytes_per_second=8_000),
+    "opus": Format("OGG", "OPUS", "audio/ogg; codecs=opus", "opus", "ogg", "libopus", bytes_per_second=6_000),
+    # libsndfile has no AAC: PyAV for both
+    "aac": Format("ADTS", "aac", "audio/aac", "aac", "adts", "aac", bytes_per_second=12_000),
     "pcm": Format(None, None, "audio/pcm", "pcm"),  # raw signed 16-bit little-endian mono
 }
 # Ogg pages are cut every 100 ms (ffmpeg's default is 1 s), so streamed opus leaves in small steps.
@@ -42,6 +46,10 @@ def silence_if_empty(samples: np.ndarray, sample_rate: int) -> np.ndarray:
 
 def content_type(fmt: str) -> str:
     return FORMATS[fmt].content_type
+
+
+def bytes_per_second(fmt: str) -> int:
+    return FORMATS[fmt].bytes_per_second
 
 
 def extension(fmt: str) -> str:

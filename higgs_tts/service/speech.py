@@ -27,6 +27,7 @@ from ..settings import ServiceSettings, Settings
 from ..synthesis.synthesizer import Progress, ReferenceClip, SynthesisRequest, SynthesisResult, Synthesizer
 from . import formats
 from .audit import AuditRecord
+from .budget import Work, check_inline, check_work
 from .errors import Failure, InputError, JobError, as_job_error, describe_failure
 from .references import fetched_reference, reference_audio
 from .schema import AddVoiceInput, GenerateInput, parse_input
@@ -198,6 +199,10 @@ class SpeechService:
     # -- generation ----------------------------------------------------------------------------
 
     def _synthesis_request(self, request: GenerateInput) -> SynthesisRequest:
+        return self._planned(request)[0]
+
+    def _planned(self, request: GenerateInput) -> tuple[SynthesisRequest, Work]:
+        """The synthesis request and its work, every input and the work budget checked (no work done)."""
         if len(request.transcript) > self.service.max_transcript_chars:
             raise InputError(
                 f"transcript: {len(request.transcript)} characters is above the limit of "
@@ -220,7 +225,7 @@ class SpeechService:
                                       self.service.ref_audio_url_timeout)
             reference = ReferenceClip(audio=audio, transcript=request.ref_audio_transcript)
         self.synthesizer.voices.resolve(request.ref_audio)  # unknown names fail before any work
-        return SynthesisRequest(
+        synthesis = SynthesisRequest(
             text=request.transcript,
             voices=request.ref_audio,
             scene=request.scene_prompt,
@@ -233,6 +238,9 @@ class SpeechService:
             seed=request.seed,
             reference=reference,
         )
+        work = check_work(self.synthesizer.chunks(synthesis), request.max_new_tokens, request.chunk_method,
+                          self.service)
+        return synthesis, work
 
     def _synthesize(self, request: SynthesisRequest, cancel: threading.Event | None = None,
                     progress: Progress | None = None) -> SynthesisResult:
@@ -247,13 +255,13 @@ class SpeechService:
         bucket = request.s3_bucket or self.service.default_bucket
         return S3Target(bucket=bucket) if bucket else None
 
-    def open_stream(self, request: GenerateInput) -> Iterator:
+    def open_stream(self, request: GenerateInput, cancel: threading.Event | None = None) -> Iterator:
         """Audio chunks while generating, then the SynthesisResult (see Synthesizer.stream).
 
         Every input check runs here, before the first chunk, so a bad request fails before any
-        bytes are sent.
+        bytes are sent. Setting `cancel` (the listener is gone) ends generation at its next step.
         """
-        return self._streamed(self.synthesizer.stream(self._synthesis_request(request)))
+        return self._streamed(self.synthesizer.stream(self._synthesis_request(request), cancel=cancel))
 
     @staticmethod
     def _streamed(stream: Iterator) -> Iterator:
@@ -263,9 +271,9 @@ class SpeechService:
             raise as_job_error(exc) from None
 
     def render(self, request: GenerateInput, cancel: threading.Event | None = None,
-               progress: Progress | None = None) -> RenderedAudio:
+               progress: Progress | None = None, planned: SynthesisRequest | None = None) -> RenderedAudio:
         """Synthesize and encode, without delivery (the HTTP server streams the bytes itself)."""
-        result = self._synthesize(self._synthesis_request(request), cancel, progress)
+        result = self._synthesize(planned or self._synthesis_request(request), cancel, progress)
         if request.speed != 1.0:
             result = dataclasses.replace(result, audio=time_stretch(result.audio, request.speed, result.sample_rate))
         data = formats.encode(result.audio, result.sample_rate, request.output_format)
@@ -274,7 +282,10 @@ class SpeechService:
     def generate(self, request: GenerateInput, s3_config: dict | None = None, started: float | None = None,
                  cancel: threading.Event | None = None, progress: Progress | None = None) -> dict:
         started = started if started is not None else time.perf_counter()
-        rendered = self.render(request, cancel, progress)
+        synthesis, work = self._planned(request)
+        if self._s3_target(request, s3_config) is None:  # a result that cannot fit inline fails before any work
+            check_inline(work, request.output_format, request.speed, self.service.max_inline_audio_bytes)
+        rendered = self.render(request, cancel, progress, synthesis)
         first_audio = time.perf_counter() - started  # a whole response: the audio is ready all at once
         response: dict = {"success": True}
         upload_seconds = self._deliver(response, request, rendered.data, rendered.content_type, s3_config,
@@ -355,7 +366,8 @@ class SpeechService:
 
     # -- streamed jobs ---------------------------------------------------------------------------
 
-    def stream(self, raw: object, job_id: str = "local", s3_config: dict | None = None) -> Iterator:
+    def stream(self, raw: object, job_id: str = "local", s3_config: dict | None = None,
+               cancel: threading.Event | None = None) -> Iterator:
         """A `stream: true` job: audio chunks (float32 arrays) while generating, then the final
         response (with the S3 URL when uploading) or, on a failure, the failure response. The
         transport decides how each goes on the wire (RunPod items: `delivery/runpod.py`)."""
@@ -369,7 +381,7 @@ class SpeechService:
             if request.speed != 1.0:
                 raise InputError("speed: must be 1.0 when stream is true (speed changes need the whole clip)",
                                  "speed")
-            items = self.open_stream(request)
+            items = self.open_stream(request, cancel)
             for item in items:
                 if not isinstance(item, np.ndarray):
                     result = item

@@ -37,8 +37,10 @@ class Generator(Protocol):
     def admission(self) -> AbstractContextManager:
         """One place for a whole request (all its chunks); raises EngineBusy when there is none."""
 
-    def generate(self, inputs: dict[str, torch.Tensor], params: SamplingParams, seed: int) -> Iterator[torch.Tensor]:
-        """The prompt's generated columns `[n, K]`, in pieces; closing the iterator early stops it."""
+    def generate(self, inputs: dict[str, torch.Tensor], params: SamplingParams, seed: int,
+                 stop: threading.Event | None = None) -> Iterator[torch.Tensor]:
+        """The prompt's generated columns `[n, K]`, in pieces; closing the iterator early stops it,
+        and so does setting `stop` (within one step, where a piece is a whole chunk)."""
 
     def load(self) -> tuple[int, int, int]:
         """(running sequences, waiting sequences, admitted requests)."""
@@ -55,11 +57,11 @@ class ReferenceGenerator:
     def admission(self) -> AbstractContextManager:
         return contextlib.nullcontext()
 
-    def generate(self, inputs, params, seed):
+    def generate(self, inputs, params, seed, stop=None):
         with self._lock:
             self._running = 1
             try:
-                yield generate_reference(self.model, inputs, params, seed)
+                yield generate_reference(self.model, inputs, params, seed, stop)
             finally:
                 self._running = 0
 
@@ -84,7 +86,7 @@ class BatchedGenerator:
     def admission(self) -> AbstractContextManager:
         return self.scheduler.request()
 
-    def generate(self, inputs, params, seed):
+    def generate(self, inputs, params, seed, stop=None):  # pieces come per burst: the caller closes on stop
         request = EngineRequest(inputs, params, seed)
         if self.scheduler.fits(request):
             yield from self.scheduler.submit(request).pieces()

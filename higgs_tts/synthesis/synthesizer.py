@@ -125,6 +125,7 @@ class _Run:
     history: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # (chunk text, its frames)
     progress: Progress | None = None
     cut_chunks: list[int] = field(default_factory=list)
+    stop: _Stop | None = None  # set: the caller is gone, cancelled, or the process is stopping
 
     def codes(self) -> torch.Tensor:
         if not self.history:
@@ -144,6 +145,16 @@ class _Run:
         )
 
 
+class _Stop:
+    """Set when the request's own event or the synthesizer's shutdown event is (an Event's is_set)."""
+
+    def __init__(self, *events: threading.Event | None) -> None:
+        self.events = [e for e in events if e is not None]
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
+
+
 class Synthesizer:
     """Owns the loaded model, the voice library and the voice-code cache.
 
@@ -155,10 +166,12 @@ class Synthesizer:
         self.settings = settings or Settings.from_env()
         self.voices = VoiceLibrary(self.settings.voice_prompts_path)
         self._models = models or ModelCache()
-        self._voice_codes = VoiceCodeCache(self.settings.voice_cache_dir)
+        self._voice_codes = VoiceCodeCache(self.settings.voice_cache_dir,
+                                           max_bytes=self.settings.voice_cache_max_bytes)
         self._generator_lock = threading.Lock()
         self._generator: Generator | None = None
         self._generator_model = None  # the model the generator was made for
+        self._stopping = threading.Event()  # set by stop_all(): every generation ends at its next step
 
     def generator_kind(self, loaded: LoadedModel) -> str:
         """'batched' (our decode loop) or 'reference' (transformers' generate())."""
@@ -176,6 +189,11 @@ class Synthesizer:
         """(running sequences, waiting sequences, admitted requests); zeros before the first request."""
         generator = self._generator
         return (0, 0, 0) if generator is None else generator.load()
+
+    def stop_all(self) -> None:
+        """End every generation at its next step (Cancelled), now and from now on: the process is
+        shutting down, and nothing should hold it."""
+        self._stopping.set()
 
     def _close_generator(self) -> None:
         if self._generator is not None:
@@ -212,6 +230,10 @@ class Synthesizer:
         voices = self.voices.resolve(request.voices)
         scene = DEFAULT_SCENE if request.scene is None else request.scene
         return text, chunks, voices, scene
+
+    def chunks(self, request: SynthesisRequest) -> list[str]:
+        """The request's generation chunks, as synthesis will make them (for sizing its work)."""
+        return self._plan(request)[1]
 
     def _prompt(self, request, text, chunk, voices: list[PromptVoice], scene, history) -> Prompt:
         return build_prompt(
@@ -282,23 +304,24 @@ class Synthesizer:
                    progress: Progress | None = None) -> SynthesisResult:
         """The whole clip. Setting `cancel` stops generation within one engine burst (Cancelled);
         `progress` is called after each chunk."""
-        run = self._start(request)
+        run = self._start(request, cancel)
         run.progress = progress
         for _ in self._frames(run, request):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("the request was cancelled")
+            pass
         started = time.perf_counter()
         audio = self.decode(run.codes())
         return run.result(audio, time.perf_counter() - started)
 
-    def stream(self, request: SynthesisRequest, decoder_options: dict | None = None) -> Iterator:
+    def stream(self, request: SynthesisRequest, decoder_options: dict | None = None,
+               cancel: threading.Event | None = None) -> Iterator:
         """Audio chunks (float32 arrays) while generating, then the SynthesisResult as the last item.
+        Setting `cancel` (e.g. from another thread when the listener is gone) ends it with Cancelled.
 
         The chunks come from a StreamingDecoder: together they equal one decode of all codes
         within its stated tolerance. The result's `audio` is their concatenation.
         """
         started = time.perf_counter()
-        run = self._start(request)
+        run = self._start(request, cancel)
         decoder = StreamingDecoder(self.decode, hop=run.loaded.hop_length, **(decoder_options or {}))
         decode_seconds = 0.0
 
@@ -319,7 +342,7 @@ class Synthesizer:
         audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
         yield run.result(audio, decode_seconds)
 
-    def _start(self, request: SynthesisRequest) -> _Run:
+    def _start(self, request: SynthesisRequest, cancel: threading.Event | None = None) -> _Run:
         # Time spent getting the model: its loading, or waiting for a load already under way.
         started = time.perf_counter()
         loaded, _ = self.model()
@@ -331,6 +354,7 @@ class Synthesizer:
             seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
             voice_names=[v.name for v in voices] + ([request.reference.name] if request.reference else []),
             model_load_seconds=model_load_seconds if model_load_seconds >= 0.001 else 0.0,
+            stop=_Stop(cancel, self._stopping),
         )
 
     def _frames(self, run: _Run, request: SynthesisRequest) -> Iterator[torch.Tensor]:
@@ -359,13 +383,19 @@ class Synthesizer:
         """One chunk's new frames as they are complete, with the earlier chunks as context; once it
         has ended (not when closed early) it joins `run.history`."""
         loaded = run.loaded
+        stop = run.stop or _Stop(self._stopping)
+        if stop.is_set():
+            raise Cancelled("the request was cancelled")
         buffer = request.generation_chunk_buffer_size
         context = run.history if buffer is None else run.history[-buffer:] if buffer else []
+        context = _newest_within(context, self.settings.max_context_frames)
         prompt = self._prompt(request, run.text, chunk, prompt_voices, run.scene, context)
         inputs = renderer.inputs(prompt, loaded.device)
         columns: list[torch.Tensor] = []
         frames = torch.zeros((0, loaded.model.config.num_codebooks), dtype=torch.long)
-        for piece in generator.generate(inputs, request.sampling, run.seed):
+        for piece in generator.generate(inputs, request.sampling, run.seed, stop):
+            if stop.is_set():  # leaving the loop closes the generation: its slot is free
+                raise Cancelled("the request was cancelled")
             columns.append(piece.cpu())
             sent, frames = frames.shape[0], generated_frames(torch.cat(columns))
             if frames.shape[0] > sent:
@@ -427,3 +457,12 @@ class LiveSynthesis:
         with generator.admission():  # per phrase: an idle session holds no place in the engine
             yield from self._synthesizer._chunk(self.run, request, chunk, self.renderer, generator,
                                                 self.prompt_voices)
+
+def _newest_within(history: list[tuple[str, torch.Tensor]], max_frames: int) -> list[tuple[str, torch.Tensor]]:
+    """The newest chunks of `history` whose frames add up to at most `max_frames` (MAX_CONTEXT_FRAMES)."""
+    kept, total = 0, 0
+    for _, frames in reversed(history):
+        if total + frames.shape[0] > max_frames:
+            break
+        kept, total = kept + 1, total + frames.shape[0]
+    return history[len(history) - kept:]

@@ -74,3 +74,23 @@ def test_forget_drops_the_audio_codes_for_every_codec(tmp_path):
     assert cache.get(VoiceCodeCache.key(audio, "codec-b")) is None
     assert VoiceCodeCache(tmp_path).get(VoiceCodeCache.key(other, "codec-a")) is not None  # others stay
     assert len(list(tmp_path.rglob("*.npy"))) == 1
+
+
+def test_the_disk_cache_is_evicted_by_size_least_recently_used_first(tmp_path):
+    import os
+    import stat
+
+    codes = torch.arange(800).reshape(100, 8)
+    VoiceCodeCache(tmp_path / "probe").put("aa" + "0" * 62, codes)
+    size = next((tmp_path / "probe").glob("*/*.npy")).stat().st_size
+    folder = tmp_path / "cache"
+    cache = VoiceCodeCache(folder, capacity=1, max_bytes=3 * size)  # room for three files
+    keys = [f"{i:02d}" + "0" * 62 for i in range(4)]
+    for age, key in enumerate(keys[:3]):
+        cache.put(key, codes)
+        os.utime(cache._file(key), (1000 + age, 1000 + age))
+    assert VoiceCodeCache(folder).get(keys[0]) is not None  # a read: keys[0] is now the most recent
+    cache.put(keys[3], codes)  # a fourth file: the least recently used one goes
+    assert {p.stem for p in folder.glob("*/*.npy")} == {keys[0], keys[2], keys[3]}
+    # readable by every worker sharing the volume
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in folder.glob("*/*.npy"))

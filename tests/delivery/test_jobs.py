@@ -127,3 +127,33 @@ def test_every_job_route_is_counted_with_what_the_job_did(client):
     assert metric(text, "status", "200") >= 1 and metric(text, "status", "404") == 1
     assert metric(text, "stream", "404") == 1
     assert 'higgs_request_errors_total{code="unknown_voice",endpoint="runsync"} 1.0' in text
+
+
+def test_finished_results_are_bounded_by_bytes_and_say_so(client, monkeypatch):
+    from higgs_tts.delivery import jobs
+
+    first = client.post("/run", json={"input": {"transcript": "First result.", **BASE}}).json()["id"]
+    wait_for(lambda: client.get(f"/status/{first}").json()["status"] == "COMPLETED")
+    size = len(json.dumps(client.get(f"/status/{first}").json()))
+    monkeypatch.setattr(jobs, "MAX_RESULT_BYTES", size + size // 2)  # room for one result, not two
+    second = client.post("/run", json={"input": {"transcript": "Second result.", **BASE}}).json()["id"]
+    wait_for(lambda: client.get(f"/status/{second}").json()["status"] == "COMPLETED")
+    gone = client.get(f"/status/{first}")
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "expired"
+    assert "MB of results are kept" in gone.json()["error"]["message"]
+    assert client.get(f"/status/{second}").json()["output"]["success"] is True
+    unknown = client.get("/status/job-never-was")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+
+
+def test_finished_results_expire_after_their_age(client, monkeypatch):
+    from higgs_tts.delivery import jobs
+
+    job_id = client.post("/run", json={"input": {"action": "health"}}).json()["id"]
+    wait_for(lambda: client.get(f"/status/{job_id}").json()["status"] == "COMPLETED")
+    monkeypatch.setattr(jobs, "RESULT_SECONDS", 0)
+    time.sleep(0.01)
+    expired = client.get(f"/status/{job_id}")
+    assert expired.status_code == 404 and expired.json()["error"]["code"] == "expired"
+    assert "kept 0 minutes" in expired.json()["error"]["message"]
+    assert client.get(f"/stream/{job_id}").json()["error"]["code"] == "expired"

@@ -253,7 +253,7 @@ def test_out_of_memory_fails_the_job_and_the_worker_goes_on(service):
 
 
 class OutOfMemoryStream(Synthesizer):
-    def stream(self, request, decoder_options=None):
+    def stream(self, request, decoder_options=None, cancel=None):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         yield  # a generator, like the real one
 

@@ -166,3 +166,32 @@ def test_speaker_tags_are_counted_before_normalization(synthesizer):
     full_width = synthesizer.render_prompt(SynthesisRequest(text="【SPEAKER0】 Hi.\n【SPEAKER1】 Hello.", scene=""))
     assert "SPEAKER1: masculine" in written
     assert "SPEAKER1: masculine" not in full_width and "[SPEAKER1] Hello." in full_width
+
+
+def test_context_is_bounded_by_max_context_frames(settings):
+    # With no room for earlier chunks, a text generates as with generation_chunk_buffer_size 0.
+    import dataclasses
+
+    text = "First sentence here. Second sentence here."
+    bounded = Synthesizer(dataclasses.replace(settings, max_context_frames=1), ModelCache())
+    unbounded = Synthesizer(settings, ModelCache())
+    got = speak(bounded, text, voices="belinda", chunk_method="sentence", chunk_max_word_num=3)
+    want = speak(unbounded, text, voices="belinda", chunk_method="sentence", chunk_max_word_num=3,
+                 generation_chunk_buffer_size=0)
+    kept = speak(unbounded, text, voices="belinda", chunk_method="sentence", chunk_max_word_num=3)
+    assert torch.equal(got.codes, want.codes)
+    assert not torch.equal(kept.codes, want.codes)  # the context did matter
+
+
+def test_stop_all_cancels_every_generation_from_then_on(settings):
+    from higgs_tts.synthesis.synthesizer import Cancelled
+
+    stopping = Synthesizer(settings, ModelCache())
+    check_audio(speak(stopping, "Before the stop."))
+    stopping.stop_all()
+    with pytest.raises(Cancelled):
+        speak(stopping, "After the stop.")
+    with pytest.raises(Cancelled):
+        list(stopping.stream(SynthesisRequest(text="Streamed after.", seed=1,
+                                              sampling=SamplingParams(max_new_tokens=40))))
+    assert stopping.engine_load() == (0, 0, 0)
