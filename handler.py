@@ -19,7 +19,7 @@ os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
 
 import runpod  # noqa: E402
 from runpod.http_client import AsyncClientSession  # noqa: E402
-from runpod.serverless.modules import rp_http, worker_state  # noqa: E402
+from runpod.serverless.modules import rp_http, rp_scale, worker_state  # noqa: E402
 
 from higgs_tts.delivery.runpod import Platform, Worker  # noqa: E402
 from higgs_tts.settings import ServerSettings  # noqa: E402
@@ -35,6 +35,19 @@ async def send_stream_item(job: dict, item: dict) -> None:
 # modes (--rp_serve_api, --test_input, test_input.json) have none.
 worker = Worker(platform=None if worker_state.IS_LOCAL_TEST else
                 Platform(progress_update=runpod.serverless.progress_update, send_stream_item=send_stream_item))
+
+# SIGTERM (RunPod stopping the worker): the SDK's handler only stops taking jobs and then waits for
+# the running ones; stopping their generations too lets the worker exit within seconds. The SDK
+# installs its handler inside start(), so the method it installs is the one wrapped here.
+_sdk_shutdown = rp_scale.JobScaler.handle_shutdown
+
+
+def handle_shutdown(scaler, signum, frame):
+    worker.shutdown()
+    _sdk_shutdown(scaler, signum, frame)
+
+
+rp_scale.JobScaler.handle_shutdown = handle_shutdown
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

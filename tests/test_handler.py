@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -334,3 +335,40 @@ def test_on_runpod_an_error_item_reaches_stream_with_its_code(on_runpod):
     items = [b["output"] for b in on_runpod.bodies("bad-voice", "job-stream")]
     assert items and items[-1]["type"] == "error" and items[-1]["error_code"] == "unknown_voice"
     assert items[-1]["error_field"] == "ref_audio"
+
+
+def test_on_runpod_sigterm_ends_a_long_job_within_seconds(tiny_checkpoint, voice_prompts, tmp_path_factory):
+    """RunPod stops a worker with SIGTERM: the running job's generation ends at its next step and the
+    process exits, instead of finishing every remaining chunk first."""
+    api = JobApi()
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{api.server_address[1]}"
+    model_dir, codec_dir = tiny_checkpoint
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
+    env.update(MODEL_PATH=str(model_dir), TOKENIZER_PATH=str(codec_dir), VOICE_PROMPTS_PATH=str(voice_prompts),
+               RUNPOD_WEBHOOK_GET_JOB=f"{base}/job-take/$ID?gpu=test",
+               RUNPOD_WEBHOOK_POST_OUTPUT=f"{base}/job-done/$ID?gpu=test",
+               RUNPOD_SKIP_GPU_CHECK="true", RUNPOD_SKIP_AUTO_SYSTEM_CHECKS="true")
+    log = open(tmp_path_factory.mktemp("logs") / "sigterm.log", "w+")
+    process = subprocess.Popen([sys.executable, "-u", "handler.py"], cwd=REPO, env=env, stdout=log,
+                               stderr=subprocess.STDOUT)
+    try:
+        text = " ".join(f"Word{i}." for i in range(150))  # 150 chunks of up to 1,024 frames each
+        api.jobs.put({"id": "long", "input": {"transcript": text, "chunk_method": "word", "chunk_max_word_num": 1,
+                                              "max_new_tokens": 1024, "seed": 1}})
+        deadline = time.monotonic() + 300
+        while not any(b.get("status") == "IN_PROGRESS" for b in api.bodies("long", "job-done")):
+            assert time.monotonic() < deadline and process.poll() is None, "the job never started"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        process.wait(timeout=60)
+        print(f"worker exited {time.monotonic() - stopped:.1f} s after SIGTERM")
+        done = api.wait_done("long", timeout=5)
+        assert done.get("status") != "COMPLETED" and "cancel" in json.dumps(done).lower()
+        assert len([b for b in api.bodies("long", "job-done") if b.get("status") == "IN_PROGRESS"]) < 150
+    finally:
+        if process.poll() is None:
+            process.kill()
+        api.shutdown()
+        log.close()

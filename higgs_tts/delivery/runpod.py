@@ -176,6 +176,11 @@ class Worker:
     def concurrency_modifier(self, current_concurrency: int) -> int:
         return max(1, self.service.service.max_concurrency)
 
+    def shutdown(self) -> None:
+        """The process is told to stop (SIGTERM): every running generation ends at its next step, so
+        the SDK's drain of running jobs takes seconds, not the rest of a long job."""
+        self.service.synthesizer.stop_all()
+
     def preload(self) -> None:
         try:
             self.service.synthesizer.prepare()
