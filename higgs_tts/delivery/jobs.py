@@ -80,8 +80,8 @@ class Jobs:
             self.jobs[job_id] = {"id": job_id, "status": "IN_QUEUE"}
             self.cancels[job_id] = threading.Event()
             self._prune()
-            while len(self.jobs) > MAX_JOBS_KEPT:
-                oldest = next(iter(self.jobs))
+            while len(self.jobs) > MAX_JOBS_KEPT and self.finished:  # finished ones only: a running job stays
+                oldest = next(iter(self.finished))
                 self._forget(oldest, f"its result was dropped: the newest {MAX_JOBS_KEPT} jobs are kept")
         self.pool.submit(self._run, job_id, job_input, webhook, allowlist)
         return job_id

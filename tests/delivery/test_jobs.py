@@ -157,3 +157,31 @@ def test_finished_results_expire_after_their_age(client, monkeypatch):
     assert expired.status_code == 404 and expired.json()["error"]["code"] == "expired"
     assert "kept 0 minutes" in expired.json()["error"]["message"]
     assert client.get(f"/stream/{job_id}").json()["error"]["code"] == "expired"
+
+
+def test_a_running_job_is_never_dropped_to_keep_the_newest(monkeypatch):
+    """MAX_JOBS_KEPT drops the oldest finished results; a long job submitted first stays IN_PROGRESS
+    and its result is kept when it ends, however many short jobs finish meanwhile."""
+    from higgs_tts.delivery import jobs
+
+    release = threading.Event()
+
+    class Service:  # the store's logic alone: one job waits, the others answer at once
+        def handle(self, job_input, job_id, cancel=None):
+            if job_input.get("wait"):
+                release.wait(30)
+            return {"success": True, "n": job_input["n"]}
+
+    monkeypatch.setattr(jobs, "MAX_JOBS_KEPT", 3)
+    store = jobs.Jobs(Service(), workers=2)
+    long_job = store.submit({"n": 0, "wait": True})
+    wait_for(lambda: store.get(long_job)["status"] == "IN_PROGRESS")
+    short = []
+    for n in range(1, 7):
+        short.append(store.submit({"n": n}))
+        wait_for(lambda: store.get(short[-1]) is not None and store.get(short[-1])["status"] == "COMPLETED")
+    assert store.get(long_job)["status"] == "IN_PROGRESS"
+    assert store.get(short[0]) is None and "newest 3 jobs" in store.gone(short[0])
+    release.set()
+    wait_for(lambda: store.get(long_job)["status"] == "COMPLETED")
+    assert store.get(long_job)["output"]["n"] == 0
