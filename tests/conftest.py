@@ -211,17 +211,18 @@ def streaming_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory
 
 
 @contextlib.contextmanager
-def running_server(tiny_checkpoint, voice_prompts, tmp_path_factory, **extra_env):
+def running_server(tiny_checkpoint, voice_prompts, tmp_path_factory, log_to: Path | None = None, **extra_env):
     """`higgs-tts serve` in a subprocess on the tiny checkpoint, with its own copy of the voices;
-    yields its URL."""
+    yields its URL. `log_to`: a file for its output (else it is dropped)."""
     model_dir, codec_dir = tiny_checkpoint
     voices = tmp_path_factory.mktemp("serve") / "voices"
     shutil.copytree(voice_prompts, voices)
     port = free_port()
     env = {**os.environ, "MODEL_PATH": str(model_dir), "TOKENIZER_PATH": str(codec_dir),
            "VOICE_PROMPTS_PATH": str(voices), **extra_env}
+    output = open(log_to, "w") if log_to is not None else subprocess.DEVNULL
     process = subprocess.Popen([sys.executable, "-m", "higgs_tts.cli", "serve", "--port", str(port)], cwd=REPO,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               env=env, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(url + "/health", process)
@@ -229,6 +230,8 @@ def running_server(tiny_checkpoint, voice_prompts, tmp_path_factory, **extra_env
     finally:
         process.terminate()
         process.wait(timeout=20)
+        if log_to is not None:
+            output.close()
 
 
 # Containers and codecs of the recordings phones and browsers make, as PyAV names them.

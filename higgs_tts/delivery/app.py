@@ -25,7 +25,7 @@ from ..settings import ServerSettings
 from . import jobs, live, openai, operations, playground, voices
 from .aliases import VoiceAliases
 from .metrics import Metrics
-from .middleware import BearerAuth, BodyLimit, openai_error
+from .middleware import BearerAuth, BodyLimit, HideQueryKey, openai_error
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
                               timeout_graceful_shutdown=SHUTDOWN_SECONDS)
 
     servers.append(Stopping(config(app, port)))
+    logging.getLogger("uvicorn.error").addFilter(HideQueryKey())  # after the Config set up uvicorn's logging
     if server.health_port is not None and server.health_port != port:
         servers.append(Stopping(config(health_app(app), server.health_port)))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hmac
+import logging
+import re
 
 from fastapi import Request, WebSocket
 from fastapi.responses import JSONResponse
@@ -48,6 +50,20 @@ class BodyLimit(BaseHTTPMiddleware):
 # The playground's static page and files (`playground.py`): they hold no data, and the page sends
 # the key with every API call it makes.
 PUBLIC_PAGES = ("/", "/playground", "/playground/playground.js", "/playground/playground.css")
+
+
+class HideQueryKey(logging.Filter):
+    """uvicorn logs a WebSocket's path with its query string (`"WebSocket /v1/...?api_key=..."`),
+    and a browser can only send the key there: the key's value is masked in every record."""
+
+    KEY = re.compile(r"(api_key=)[^&\s\"']*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.KEY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = self.KEY.sub(r"\1***", record.msg)
+        return True
 
 
 def websocket_authorized(websocket: WebSocket, api_key: str) -> bool:

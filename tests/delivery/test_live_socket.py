@@ -241,3 +241,16 @@ def test_the_key_may_come_as_a_header_or_a_query_token(server):
     with connect(ws_url(server, f"?api_key={KEY}")) as ws:  # a browser's way
         ws.send(json.dumps({"type": "config", **CONFIG}))
         assert receive(ws)["type"] == "ready"
+
+
+def test_a_query_key_never_reaches_the_log(tiny_checkpoint, voice_prompts, tmp_path_factory, tmp_path):
+    """uvicorn logs each WebSocket's path with its query string: the key a browser sends there is masked."""
+    log = tmp_path / "serve.log"
+    with running_server(tiny_checkpoint, voice_prompts, tmp_path_factory, log_to=log, API_KEY=KEY,
+                        UVICORN_LOG_LEVEL="info") as url:
+        with connect(ws_url(url, f"?api_key={KEY}")) as ws:
+            ws.send(json.dumps({"type": "config", **CONFIG}))
+            assert receive(ws)["type"] == "ready"
+    text = log.read_text()
+    assert "WebSocket /v1/audio/speech/stream?api_key=***" in text  # the line is there, its key is not
+    assert KEY not in text
