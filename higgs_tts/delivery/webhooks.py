@@ -5,7 +5,8 @@ and retries when the receiver fails; this server does the same, at most WEBHOOK_
 The server makes that request itself, so the URL must not reach this machine's own network: a host
 that resolves to a private, loopback, link-local or reserved address is refused unless it is
 listed in WEBHOOK_ALLOWLIST. The check runs when the job is submitted and again before each try (a
-name can resolve elsewhere later); redirects are not followed.
+name can resolve elsewhere later), and each try connects to the address it checked (no second lookup,
+no proxy from the environment), the reference fetcher's way; redirects are not followed.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
+
+import httpx
 
 from higgs_tts.service import fetch
 
@@ -34,6 +35,12 @@ class WebhookRefused(ValueError):
 def check_url(url: str, allowlist: tuple[str, ...] = ()) -> str:
     """The URL when it may be called; else WebhookRefused. `allowlist`: host names or addresses
     that may be private (e.g. a receiver on the same machine)."""
+    _checked(url, allowlist)
+    return url
+
+
+def _checked(url: str, allowlist: tuple[str, ...]) -> tuple[httpx.URL, fetch.Address]:
+    """The parsed URL and the address it resolved to and that was checked (the one to connect to)."""
     if len(url) > MAX_URL_CHARS:
         raise WebhookRefused(f"webhook: at most {MAX_URL_CHARS} characters")
     parts = urllib.parse.urlsplit(url)
@@ -42,25 +49,21 @@ def check_url(url: str, allowlist: tuple[str, ...] = ()) -> str:
     if parts.username or parts.password:
         raise WebhookRefused("webhook: credentials in the URL are not accepted; use a token in its path or query")
     host = parts.hostname.lower()
-    if host in {h.lower() for h in allowlist}:
-        return url
     try:
+        target = httpx.URL(url)
         addresses = fetch.resolve(host, parts.port or (443 if parts.scheme == "https" else 80))
+    except httpx.InvalidURL as exc:
+        raise WebhookRefused(f"webhook: is not a valid URL ({exc})") from None
     except fetch.FetchError as exc:
         raise WebhookRefused(f"webhook: {exc}") from None
-    for address in addresses:
-        if reason := fetch.blocked_range(address):  # the reference fetcher's rule, written once
-            raise WebhookRefused(f"webhook: host {host!r} resolves to {address}, {reason}; this server calls "
-                                 "only public hosts unless WEBHOOK_ALLOWLIST names the host")
-    return url
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None  # a 3xx is an answer, not a new place to send the job to
-
-
-_OPENER = urllib.request.build_opener(_NoRedirects)
+    if not addresses:
+        raise WebhookRefused(f"webhook: host {host!r} has no address")
+    if host not in {h.lower() for h in allowlist}:
+        for address in addresses:
+            if reason := fetch.blocked_range(address):  # the reference fetcher's rule, written once
+                raise WebhookRefused(f"webhook: host {host!r} resolves to {address}, {reason}; this server "
+                                     "calls only public hosts unless WEBHOOK_ALLOWLIST names the host")
+    return target, addresses[0]
 
 
 def deliver(url: str, reply: dict, allowlist: tuple[str, ...] = (), sleep=time.sleep) -> bool:
@@ -72,20 +75,20 @@ def deliver(url: str, reply: dict, allowlist: tuple[str, ...] = (), sleep=time.s
     data = json.dumps(reply).encode()
     for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
         try:
-            check_url(url, allowlist)
-            request = urllib.request.Request(url, data=data, method="POST",
-                                             headers={"Content-Type": "application/json"})
-            with _OPENER.open(request, timeout=WEBHOOK_TIMEOUT_SECONDS) as answer:
-                if 200 <= answer.status < 300:
-                    log.info("webhook of job %s delivered to %s (try %d)", job_id, where, attempt)
-                    return True
-                problem = f"HTTP {answer.status}"
+            # checked again at each try (a name can resolve elsewhere later), and the connection goes
+            # to the address checked; no proxy from the environment (it would connect by name)
+            to, headers, extensions = fetch.pinned(*_checked(url, allowlist))
+            with httpx.Client(timeout=WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False, trust_env=False) as client:
+                answer = client.post(to, content=data, extensions=extensions,
+                                     headers=headers | {"Content-Type": "application/json"})
+            if 200 <= answer.status_code < 300:
+                log.info("webhook of job %s delivered to %s (try %d)", job_id, where, attempt)
+                return True
+            problem = f"HTTP {answer.status_code}"  # a 3xx too: an answer, not a new place to send the job
         except WebhookRefused as exc:
             log.warning("webhook of job %s not sent: %s", job_id, exc)
             return False
-        except urllib.error.HTTPError as exc:
-            problem = f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError) as exc:
+        except httpx.HTTPError as exc:
             problem = type(exc).__name__
         log.warning("webhook of job %s to %s failed (try %d of %d): %s", job_id, where, attempt,
                     WEBHOOK_ATTEMPTS, problem)

@@ -87,6 +87,13 @@ def check_url(url: str, allowlist: Collection[str]) -> tuple[httpx.URL, Address]
     return target, addresses[0]
 
 
+def pinned(target: httpx.URL, address: Address) -> tuple[httpx.URL, dict[str, str], dict]:
+    """The request's URL with the checked address in place of the name, the Host header and the TLS
+    name (SNI, certificate) that keep the name: the connection cannot go where the check did not look."""
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    return target.copy_with(host=str(address)), {"Host": target.netloc.decode("ascii")}, extensions
+
+
 def fetch(url: str, allowlist: Collection[str], max_bytes: int, timeout: float) -> bytes:
     """The body of a GET, following up to MAX_REDIRECTS redirects, each checked like the first.
 
@@ -96,17 +103,16 @@ def fetch(url: str, allowlist: Collection[str], max_bytes: int, timeout: float) 
     deadline = time.monotonic() + timeout
     for _ in range(MAX_REDIRECTS + 1):
         target, address = check_url(url, allowlist)
-        pinned = target.copy_with(host=str(address))
+        to, headers, extensions = pinned(target, address)
         # identity: the body counted against the cap is the body decoded (no gzip inflating past it)
-        headers = {"Host": target.netloc.decode("ascii"), "Accept": "audio/*, */*", "Accept-Encoding": "identity"}
-        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        headers |= {"Accept": "audio/*, */*", "Accept-Encoding": "identity"}
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise FetchError(f"no complete answer within {timeout:g} s")
         try:
             # trust_env=False: a proxy from the environment would connect by name, past the check
             with httpx.Client(timeout=remaining, follow_redirects=False, trust_env=False) as client, \
-                    client.stream("GET", pinned, headers=headers, extensions=extensions) as response:
+                    client.stream("GET", to, headers=headers, extensions=extensions) as response:
                 if response.status_code in REDIRECTS and "location" in response.headers:
                     url = str(target.join(response.headers["location"]))
                     continue

@@ -185,3 +185,13 @@ def test_a_running_job_is_never_dropped_to_keep_the_newest(monkeypatch):
     release.set()
     wait_for(lambda: store.get(long_job)["status"] == "COMPLETED")
     assert store.get(long_job)["output"]["n"] == 0
+
+
+def test_a_webhook_connects_to_the_address_it_checked_not_through_a_proxy(receiver, monkeypatch):
+    # a proxy from the environment would connect by name, past the address check
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    hook = receiver()
+    assert webhooks.deliver(hook.url, {"id": "job-1", "status": "COMPLETED"}, allowlist=("127.0.0.1",),
+                            sleep=lambda _: None)
+    assert hook.bodies == [{"id": "job-1", "status": "COMPLETED"}]
