@@ -163,6 +163,7 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the HTTP server; () = CORS off
     live_idle_seconds: float = 60.0  # a live session with nothing to say and no message for this long ends
     live_max_messages_per_second: int = 200  # a live session's client messages, over any one second
+    live_max_sessions: int = 64  # live sessions open at once (each holds a thread and its context)
 
     @classmethod
     def from_env(cls) -> ServerSettings:
@@ -178,4 +179,5 @@ class ServerSettings:
             cors_origins=tuple(o.strip() for o in (_optional("CORS_ORIGINS") or "").split(",") if o.strip()),
             live_idle_seconds=_number("LIVE_IDLE_SECONDS", 60.0, float),
             live_max_messages_per_second=_number("LIVE_MAX_MESSAGES_PER_SECOND", 200),
+            live_max_sessions=_number("LIVE_MAX_SESSIONS", 64),
         )

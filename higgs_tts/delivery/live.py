@@ -92,6 +92,7 @@ def router(service: SpeechService, metrics: Metrics, server: ServerSettings,
     api = APIRouter()
     aliases = aliases or VoiceAliases.load()
     waiters = anyio.CapacityLimiter(WAITING_THREADS)
+    open_sessions = [0]  # sessions past the key check, at most LIVE_MAX_SESSIONS
 
     @api.websocket(PATH)
     async def speech_stream(websocket: WebSocket):
@@ -117,6 +118,12 @@ def router(service: SpeechService, metrics: Metrics, server: ServerSettings,
                                    "or ?api_key=<key>)"))
             metrics.observe("speech_stream", started, 401, code="invalid_api_key")
             return
+        if open_sessions[0] >= server.live_max_sessions:
+            await fail(error_frame("busy", f"at most {server.live_max_sessions} live sessions at once "
+                                   "(LIVE_MAX_SESSIONS); try again shortly"), close_code=1013)
+            metrics.observe("speech_stream", started, STATUS["busy"], code="busy")
+            return
+        open_sessions[0] += 1
         session: LiveSession | None = None
         audit = AuditRecord(job_id=f"live-{uuid.uuid4().hex[:12]}", action="live")
         try:
@@ -134,6 +141,7 @@ def router(service: SpeechService, metrics: Metrics, server: ServerSettings,
         except WebSocketDisconnect:
             pass  # gone while the ready message was sent
         finally:
+            open_sessions[0] -= 1
             if session is not None:
                 session.abort()  # gone or done: the worker stops, the engine slot is freed at the next burst
             code = outcome["code"]

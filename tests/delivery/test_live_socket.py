@@ -254,3 +254,26 @@ def test_a_query_key_never_reaches_the_log(tiny_checkpoint, voice_prompts, tmp_p
     text = log.read_text()
     assert "WebSocket /v1/audio/speech/stream?api_key=***" in text  # the line is there, its key is not
     assert KEY not in text
+
+
+def test_sessions_beyond_live_max_sessions_are_told_busy(tiny_checkpoint, voice_prompts, tmp_path_factory):
+    with running_server(tiny_checkpoint, voice_prompts, tmp_path_factory, API_KEY=KEY, LIVE_MAX_SESSIONS="1") as url:
+        with open_session(url, **CONFIG):
+            with connect(ws_url(url), additional_headers=AUTH) as extra:
+                error = receive(extra)
+                assert error["code"] == "busy" and "LIVE_MAX_SESSIONS" in error["message"]
+                with pytest.raises(ConnectionClosed) as closed:
+                    extra.recv(timeout=30)
+                assert closed.value.rcvd.code == 1013
+        deadline = time.monotonic() + 30  # the first session's end is counted once the server sees it
+        while True:
+            with connect(ws_url(url), additional_headers=AUTH) as again:
+                try:
+                    again.send(json.dumps({"type": "config", **CONFIG}))
+                    reply = receive(again)
+                except ConnectionClosed as closed:  # told busy (and closed) before the config went out
+                    reply = {"type": "error", "code": closed.rcvd.reason}
+                if reply["type"] == "ready":
+                    break
+                assert reply["code"] == "busy" and time.monotonic() < deadline
+            time.sleep(0.2)
