@@ -37,8 +37,11 @@ class FetchError(ValueError):
 
 def blocked_range(address: Address) -> str | None:
     """Why an address is off limits ("a loopback address"), or None for a public one."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        # an IPv4 address carried inside IPv6 (mapped, 6to4 2002::/16) is judged as that IPv4 address
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is not None:
+            address = embedded
     for test, kind in (("is_unspecified", "unspecified"), ("is_loopback", "loopback"),
                        ("is_link_local", "link-local (cloud metadata)"), ("is_multicast", "multicast"),
                        ("is_private", "private"), ("is_reserved", "reserved")):

@@ -128,6 +128,7 @@ def test_other_refusals_say_why(web):
     ("127.0.0.1", "loopback"), ("10.1.2.3", "private"), ("192.168.0.1", "private"), ("172.16.0.1", "private"),
     ("169.254.169.254", "link-local"), ("fd00:ec2::254", "private"), ("100.100.100.200", "not a public"),
     ("0.0.0.0", "unspecified"), ("224.0.0.1", "multicast"), ("::ffff:10.0.0.1", "private"),
+    ("2002:7f00:1::", "loopback"), ("2002:a9fe:a9fe::", "link-local"),  # 6to4 around 127.0.0.1, metadata
 ])
 def test_blocked_ranges(address, kind):
     assert kind in blocked_range(ipaddress.ip_address(address))
