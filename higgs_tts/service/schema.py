@@ -128,7 +128,7 @@ class _GenerateFields(_Input):
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is not None and not value.lower().startswith(("https://", "http://")):
-            raise ValueError("must be an https:// URL")
+            raise ValueError("must be an https:// URL (http:// only for a host in REF_AUDIO_URL_ALLOWLIST)")
         return value
 
     @field_validator("s3_bucket")
