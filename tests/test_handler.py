@@ -2,6 +2,7 @@
 
 import base64
 import collections
+import contextlib
 import http.server
 import io
 import json
@@ -286,31 +287,39 @@ class JobApiHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-@pytest.fixture(scope="module")
-def on_runpod(tiny_checkpoint, voice_prompts, tmp_path_factory):
-    """`python -u handler.py` in worker mode (STREAMING=1) against the stand-in job API."""
+@contextlib.contextmanager
+def worker_on_runpod(tiny_checkpoint, voices, tmp_path_factory, **extra_env):
+    """`python -u handler.py` in worker mode against a fresh stand-in job API; yields (api, process)."""
     api = JobApi()
     threading.Thread(target=api.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{api.server_address[1]}"
     model_dir, codec_dir = tiny_checkpoint
-    voices = tmp_path_factory.mktemp("on-runpod") / "voices"
-    shutil.copytree(voice_prompts, voices)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
     env.update(MODEL_PATH=str(model_dir), TOKENIZER_PATH=str(codec_dir), VOICE_PROMPTS_PATH=str(voices),
-               STREAMING="1", RUNPOD_WEBHOOK_GET_JOB=f"{base}/job-take/$ID?gpu=test",
+               RUNPOD_WEBHOOK_GET_JOB=f"{base}/job-take/$ID?gpu=test",
                RUNPOD_WEBHOOK_POST_OUTPUT=f"{base}/job-done/$ID?gpu=test",
                RUNPOD_WEBHOOK_POST_STREAM=f"{base}/job-stream/$ID?gpu=test",
-               RUNPOD_SKIP_GPU_CHECK="true", RUNPOD_SKIP_AUTO_SYSTEM_CHECKS="true")
+               RUNPOD_SKIP_GPU_CHECK="true", RUNPOD_SKIP_AUTO_SYSTEM_CHECKS="true", **extra_env)
     log = open(tmp_path_factory.mktemp("logs") / "on-runpod.log", "w+")
     process = subprocess.Popen([sys.executable, "-u", "handler.py"], cwd=REPO, env=env, stdout=log,
                                stderr=subprocess.STDOUT)
     try:
-        yield api
+        yield api, process
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=20)
         api.shutdown()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def on_runpod(tiny_checkpoint, voice_prompts, tmp_path_factory):
+    """The streaming worker (STREAMING=1) on RunPod, with its own copy of the voices."""
+    voices = tmp_path_factory.mktemp("on-runpod") / "voices"
+    shutil.copytree(voice_prompts, voices)
+    with worker_on_runpod(tiny_checkpoint, voices, tmp_path_factory, STREAMING="1") as (api, _):
+        yield api
 
 
 def test_on_runpod_a_long_job_reports_progress_per_chunk(on_runpod):
@@ -340,19 +349,7 @@ def test_on_runpod_an_error_item_reaches_stream_with_its_code(on_runpod):
 def test_on_runpod_sigterm_ends_a_long_job_within_seconds(tiny_checkpoint, voice_prompts, tmp_path_factory):
     """RunPod stops a worker with SIGTERM: the running job's generation ends at its next step and the
     process exits, instead of finishing every remaining chunk first."""
-    api = JobApi()
-    threading.Thread(target=api.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{api.server_address[1]}"
-    model_dir, codec_dir = tiny_checkpoint
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
-    env.update(MODEL_PATH=str(model_dir), TOKENIZER_PATH=str(codec_dir), VOICE_PROMPTS_PATH=str(voice_prompts),
-               RUNPOD_WEBHOOK_GET_JOB=f"{base}/job-take/$ID?gpu=test",
-               RUNPOD_WEBHOOK_POST_OUTPUT=f"{base}/job-done/$ID?gpu=test",
-               RUNPOD_SKIP_GPU_CHECK="true", RUNPOD_SKIP_AUTO_SYSTEM_CHECKS="true")
-    log = open(tmp_path_factory.mktemp("logs") / "sigterm.log", "w+")
-    process = subprocess.Popen([sys.executable, "-u", "handler.py"], cwd=REPO, env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
-    try:
+    with worker_on_runpod(tiny_checkpoint, voice_prompts, tmp_path_factory) as (api, process):
         text = " ".join(f"Word{i}." for i in range(150))  # 150 chunks of up to 1,024 frames each
         api.jobs.put({"id": "long", "input": {"transcript": text, "chunk_method": "word", "chunk_max_word_num": 1,
                                               "max_new_tokens": 1024, "seed": 1}})
@@ -367,8 +364,3 @@ def test_on_runpod_sigterm_ends_a_long_job_within_seconds(tiny_checkpoint, voice
         done = api.wait_done("long", timeout=5)
         assert done.get("status") != "COMPLETED" and "cancel" in json.dumps(done).lower()
         assert len([b for b in api.bodies("long", "job-done") if b.get("status") == "IN_PROGRESS"]) < 150
-    finally:
-        if process.poll() is None:
-            process.kill()
-        api.shutdown()
-        log.close()
