@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import re
 import time
 import uuid
 from collections import deque
@@ -33,14 +32,13 @@ from ..service.speech import SpeechService
 from ..settings import ServerSettings
 from .aliases import VoiceAliases
 from .metrics import Metrics
-from .middleware import websocket_authorized
+from .middleware import in_request_names, websocket_authorized
 
 log = logging.getLogger(__name__)
 
 PATH = "/v1/audio/speech/stream"
 # Config fields spelled OpenAI's way, as on POST /v1/audio/speech; the others keep the job's names.
 CONFIG_NAMES = {"voice": "ref_audio", "response_format": "output_format", "instructions": "scene_prompt"}
-_JOB_NAMES = re.compile(r"\b(" + "|".join(map(re.escape, CONFIG_NAMES.values())) + r")\b")
 MESSAGES = {"text": {"type", "text"}, "flush": {"type"}, "cancel": {"type"}, "close": {"type"}}
 # error codes of the socket itself -> the status metrics count them under (the rest: service.errors)
 SESSION_STATUS = {"invalid_api_key": 401, "idle_timeout": 408, "rate_limited": 429}
@@ -67,10 +65,9 @@ def job_fields(config: dict, aliases: VoiceAliases, library: set[str]) -> dict:
 
 def public_failure(exc: BaseException) -> dict:
     """An error frame for any failure, in the config's own field names (`voice`, not `ref_audio`)."""
-    failure = SpeechService.describe_failure(exc, "live")
-    public = {name: spelled for spelled, name in CONFIG_NAMES.items()}
-    message = _JOB_NAMES.sub(lambda m: public[m.group()], failure.message)
-    return error_frame(failure.code, message, public.get(failure.field, failure.field))
+    failure = in_request_names(SpeechService.describe_failure(exc, "live"),
+                               {name: spelled for spelled, name in CONFIG_NAMES.items()})
+    return error_frame(failure.code, failure.message, failure.field)
 
 
 class _RateLimit:

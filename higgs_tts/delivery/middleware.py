@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import re
@@ -19,6 +20,14 @@ def openai_error(status: int, message: str, code: str, param: str | None = None)
         kind = "authentication_error"
     return JSONResponse(status_code=status,
                         content={"error": {"message": message, "type": kind, "param": param, "code": code}})
+
+
+def in_request_names(failure: Failure, names: dict[str, str]) -> Failure:
+    """The failure in the request's own field names (`names`: job name -> the surface's, e.g.
+    `ref_audio` -> `voice`), in its message and its field."""
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+    return dataclasses.replace(failure, message=pattern.sub(lambda m: names[m.group()], failure.message),
+                               field=names.get(failure.field, failure.field))
 
 
 def failure_response(failure: Failure) -> JSONResponse:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import logging
-import re
 import threading
 import time
 import uuid
@@ -23,13 +21,12 @@ from ..core.sampling import SamplingParams
 from ..core.text import speaker_tags, word_count, words_per_chunk
 from ..service import formats
 from ..service.audit import AuditRecord
-from ..service.errors import Failure
 from ..service.schema import GenerateInput, OutputFormat, parse_input
 from ..service.speech import SpeechService
 from .aliases import VoiceAliases
 from .disconnect import CancellingStream, run_while_connected
 from .metrics import Metrics
-from .middleware import failure_response, openai_error
+from .middleware import failure_response, in_request_names, openai_error
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +71,6 @@ class _OpenAIFields(BaseModel):
 EXTENSIONS = {name: (info.annotation, info) for name, info in GenerateInput.model_fields.items()
               if name not in OPENAI_NAMES and name not in JOB_ONLY and name not in _OpenAIFields.model_fields}
 SpeechRequest = create_model("SpeechRequest", __base__=_OpenAIFields, __module__=__name__, **EXTENSIONS)
-
-
-def _public(failure: Failure, names: dict[str, str]) -> Failure:
-    """The failure in the request's own field names (`voice`, not `ref_audio`)."""
-    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
-    return dataclasses.replace(failure, message=pattern.sub(lambda m: names[m.group()], failure.message),
-                               field=names.get(failure.field, failure.field))
 
 
 def _model_list() -> list[dict]:
@@ -153,7 +143,7 @@ def router(service: SpeechService, metrics: Metrics, aliases: VoiceAliases | Non
                 return _streaming_reply(items, first, body, started, audit, metrics, cancel)
             rendered = await run_while_connected(request, cancel, service.render, request_input, cancel)
         except Exception as exc:  # every failure becomes an error body, never a traceback
-            failure = _public(service.describe_failure(exc, audit.job_id), names)
+            failure = in_request_names(service.describe_failure(exc, audit.job_id), names)
             audit.fail(failure.code)
             audit.emit(time.perf_counter() - started)
             metrics.observe("speech", started, failure.status, model_label(body.model), failure.code)
