@@ -102,6 +102,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def engine_load(url: str, headers: dict | None = None) -> dict[str, float]:
+    """A running server's `higgs_engine_load` gauges from /metrics: running, waiting, admitted."""
+    import re
+
+    import httpx
+
+    text = httpx.get(url + "/metrics", headers=headers).text
+    return {kind: float(value) for kind, value in re.findall(r'higgs_engine_load\{kind="(\w+)"\} ([\d.]+)', text)}
+
+
+def wait_until(condition, seconds: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
     import time
 

@@ -4,13 +4,12 @@ through the `websockets` client: text in as it is written, audio out phrase by p
 import base64
 import contextlib
 import json
-import re
 import time
 
 import httpx
 import numpy as np
 import pytest
-from conftest import running_server
+from conftest import engine_load, running_server, wait_until
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -59,18 +58,6 @@ def until_done(ws) -> list[dict]:
 def pcm(events: list[dict]) -> np.ndarray:
     data = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "audio")
     return np.frombuffer(data, dtype="<i2")
-
-
-def engine_load(url: str) -> dict[str, float]:
-    text = httpx.get(url + "/metrics", headers=AUTH).text
-    return {kind: float(value) for kind, value in re.findall(r'higgs_engine_load\{kind="(\w+)"\} ([\d.]+)', text)}
-
-
-def wait_until(condition, seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 IDLE_ENGINE = {"running": 0.0, "waiting": 0.0, "admitted": 0.0}
@@ -128,7 +115,7 @@ def test_cancel_stops_speaking_drops_the_rest_and_frees_the_slot(server):
         ws.send(json.dumps({"type": "text", "text": MANY}))
         assert receive(ws)["type"] == "audio"
         ws.send(json.dumps({"type": "cancel"}))
-        wait_until(lambda: engine_load(server) == IDLE_ENGINE, 60)
+        wait_until(lambda: engine_load(server, AUTH) == IDLE_ENGINE, 60)
         ws.send(json.dumps({"type": "text", "text": "Next one."}))
         ws.send(json.dumps({"type": "close"}))
         events = until_done(ws)
@@ -137,7 +124,7 @@ def test_cancel_stops_speaking_drops_the_rest_and_frees_the_slot(server):
         later = [e["segment"] for e in events if e["type"] == "audio"]
         after = later[later.index(30):]
         assert after == [30] * len(after)  # no audio of the cancelled phrases after the new one began
-        assert engine_load(server) == IDLE_ENGINE
+        assert engine_load(server, AUTH) == IDLE_ENGINE
 
 
 def test_a_disconnect_frees_the_slot(server):
@@ -146,7 +133,7 @@ def test_a_disconnect_frees_the_slot(server):
         assert receive(ws)["type"] == "audio"
         ws.socket.close()  # gone without a goodbye: nobody reads the audio of the other phrases
     # a session left running would block on its full event queue and keep its engine place
-    wait_until(lambda: engine_load(server) == IDLE_ENGINE, 60)
+    wait_until(lambda: engine_load(server, AUTH) == IDLE_ENGINE, 60)
 
 
 def error_of(ws) -> dict:

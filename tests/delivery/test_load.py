@@ -2,13 +2,11 @@
 tiny checkpoint): all complete and equal their solo runs; cancelled jobs free their slots; past the
 admission limit requests get the busy error."""
 
-import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import running_server
+from conftest import engine_load, running_server, wait_until
 
 FAST = {"ENGINE": "fast", "DEVICE": "cpu"}
 
@@ -31,18 +29,6 @@ def job(index: int) -> dict:
 
 def runsync(url: str, job_input: dict) -> dict:
     return httpx.post(url + "/runsync", json={"input": job_input}, timeout=600).json()
-
-
-def engine_load(url: str) -> dict[str, float]:
-    text = httpx.get(url + "/metrics").text
-    return {kind: float(value) for kind, value in re.findall(r'higgs_engine_load\{kind="(\w+)"\} ([\d.]+)', text)}
-
-
-def wait_until(condition, seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_sixteen_concurrent_requests_equal_their_solo_runs(server):
