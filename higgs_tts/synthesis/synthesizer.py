@@ -108,6 +108,16 @@ class SynthesisResult:
 Progress = Callable[[int, int, float], None]
 
 
+class _Stop:
+    """Set when the request's own event or the synthesizer's shutdown event is (an Event's is_set)."""
+
+    def __init__(self, *events: threading.Event | None) -> None:
+        self.events = [e for e in events if e is not None]
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
+
+
 @dataclass
 class _Run:
     """One synthesis in progress: its plan, and the frames generated so far."""
@@ -125,7 +135,7 @@ class _Run:
     history: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # (chunk text, its frames)
     progress: Progress | None = None
     cut_chunks: list[int] = field(default_factory=list)
-    stop: _Stop | None = None  # set: the caller is gone, cancelled, or the process is stopping
+    stop: _Stop = field(default_factory=_Stop)  # set: the caller is gone, cancelled, or the process stops
 
     def codes(self) -> torch.Tensor:
         if not self.history:
@@ -143,16 +153,6 @@ class _Run:
             voice_kinds=[v.kind for v in self.voices] + ["clone"] * (len(self.voice_names) - len(self.voices)),
             cut_chunks=tuple(self.cut_chunks),
         )
-
-
-class _Stop:
-    """Set when the request's own event or the synthesizer's shutdown event is (an Event's is_set)."""
-
-    def __init__(self, *events: threading.Event | None) -> None:
-        self.events = [e for e in events if e is not None]
-
-    def is_set(self) -> bool:
-        return any(e.is_set() for e in self.events)
 
 
 class Synthesizer:
@@ -383,7 +383,7 @@ class Synthesizer:
         """One chunk's new frames as they are complete, with the earlier chunks as context; once it
         has ended (not when closed early) it joins `run.history`."""
         loaded = run.loaded
-        stop = run.stop or _Stop(self._stopping)
+        stop = run.stop  # _start() gives every run the caller's event and the shutdown event
         if stop.is_set():
             raise Cancelled("the request was cancelled")
         buffer = request.generation_chunk_buffer_size
