@@ -151,7 +151,8 @@ class SpeechService:
 
     def store_voice(self, name: str, audio: np.ndarray, transcript: str, overwrite: bool = False,
                     description: str | None = None) -> dict:
-        """Add a checked 24 kHz reference as a named voice (the add_voice action and HTTP uploads)."""
+        """Add a checked 24 kHz reference as a named voice (the add_voice action; HTTP uploads run that
+        action through handle(), so they get its validation and audit line)."""
         library = self.synthesizer.voices
         try:
             voice = library.add(name, audio, transcript, overwrite, description)
