@@ -1,19 +1,18 @@
 """CUDA graphs of the decode step: captured once per (rows, attended length) and replayed.
 
-A replay launches the whole step (all layers, the head) as one graph: no Python, no per-kernel
-launch cost. Inputs and outputs live in static buffers that the graph was captured with; the KV
-cache it reads and writes is a view of the batch's one cache, so every graph shares its memory.
+A replay launches the whole step (sampler, bookkeeping, all layers, the head) as one graph: no
+Python, no per-kernel launch cost. Everything it reads and writes lives in the batch's static
+buffers, views of which the graph was captured with; the KV cache is a view of the batch's one
+cache, so every graph shares its memory.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import torch
-
-from .kv_cache import StaticKVCache
-from .model_runner import ModelRunner
 
 log = logging.getLogger(__name__)
 
@@ -30,43 +29,39 @@ def free_cached_memory() -> None:
 
 
 class StepGraphs:
-    def __init__(self, runner: ModelRunner, cache: StaticKVCache) -> None:
-        self.runner = runner
-        self.cache = cache
-        self._graphs: dict[tuple[int, int], tuple] = {}
+    def __init__(self, batch) -> None:
+        self.batch = batch
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._pool = None  # one memory pool for all graphs: they never run at the same time
-        self._stream = torch.cuda.Stream(device=runner.device)  # warm-up and capture on the same stream
+        self._stream = torch.cuda.Stream(device=batch.device)  # warm-up and capture on the same stream
 
-    def _capture(self, rows: int, length: int):
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def _capture(self, rows: int, length: int) -> torch.cuda.CUDAGraph:
         with CAPTURE_LOCK:
-            runner = self.runner
-            view = self.cache.view(rows, length)
-            codes = torch.zeros((rows, runner.num_codebooks), dtype=torch.long, device=runner.device)
-            # Capture writes at the last attended position, which no sequence reads before writing it itself.
-            positions = torch.full((rows,), length - 1, dtype=torch.long, device=runner.device)
+            step = self.batch.make_step(rows, length)
+            # Warm-up and capture run the step for real: the state is saved and put back after,
+            # so running sequences do not notice. (The KV writes land at each row's next position,
+            # which the row writes again before it reads it.)
+            saved = [t.clone() for t in self.batch.state()]
             self._stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self._stream):
-                for _ in range(2):  # warm up kernels and allocator outside the graph
-                    runner.decode_one_token(view, codes, positions)
+                for _ in range(2):  # warm up kernels and the allocator outside the graph
+                    step()
             torch.cuda.current_stream().wait_stream(self._stream)
             graph = torch.cuda.CUDAGraph()
             # thread_local: request threads keep running the codec while the engine thread captures.
             with torch.cuda.graph(graph, pool=self._pool, stream=self._stream, capture_error_mode="thread_local"):
-                logits = runner.decode_one_token(view, codes, positions)
+                step()
             self._pool = graph.pool()
+            for tensor, value in zip(self.batch.state(), saved, strict=True):
+                tensor.copy_(value)
         log.info("captured the decode step for %d rows over %d positions", rows, length)
-        return graph, view, codes, positions, logits  # the view (and its row index) lives as long as the graph
+        return graph
 
-    def step(self, rows: int, length: int):
-        """A function (column, positions) -> logits that replays the graph for `rows` rows."""
+    def step(self, rows: int, length: int) -> Callable[[], None]:
+        """The captured step for `rows` rows over `length` positions, as a function of no arguments."""
         if (rows, length) not in self._graphs:
             self._graphs[(rows, length)] = self._capture(rows, length)
-        graph, _, codes, positions, logits = self._graphs[(rows, length)]
-
-        def replay(column: torch.Tensor, new_positions: torch.Tensor) -> torch.Tensor:
-            codes.copy_(column)
-            positions.copy_(new_positions)
-            graph.replay()
-            return logits
-
-        return replay
+        return self._graphs[(rows, length)].replay

@@ -1,4 +1,9 @@
-"""A static KV cache: fixed-size tensors per layer, one slot (batch row) per sequence."""
+"""A static KV cache: one tensor per layer, one slot (batch row) per sequence.
+
+Layout per layer: `[B, L, 2, Hkv, D]` (keys and values side by side at each position), so a
+decode step writes a position's keys and values with one kernel, and the keys of a row are the
+`[L, Hkv, D]` layout flash attention's varlen kernel reads in place.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +11,55 @@ import torch
 
 
 class StaticKVCache:
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], rows: torch.Tensor | None = None) -> None:
-        self.keys, self.values = keys, values
-        self.batch, self.max_len = keys[0].shape[0], keys[0].shape[2]
-        self.rows = torch.arange(self.batch, device=keys[0].device) if rows is None else rows
+    def __init__(self, layers: list[torch.Tensor], parent: StaticKVCache | None = None) -> None:
+        self.layers = layers  # [B, L, 2, Hkv, D] each
+        self.batch, self.max_len = layers[0].shape[0], layers[0].shape[1]
+        device = layers[0].device
+        if parent is None:
+            self.rows = torch.arange(self.batch, device=device)
+            # Varlen attention's offsets for one query per row and `max_len` keys per row.
+            self._cu_q = torch.arange(self.batch + 1, device=device, dtype=torch.int32)
+            self._cu_k = self._cu_q * self.max_len
+            self._full_len = self.max_len
+        else:
+            # A view's index tensors are slices of the whole cache's: a captured graph reads them at
+            # every replay, so they must live as long as the cache, not as long as the view.
+            self.rows, self._cu_q, self._cu_k = parent.rows[:self.batch], parent._cu_q, parent._cu_k
+            self._full_len = parent._full_len
 
     @classmethod
     def allocate(cls, num_layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device) -> StaticKVCache:
-        shape = (batch, kv_heads, max_len, head_dim)
-        return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)],
-                   [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)])
+        shape = (batch, max_len, 2, kv_heads, head_dim)
+        return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)])
 
     def view(self, rows: int, length: int) -> StaticKVCache:
         """The first `rows` slots and `length` positions, sharing this cache's memory: a step that
         only needs that much reads (and attends over) no more."""
-        # The row index is a slice of this cache's own: a captured graph reads it at every replay,
-        # so it must live as long as the cache, not as long as the view.
-        return StaticKVCache([k[:rows, :, :length] for k in self.keys], [v[:rows, :, :length] for v in self.values],
-                             self.rows[:rows])
+        return StaticKVCache([layer[:rows, :length] for layer in self.layers], self)
+
+    def keys(self, layer: int) -> torch.Tensor:
+        return self.layers[layer][:, :, 0]  # [B, L, Hkv, D]
+
+    def values(self, layer: int) -> torch.Tensor:
+        return self.layers[layer][:, :, 1]
+
+    def cu_seq_q(self, rows: int) -> torch.Tensor:
+        return self._cu_q[:rows + 1]
+
+    def cu_seq_k(self, rows: int, length: int) -> torch.Tensor:
+        assert length == self._full_len, "the varlen offsets are those of the whole cache's length"
+        return self._cu_k[:rows + 1]
 
     def fill_slot(self, slot: int, layer_keys: list[torch.Tensor], layer_values: list[torch.Tensor]) -> None:
-        """Copy one prefilled sequence (`[1, kv_heads, L, head_dim]` per layer) into a slot."""
+        """Copy one prefilled sequence (`[1, Hkv, S, D]` per layer, transformers' layout) into a slot."""
         length = layer_keys[0].shape[2]
         if length > self.max_len:
             raise ValueError(f"prompt of {length} positions does not fit a cache of {self.max_len}")
-        for cache, new in zip(self.keys, layer_keys, strict=True):
-            cache[slot, :, :length] = new[0]
-        for cache, new in zip(self.values, layer_values, strict=True):
-            cache[slot, :, :length] = new[0]
+        for cache, keys, values in zip(self.layers, layer_keys, layer_values, strict=True):
+            cache[slot, :length, 0] = keys[0].transpose(0, 1)
+            cache[slot, :length, 1] = values[0].transpose(0, 1)
 
-    def update(self, layer: int, positions: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
-        """Write one new position per row (`[B, kv_heads, 1, head_dim]` at `positions[B]`)."""
-        self.keys[layer][self.rows, :, positions] = key[:, :, 0]
-        self.values[layer][self.rows, :, positions] = value[:, :, 0]
-        return self.keys[layer], self.values[layer]
+    def write(self, layer: int, positions: torch.Tensor, kv: torch.Tensor) -> None:
+        """Write one new position per row: kv `[B, 2, Hkv, D]` at `positions[B]`."""
+        self.layers[layer].index_put_((self.rows, positions), kv)

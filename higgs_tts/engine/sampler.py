@@ -1,9 +1,10 @@
-"""Sampling on the device: delay-pattern forcing, temperature, top-k, top-p, RAS.
+"""Sampling on the device, inside the captured step: delay pattern, temperature, top-k, top-p, RAS.
 
-Every rule mirrors the reference path (transformers' Higgs Audio V2 `generate()`), so greedy
+Every rule mirrors the `generate()` path (transformers' Higgs Audio V2 `generate()`), so greedy
 decoding gives identical codes. Random draws use Gumbel-max with counter-based noise keyed by
-(seed, step, codebook, code): a request's seed alone decides its samples, whatever else shares
-the batch, and no generator state lives on the host.
+(seed, step, codebook, rank): a request's seed alone decides its samples, whatever else shares
+the batch, and no generator state lives on the host. All state is in static buffers, so the
+sampler is part of the one captured program of a decode step.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 from ..core.codes import STREAM_BOS, STREAM_EOS
 
 _MASK32 = 0xFFFFFFFF
+NO_LIMIT = 2**62  # a RAS threshold no window reaches: RAS off
+TOP_P_OFF = 2.0  # a top-p no cumulative probability reaches: nucleus sampling off
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
@@ -26,15 +29,14 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def gumbel_noise(seeds: torch.Tensor, steps: torch.Tensor, stream: int, num_codebooks: int,
-                 vocab: int) -> torch.Tensor:
-    """Gumbel(0, 1) noise `[B, K, V]`, a pure function of (seed, step, stream, codebook, code)."""
-    device = seeds.device
-    row = _mix32((_mix32(seeds & _MASK32) ^ (steps * 2 + stream)) & _MASK32)  # [B]
-    cells = torch.arange(num_codebooks * vocab, device=device, dtype=torch.int64).view(1, num_codebooks, vocab)
-    bits = _mix32((row.view(-1, 1, 1) * 0x9E3779B1 + cells) & _MASK32)
-    uniform = (bits.to(torch.float64) + 0.5) / 4294967296.0
-    return -torch.log(-torch.log(uniform)).to(torch.float32)
+def gumbel_noise(seeds: torch.Tensor, steps: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Two Gumbel(0, 1) draws `[2, B, K, V]` (float32), a pure function of (seed, step, cell):
+    16 bits of one 32-bit hash each, computed once per step. `cells` is `arange(K V).view(1, K, V)`."""
+    row = _mix32((_mix32(seeds & _MASK32) ^ steps) & _MASK32)  # [B]
+    bits = _mix32((row.view(-1, 1, 1) * 0x9E3779B1 + cells) & _MASK32)  # [B, K, V]
+    halves = torch.stack([bits >> 16, bits & 0xFFFF])  # [2, B, K, V]
+    uniform = (halves.float() + 0.5) * (1.0 / 65536)
+    return -torch.log(-torch.log(uniform))
 
 
 @dataclass
@@ -44,25 +46,10 @@ class SamplingTensors:
     greedy: torch.Tensor  # [B] bool
     temperature: torch.Tensor  # [B] float (1 where greedy)
     top_k: torch.Tensor  # [B] long (vocab size = disabled)
-    top_p: torch.Tensor  # [B] float (1 = disabled)
+    top_p: torch.Tensor  # [B] float (TOP_P_OFF = disabled)
     ras_len: torch.Tensor  # [B] long (0 = disabled)
-    ras_max: torch.Tensor  # [B] long
+    ras_max: torch.Tensor  # [B] long (NO_LIMIT = disabled)
     seeds: torch.Tensor  # [B] long
-
-    @classmethod
-    def build(cls, params: list, seeds: list[int], vocab: int, device: torch.device) -> SamplingTensors:
-        def t(values, dtype):
-            return torch.tensor(values, dtype=dtype, device=device)
-
-        return cls(
-            greedy=t([p.greedy for p in params], torch.bool),
-            temperature=t([1.0 if p.greedy else p.temperature for p in params], torch.float32),
-            top_k=t([vocab if p.top_k == 0 else min(p.top_k, vocab) for p in params], torch.long),
-            top_p=t([p.top_p for p in params], torch.float32),
-            ras_len=t([p.ras_win_len if p.ras_enabled else 0 for p in params], torch.long),
-            ras_max=t([p.ras_win_max_num_repeat for p in params], torch.long),
-            seeds=t(seeds, torch.long),
-        )
 
     @classmethod
     def empty(cls, rows: int, device: torch.device) -> SamplingTensors:
@@ -71,87 +58,68 @@ class SamplingTensors:
         return cls(**{f.name: torch.ones(rows, dtype=dtypes.get(f.name, torch.long), device=device)
                       for f in fields(cls)})
 
-    def set_row(self, row: int, other: SamplingTensors) -> None:
-        """Row `row` takes the settings of `other`'s only row (a sequence joining the batch)."""
-        for f in fields(self):
-            getattr(self, f.name)[row] = getattr(other, f.name)[0]
+    def write_row(self, row: int, params, seed: int, vocab: int) -> None:
+        """Row `row` takes `params` and `seed`: one host-to-device copy for all seven settings
+        (float64 holds every value exactly: seeds < 2**31, NO_LIMIT a power of two)."""
+        values = torch.tensor([
+            params.greedy, 1.0 if params.greedy else params.temperature,
+            vocab if params.top_k == 0 else min(params.top_k, vocab),
+            params.top_p if params.top_p < 1.0 else TOP_P_OFF,
+            params.ras_win_len if params.ras_enabled else 0,
+            params.ras_win_max_num_repeat if params.ras_enabled else NO_LIMIT, seed,
+        ], dtype=torch.float64).to(self.seeds.device, non_blocking=True)
+        for index, f in enumerate(fields(self)):
+            target = getattr(self, f.name)
+            target[row] = values[index].to(target.dtype)
 
     def rows(self, count: int) -> SamplingTensors:
         """Views of the first `count` rows."""
         return SamplingTensors(**{f.name: getattr(self, f.name)[:count] for f in fields(self)})
 
 
-class DelayPattern:
-    """Which codebooks are forced to stream BOS or EOS at each step, per row.
+def forced_codes(steps: torch.Tensor, ended_steps: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    """The delay pattern `[B, K]`: the code a cell is forced to, or -1.
 
     Codebook k is forced to BOS for the first k + 1 steps (the first column is all BOS). Once a
     column holds an EOS, the stream is ending: j steps later codebooks 0..j-1 are forced to EOS,
     so the last column is all EOS.
     """
-
-    def __init__(self, batch: int, num_codebooks: int, device: torch.device) -> None:
-        self.codebooks = torch.arange(num_codebooks, device=device)
-        self.ending = torch.zeros(batch, dtype=torch.bool, device=device)
-        self.ended_steps = torch.zeros(batch, dtype=torch.long, device=device)
-
-    def reset_row(self, row: int) -> None:
-        self.ending[row] = False
-        self.ended_steps[row] = 0
-
-    def rows(self, count: int) -> DelayPattern:
-        """A pattern over the first `count` rows, sharing this one's state."""
-        view = DelayPattern.__new__(DelayPattern)
-        view.codebooks, view.ending, view.ended_steps = self.codebooks, self.ending[:count], self.ended_steps[:count]
-        return view
-
-    def apply(self, logits: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        self.ended_steps += self.ending.long()
-        force_bos = self.codebooks[None, :] >= steps[:, None]
-        force_eos = self.codebooks[None, :] < self.ended_steps[:, None]
-        vocab = torch.arange(logits.shape[-1], device=logits.device)
-        logits = logits.masked_fill(force_bos[:, :, None] & (vocab != STREAM_BOS), float("-inf"))
-        return logits.masked_fill(force_eos[:, :, None] & (vocab != STREAM_EOS), float("-inf"))
-
-    def observe(self, column: torch.Tensor) -> torch.Tensor:
-        """Record a sampled column `[B, K]`; returns which rows just finished (all EOS)."""
-        self.ending |= (column == STREAM_EOS).any(dim=1)
-        return (column == STREAM_EOS).all(dim=1)
+    eos = torch.where(codebooks < ended_steps[:, None], STREAM_EOS, -1)
+    return torch.where(codebooks >= steps[:, None], STREAM_BOS, eos)
 
 
-def warp(logits: torch.Tensor, s: SamplingTensors) -> torch.Tensor:
-    """Temperature, then top-k, then top-p per codebook, as transformers' warpers do."""
-    scores = logits / s.temperature[:, None, None]
-    descending = scores.sort(dim=-1, descending=True).values
-    kth = descending.gather(-1, (s.top_k - 1).view(-1, 1, 1).expand(-1, scores.shape[1], 1))
-    scores = scores.masked_fill(scores < kth, float("-inf"))
+def warp(logits: torch.Tensor, s: SamplingTensors, ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Temperature, top-k, then top-p per codebook, as transformers' warpers: (scores in rank
+    order `[B, K, V]`, -inf where filtered; the code at each rank `[B, K, V]`). `ranks` is `arange(V)`.
 
-    ascending, order = scores.sort(dim=-1, stable=True)  # ties keep code order on every device
-    cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
-    remove = cumulative <= (1 - s.top_p)[:, None, None]
-    remove[..., -1] = False
-    remove = remove.scatter(-1, order, remove)
-    return scores.masked_fill(remove & (s.top_p < 1.0)[:, None, None], float("-inf"))
+    One descending sort serves both filters: top-k keeps the first k ranks, and top-p removes a
+    rank when the probability of everything ranked above it already reaches p (transformers'
+    ascending form, mirrored).
+    """
+    scores, order = (logits / s.temperature[:, None, None]).sort(dim=-1, descending=True, stable=True)
+    scores = scores.masked_fill(ranks >= s.top_k[:, None, None], float("-inf"))
+    probs = scores.softmax(dim=-1)
+    above = probs.cumsum(dim=-1) - probs  # the probability ranked above each rank
+    return scores.masked_fill(above >= s.top_p[:, None, None], float("-inf")), order
 
 
-def sample(logits: torch.Tensor, pattern: DelayPattern, s: SamplingTensors, steps: torch.Tensor,
-           history: torch.Tensor) -> torch.Tensor:
+def draw(logits: torch.Tensor, s: SamplingTensors, noise: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+    """A Gumbel-max draw from the warped distribution: codes `[B, K]`. The noise is indexed by
+    rank, which is as random as by code."""
+    scores, order = warp(logits, s, ranks)
+    return order.gather(-1, (scores + noise).argmax(dim=-1, keepdim=True))[..., 0]
+
+
+def sample(logits: torch.Tensor, forced: torch.Tensor, s: SamplingTensors, noise: torch.Tensor,
+           history: torch.Tensor, recent: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
     """The next column `[B, K]` from raw logits `[B, K, V]`.
 
-    `history` `[B, W, K]` holds each row's latest audio columns (newest last) for repetition-aware
-    sampling: a code seen `ras_max` times in the last `ras_len` columns is drawn again from the raw
-    distribution.
+    `forced` is the delay pattern (`forced_codes`). `history` `[B, W, K]` holds each row's latest
+    audio codes (newest last, -1 for BOS/EOS and empty) and `recent` `[B, W]` marks each row's RAS
+    window in it: a code seen `ras_max` times there is drawn again from the raw distribution.
     """
-    batch, num_codebooks, vocab = logits.shape
-    masked = pattern.apply(logits, steps)
-    scores = warp(masked, s)
-    noise = gumbel_noise(s.seeds, steps, 0, num_codebooks, vocab)
-    sampled = (scores + noise).argmax(dim=-1)
-    column = torch.where(s.greedy[:, None], masked.argmax(dim=-1), sampled)
-
-    window = history.shape[1]
-    recent = torch.arange(window, device=logits.device)[None, :] >= (window - s.ras_len)[:, None]  # [B, W]
-    counted = (history != STREAM_BOS) & (history != STREAM_EOS) & recent[:, :, None]
-    repeats = ((history == column[:, None, :]) & counted).sum(dim=1)
-    resample = (s.ras_len > 0)[:, None] & (repeats >= s.ras_max[:, None])
-    redrawn = (logits + gumbel_noise(s.seeds, steps, 1, num_codebooks, vocab)).argmax(dim=-1)
-    return torch.where(resample, redrawn, column)
+    column = torch.where(s.greedy[:, None], logits.argmax(dim=-1), draw(logits, s, noise[0], ranks))
+    repeats = ((history == column[:, None, :]) & recent[:, :, None]).sum(dim=1)
+    redrawn = (logits + noise[1]).argmax(dim=-1)
+    column = torch.where(repeats >= s.ras_max[:, None], redrawn, column)
+    return torch.where(forced >= 0, forced, column)

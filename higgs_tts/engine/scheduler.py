@@ -1,15 +1,21 @@
-"""Continuous batching: requests join the running batch between bursts and leave when they end.
+"""Continuous batching, and the engine's one loop: `step()` = schedule -> run -> postprocess.
 
-    submit(request) -> Sequence          from any thread; `sequence.pieces()` yields its columns
-    engine thread:  admit waiting sequences into free slots (prefill), run one burst for every
-                    occupied slot, hand the columns out, retire ended or cancelled sequences
+    submit(request) -> Sequence   from any thread; `sequence.pieces()` yields its columns
+    step():                       admit waiting sequences into free slots (prefill), launch one
+                                  burst for every occupied slot, hand out the columns of the last
+                                  burst and retire ended or cancelled sequences
+    start():                      run `step()` in an engine thread of its own (the servers);
+                                  without it, the caller drives `step()` (`engine.Engine`)
 
-The KV cache for `slots` sequences of `max_len` positions is allocated once, up front, so a
-busy worker never runs out of memory: sequences beyond the free slots wait their turn. Admission
-is per request (`with scheduler.request():`), not per sequence: at most `slots + max_waiting`
+On CUDA the bursts are double-buffered: burst n+1 is launched before the host waits for burst n's
+columns, so the GPU never idles while the host hands out. A slot freed by burst n may run one
+more burst for its old owner; that burst's rows are marked done and hand out nothing.
+
+The KV cache for `slots` sequences of `max_len` positions is allocated once, up front, so a busy
+worker never runs out of memory: sequences beyond the free slots wait their turn. Admission is
+per request (`with scheduler.request():`), not per sequence: at most `slots + max_waiting`
 requests are let in, the next one is refused at once with EngineBusy, and a request that got in
-never hears "busy" halfway through its text. Newcomers are prefilled between bursts, so running
-streams keep flowing while others join.
+never hears "busy" halfway through its text.
 """
 
 from __future__ import annotations
@@ -20,10 +26,14 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .batch import Batch
+import torch
+
+from .batch import Batch, Burst
 from .sequence import EngineRequest, Sequence
 
 log = logging.getLogger(__name__)
+
+STEPS_PER_SYNC = 16  # decode steps per burst: one host sync each
 
 
 class EngineBusy(RuntimeError):
@@ -31,17 +41,24 @@ class EngineBusy(RuntimeError):
 
 
 class Scheduler:
-    def __init__(self, model, slots: int = 8, max_len: int = 4096, max_waiting: int = 32, check_every: int = 16,
-                 use_cuda_graphs: bool | None = None) -> None:
-        graphs = model.device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
-        self.batch = Batch(model, slots, max_len, check_every, use_cuda_graphs=graphs, pad_rows=graphs)
+    def __init__(self, model, slots: int = 8, max_len: int = 4096, max_waiting: int = 32,
+                 steps_per_sync: int = STEPS_PER_SYNC, use_cuda_graphs: bool | None = None,
+                 pad_rows: bool | None = None) -> None:
+        on_cuda = model.device.type == "cuda"
+        graphs = on_cuda if use_cuda_graphs is None else use_cuda_graphs
+        # Padding rows to bucket sizes bounds the graphs captured; eager steps gain nothing by it.
+        self.batch = Batch(model, slots, max_len, steps_per_sync, use_cuda_graphs=graphs,
+                           pad_rows=graphs if pad_rows is None else pad_rows)
+        self.pipelined = on_cuda  # on a CPU the copy is done at once: nothing to overlap
         self.slots, self.max_len, self.max_requests = slots, max_len, slots + max_waiting
         self._requests = 0  # admitted requests, running or waiting
         self._waiting: deque[Sequence] = deque()
+        self._in_flight: Burst | None = None
         self._wake = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+
+    # -- from any thread ------------------------------------------------------------------------
 
     def fits(self, request: EngineRequest) -> bool:
         return int(request.inputs["input_ids"].shape[1]) + request.params.max_new_tokens <= self.max_len
@@ -84,17 +101,47 @@ class Scheduler:
         """Requests let in and not yet finished."""
         return self._requests
 
-    def close(self) -> None:
-        """Stop the engine thread; whatever was running or waiting fails with an error."""
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
-        self._thread.join(timeout=60)
+    @property
+    def idle(self) -> bool:
+        return not self.batch.sequences and not self._waiting and self._in_flight is None
 
-    def _admit(self) -> list[tuple[Sequence, int]]:
+    # -- the loop -------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """One round: schedule -> run -> postprocess."""
+        self.admit()
+        self.run()
+
+    def admit(self) -> None:
+        """Schedule: prefill waiting sequences into free slots."""
+        for sequence, slot in self._schedule():
+            try:
+                self.batch.admit(sequence, slot)
+            except Exception as exc:  # e.g. out of memory in one prefill: that request fails alone
+                if _is_device_error(exc):
+                    raise
+                log.warning("prefill failed: %s", exc)
+                sequence.finish(exc)
+
+    def run(self) -> None:
+        """Run a burst for every occupied slot, and postprocess: hand out the last burst's columns."""
+        try:
+            launched = self.batch.launch() if self.batch.sequences else None
+            if self.pipelined:  # hand out the previous burst while this one runs
+                launched, self._in_flight = self._in_flight, launched
+            if launched is not None:
+                self._postprocess(self.batch.collect(launched))
+        except Exception as exc:  # the step failed for the whole batch: every running request fails
+            if _is_device_error(exc):
+                raise
+            log.exception("decode step failed")
+            self._in_flight = None
+            for slot in list(self.batch.sequences):
+                self.batch.release(slot).finish(exc)
+
+    def _schedule(self) -> list[tuple[Sequence, int]]:
+        """Waiting sequences paired with free slots, oldest first."""
         with self._wake:
-            while not self._closed and not self.batch.sequences and not self._waiting:
-                self._wake.wait()
             free = self.batch.free_slots()
             joining = []
             while self._waiting and free:
@@ -105,14 +152,58 @@ class Scheduler:
                 joining.append((sequence, free.pop(0)))
         return joining
 
+    def drop_cancelled(self) -> None:
+        """Release cancelled sequences now, without running a burst for them (a caller that drives
+        `step()` itself and stops early)."""
+        if self._in_flight is not None:
+            burst, self._in_flight = self._in_flight, None
+            self._postprocess(self.batch.collect(burst))
+        for slot, sequence in list(self.batch.sequences.items()):
+            if sequence.cancelled.is_set():
+                self.batch.release(slot).finish()
+        with self._wake:
+            for sequence in [s for s in self._waiting if s.cancelled.is_set()]:
+                self._waiting.remove(sequence)
+                sequence.finish()
+
+    @staticmethod
+    def _postprocess(taken: list[tuple[int, Sequence, torch.Tensor, bool]]) -> None:
+        for _, sequence, columns, ended in taken:
+            sequence.deliver(columns)
+            if ended:
+                sequence.finish()
+
+    # -- in a thread of its own -----------------------------------------------------------------
+
+    def start(self) -> Scheduler:
+        """Run the loop in an engine thread (CUDA graphs for every shape are captured first)."""
+        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the engine thread; whatever was running or waiting fails with an error."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        else:
+            self._fail_all(RuntimeError("the engine has stopped"))
+
     def _loop(self) -> None:
         try:
             captured = self.batch.capture_all()
             if captured:
                 log.info("engine ready: %d CUDA graphs for %d slots x %d positions", captured, self.slots,
                          self.max_len)
-            while not self._closed:
-                self._serve_once()
+            while True:
+                with self._wake:
+                    while not self._closed and self.idle:
+                        self._wake.wait()
+                    if self._closed:
+                        break
+                self.step()
         except Exception as exc:  # the loop itself broke: nobody may wait forever
             log.exception("the engine stopped")
             self._fail_all(exc)
@@ -121,34 +212,10 @@ class Scheduler:
             return
         self._fail_all(RuntimeError("the engine has stopped"))
 
-    def _serve_once(self) -> None:
-        for sequence, slot in self._admit():
-            try:
-                self.batch.admit(sequence, slot)
-            except Exception as exc:  # e.g. out of memory in one prefill: that request fails alone
-                if _is_device_error(exc):
-                    raise
-                log.warning("prefill failed: %s", exc)
-                sequence.finish(exc)
-        if not self.batch.sequences:
-            return
-        try:
-            result = self.batch.burst()
-        except Exception as exc:  # the step failed for the whole batch: every running request fails
-            if _is_device_error(exc):
-                raise
-            log.exception("decode step failed")
-            for slot in list(self.batch.sequences):
-                self.batch.release(slot).finish(exc)
-            return
-        for _, sequence, columns, ended in self.batch.take(result):
-            sequence.deliver(columns)
-            if ended:
-                sequence.finish()
-
     def _fail_all(self, error: BaseException) -> None:
         with self._wake:
             self._closed = True
+            self._in_flight = None
             for slot in list(self.batch.sequences):
                 self.batch.release(slot).finish(error)
             while self._waiting:
@@ -157,8 +224,6 @@ class Scheduler:
 
 def _is_device_error(exc: BaseException) -> bool:
     """An error that leaves the CUDA context unusable (a device-side assert, an illegal address)."""
-    import torch
-
     return isinstance(exc, torch.AcceleratorError) and "out of memory" not in str(exc).lower()
 
 

@@ -29,7 +29,9 @@ class Sequence:
         self.ignore_eos = ignore_eos  # run all max_new_tokens steps (benchmarks, warm-up)
         self.prompt_len = int(request.inputs["input_ids"].shape[1])
         self.max_new_tokens = request.params.max_new_tokens
-        self.generated = 0  # columns produced so far (counted by the batch)
+        self.generated = 0  # columns handed out so far
+        self.launched = 0  # decode steps launched for it (ahead of `generated` while a burst is in flight)
+        self.finished = False
         self.cancelled = threading.Event()
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -40,7 +42,8 @@ class Sequence:
 
     @property
     def position(self) -> int:
-        return self.prompt_len + self.generated
+        """The cache position its next launched step writes."""
+        return self.prompt_len + self.launched
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -50,7 +53,22 @@ class Sequence:
             self._outbox.put(columns)
 
     def finish(self, error: BaseException | None = None) -> None:
+        self.finished = True
         self._outbox.put(error if error is not None else _END)
+
+    def ready(self) -> Iterator[torch.Tensor]:
+        """The columns handed out so far, without waiting (a caller that drives the loop itself);
+        raises the engine's error if it failed."""
+        while True:
+            try:
+                item = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
     def pieces(self) -> Iterator[torch.Tensor]:
         """The generated columns `[n, K]` as they come; raises the engine's error if it failed.

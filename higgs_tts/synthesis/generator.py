@@ -20,7 +20,7 @@ import torch
 
 from ..core.reference import generate_reference
 from ..core.sampling import SamplingParams
-from ..engine.engine import EngineRequest, FastEngine
+from ..engine.engine import Engine, EngineRequest
 from ..engine.graphs import free_cached_memory
 from ..engine.scheduler import EngineBusy, Scheduler
 from ..settings import Settings
@@ -77,9 +77,9 @@ class BatchedGenerator:
 
     def __init__(self, model, slots: int, max_len: int, queue: int) -> None:
         self.model = model
-        self.scheduler = Scheduler(model, slots, max_len, queue)
+        self.scheduler = Scheduler(model, slots, max_len, queue).start()
         # Long prompts run alone, eagerly: no second graph capture beside the scheduler's.
-        self.solo = FastEngine(model, use_cuda_graphs=False)
+        self.solo = Engine(model, use_cuda_graphs=False)
         self._solo_lock = threading.Lock()
         self._solo_running = 0
 

@@ -12,7 +12,7 @@ from higgs_tts.core.checkpoint import ModelCache, load_model
 from higgs_tts.core.prompt import PromptRenderer, PromptVoice, build_prompt
 from higgs_tts.core.reference import generate_reference
 from higgs_tts.core.sampling import SamplingParams
-from higgs_tts.engine.engine import EngineRequest, FastEngine
+from higgs_tts.engine.engine import Engine, EngineRequest
 from higgs_tts.synthesis.synthesizer import SynthesisRequest, Synthesizer
 
 GREEDY = SamplingParams(temperature=0.0, ras_win_len=0, max_new_tokens=64)
@@ -25,7 +25,7 @@ def loaded(settings):
 
 @pytest.fixture(scope="module")
 def engine(loaded):
-    return FastEngine(loaded.model)
+    return Engine(loaded.model)
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +79,13 @@ def test_batch_of_different_prompts_equals_each_alone(engine, loaded, renderer, 
 
 
 def test_padded_batch_of_three_runs_as_four_and_equals_each_alone(loaded, renderer, voice_frames):
-    padded = FastEngine(loaded.model, pad_batches=True)  # as CUDA graphs run it: bucket of 4 rows
+    padded = Engine(loaded.model, pad_batches=True)  # as CUDA graphs run it: bucket of 4 rows
     cases = prompts(voice_frames)
     inputs = [renderer.inputs(cases[c]) for c in ("cloned", "no_voice", "in_system")]
     batch = padded.generate([EngineRequest(i, GREEDY, 0) for i in inputs])
     for got, i in zip(batch, inputs, strict=True):
         assert_codes_agree(got, generate_reference(loaded.model, i, GREEDY, seed=0), loaded.device)
-    assert [capacity for capacity, _ in padded._batches] == [4]
+    assert [capacity for capacity, _ in padded._schedulers] == [4]
 
 
 def test_batch_buckets():
@@ -96,15 +96,15 @@ def test_batch_buckets():
 
 def test_old_cache_lengths_are_dropped(loaded, renderer, voice_frames):
     from higgs_tts.engine.batch import LENGTH_BUCKET
-    from higgs_tts.engine.engine import MAX_BATCHES
+    from higgs_tts.engine.engine import MAX_SCHEDULERS
 
-    engine = FastEngine(loaded.model)
+    engine = Engine(loaded.model)
     inputs = renderer.inputs(prompts(voice_frames)["no_voice"])
-    for extra in range(MAX_BATCHES + 1):  # each needs a longer cache
+    for extra in range(MAX_SCHEDULERS + 1):  # each needs a longer cache
         params = dataclasses.replace(GREEDY, max_new_tokens=2 + extra * LENGTH_BUCKET)
         engine.generate([EngineRequest(inputs, params, 0)])
-    assert len(engine._batches) == MAX_BATCHES
-    assert min(length for _, length in engine._batches) > LENGTH_BUCKET  # the shortest (first used) went first
+    assert len(engine._schedulers) == MAX_SCHEDULERS
+    assert min(length for _, length in engine._schedulers) > LENGTH_BUCKET  # the shortest (first used) went first
 
 
 def test_three_chunk_text_equals_the_reference_path(settings):
@@ -161,7 +161,7 @@ def test_sampling_respects_the_delay_pattern(engine, renderer, voice_frames):
 def test_stream_pieces_add_up_to_generate(engine, renderer, voice_frames):
     request = EngineRequest(renderer.inputs(prompts(voice_frames)["cloned"]), GREEDY, 0)
     pieces = list(engine.stream(request))
-    assert all(1 <= p.shape[0] <= engine.check_every for p in pieces)
+    assert all(1 <= p.shape[0] <= engine.steps_per_sync for p in pieces)
     assert torch.equal(torch.cat(pieces), engine.generate([request])[0])
 
 

@@ -11,7 +11,7 @@ from conftest import assert_codes_agree
 from higgs_tts.core.checkpoint import load_model
 from higgs_tts.core.prompt import PromptRenderer, build_prompt
 from higgs_tts.core.sampling import SamplingParams
-from higgs_tts.engine.engine import EngineRequest, FastEngine
+from higgs_tts.engine.engine import Engine, EngineRequest
 from higgs_tts.engine.scheduler import EngineBusy, Scheduler
 
 SAMPLED = SamplingParams(temperature=1.0, top_k=50, top_p=0.95, max_new_tokens=60)
@@ -38,9 +38,9 @@ def collect(sequence) -> torch.Tensor:
 
 
 def test_requests_joining_a_running_batch_get_their_solo_output(loaded, requests):
-    solo = FastEngine(loaded.model)
+    solo = Engine(loaded.model)
     alone = [solo.generate([r])[0] for r in requests]
-    scheduler = Scheduler(loaded.model, slots=3, max_len=1024, max_waiting=8)
+    scheduler = Scheduler(loaded.model, slots=3, max_len=1024, max_waiting=8).start()
     try:
         first = scheduler.submit(requests[0])
         pieces = first.pieces()
@@ -62,7 +62,7 @@ def wait_for(scheduler, load, seconds=30):
 
 def test_cancelling_frees_the_slot(loaded, requests):
     long = dataclasses.replace(requests[0], params=dataclasses.replace(SAMPLED, max_new_tokens=900))
-    scheduler = Scheduler(loaded.model, slots=2, max_len=2048, max_waiting=1)
+    scheduler = Scheduler(loaded.model, slots=2, max_len=2048, max_waiting=1).start()
     try:
         running = [scheduler.submit(long, ignore_eos=True)]
         wait_for(scheduler, (1, 0))
@@ -83,7 +83,7 @@ def test_cancelling_frees_the_slot(loaded, requests):
 
 
 def test_admission_is_per_request_and_bounded(loaded, requests):
-    scheduler = Scheduler(loaded.model, slots=1, max_len=1024, max_waiting=1)
+    scheduler = Scheduler(loaded.model, slots=1, max_len=1024, max_waiting=1).start()
     try:
         with scheduler.request(), scheduler.request():
             with pytest.raises(EngineBusy, match="busy"):
@@ -99,7 +99,7 @@ def test_admission_is_per_request_and_bounded(loaded, requests):
 
 
 def test_too_long_and_closed(loaded, requests):
-    scheduler = Scheduler(loaded.model, slots=1, max_len=512, max_waiting=1)
+    scheduler = Scheduler(loaded.model, slots=1, max_len=512, max_waiting=1).start()
     too_long = dataclasses.replace(requests[0], params=dataclasses.replace(SAMPLED, max_new_tokens=600))
     assert not scheduler.fits(too_long)
     with pytest.raises(ValueError, match="ENGINE_MAX_LEN"):
@@ -110,10 +110,10 @@ def test_too_long_and_closed(loaded, requests):
 
 
 def test_many_threads_at_once(loaded, requests):
-    solo = FastEngine(loaded.model)
+    solo = Engine(loaded.model)
     jobs = [dataclasses.replace(requests[i % 4], seed=100 + i) for i in range(12)]
     alone = [solo.generate([j])[0] for j in jobs]
-    scheduler = Scheduler(loaded.model, slots=4, max_len=1024, max_waiting=12)
+    scheduler = Scheduler(loaded.model, slots=4, max_len=1024, max_waiting=12).start()
     results: dict[int, torch.Tensor] = {}
 
     def run(index: int) -> None:
