@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import replace
@@ -108,6 +109,10 @@ def _bench(args: argparse.Namespace) -> int:
         from .core.checkpoint import load_model
 
         loaded = load_model(settings)
+    if args.anatomy:
+        figures = bench.anatomy(loaded, layers=args.layers)
+        print(json.dumps(figures, indent=2) if args.json else bench.anatomy_table(figures))
+        return 0
     on_gpu = loaded.device.type == "cuda"
     steps = args.steps or (512 if on_gpu else 48)
     reference_steps = args.reference_steps or (64 if on_gpu else 24)
@@ -166,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", help="comma-separated request counts for the continuous-batching "
                                              "scheduler, e.g. 1,8,32,64 (default: not measured)")
     bench.add_argument("--json", action="store_true", help="JSON instead of a table")
+    bench.add_argument("--anatomy", action="store_true",
+                       help="count kernels per layer and step, host syncs per burst and prefill, host time per "
+                            "step (exact on any device, CPU included; docs/engine.md)")
+    bench.add_argument("--layers", type=int,
+                       help="with --anatomy: repeat the checkpoint's layers to this depth (28 = the real model)")
     _add_model_options(bench)
     bench.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on CUDA)")
     bench.set_defaults(run=_bench)

@@ -244,13 +244,12 @@ class Batch:
             step()
         for sequence in self.sequences.values():  # where the burst leaves them, for the next shape
             sequence.launched += self.steps_per_sync
-        host = self.packed[:rows].to("cpu", non_blocking=True)  # pinned on CUDA; the same tensor on a CPU
+        # A copy even on a CPU (the next burst overwrites `packed`); pinned, and not waited for, on CUDA.
+        host = self.packed[:rows].to("cpu", non_blocking=True, copy=True)
         ready = None
         if self.device.type == "cuda":
             ready = torch.cuda.Event()
             ready.record()
-        else:
-            host = host.clone()  # the next burst overwrites `packed`
         return Burst(rows, dict(self.sequences), host, ready)
 
     def collect(self, burst: Burst) -> list[tuple[int, Sequence, torch.Tensor, bool]]:

@@ -20,7 +20,7 @@ from ..core.prompt import PromptRenderer, PromptVoice, build_prompt
 from ..core.reference import generate_reference
 from ..core.sampling import SamplingParams
 from ..engine.batch import bucket_length
-from ..engine.engine import EngineRequest, FastEngine
+from ..engine.engine import Engine, EngineRequest
 from ..engine.scheduler import Scheduler
 
 FRAMES_PER_SECOND = 25.0
@@ -111,7 +111,7 @@ def copy_bandwidth(device: torch.device, megabytes: int) -> float:
     return 2 * source.numel() * repeats / (time.perf_counter() - started)
 
 
-def streamed(loaded: LoadedModel, engine: FastEngine, inputs: dict, steps: int) -> tuple[float, int, float]:
+def streamed(loaded: LoadedModel, engine: Engine, inputs: dict, steps: int) -> tuple[float, int, float]:
     """One request streamed as the servers stream it (engine columns -> frames -> StreamingDecoder
     chunks): time to the first audio chunk, and whether a player that starts at that chunk and
     plays at 1x would run dry (underruns, and the smallest margin any chunk had)."""
@@ -152,7 +152,7 @@ def concurrent(model, inputs: dict, counts: list[int], steps: int) -> list[dict]
 
     prompt_len = int(inputs["input_ids"].shape[1])
     scheduler = Scheduler(model, slots=max(counts), max_len=bucket_length(prompt_len + steps + 32),
-                          max_waiting=max(counts))
+                          max_waiting=max(counts)).start()
     params = SamplingParams(temperature=0.8, max_new_tokens=steps)
     results = []
 
@@ -199,7 +199,7 @@ def run(loaded: LoadedModel, batch_sizes: list[int], steps: int, reference_steps
     device = loaded.device
     model = loaded.model
     renderer = PromptRenderer(loaded.processor)
-    engine = FastEngine(model)
+    engine = Engine(model)
     result = BenchResult(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                          model=loaded.model_path, dtype=str(loaded.dtype).removeprefix("torch."))
 
@@ -225,7 +225,7 @@ def run(loaded: LoadedModel, batch_sizes: list[int], steps: int, reference_steps
             "audio_seconds_per_s": batch * per_stream / FRAMES_PER_SECOND,
         })
         if batch == 1:
-            result.first_frame_ms = stats.first_frame_seconds * 1e3
+            result.first_frame_ms = stats.first_columns_seconds * 1e3
     if result.batches:
         result.roofline_fraction = result.batches[0]["frames_per_s_per_stream"] / result.roofline_frames_per_s
 
@@ -263,3 +263,40 @@ def run(loaded: LoadedModel, batch_sizes: list[int], steps: int, reference_steps
     if concurrency:
         result.concurrency = concurrent(model, plain, concurrency, steps)
     return result
+
+
+def anatomy(loaded: LoadedModel, layers: int | None = None, batch_sizes: tuple[int, ...] = (1, 8, 32)) -> dict:
+    """`bench --anatomy`: the engine's structural figures (tools/anatomy.py), and on CUDA the
+    decode speed at batch 1 with its share of the weight-read roofline."""
+    from . import anatomy as counting
+
+    model = counting.expand_layers(loaded.model, layers) if layers else loaded.model
+    renderer = PromptRenderer(loaded.processor)
+    plain = renderer.inputs(build_prompt(TEXT, transcript=TEXT, voices=[], scene=""), loaded.device)
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 1024, (int(10 * FRAMES_PER_SECOND), 8), generator=generator)
+    voice = PromptVoice(description="reference", transcript=TEXT, frames=frames, is_clone=True)
+    clone = renderer.inputs(build_prompt(TEXT, transcript=TEXT, voices=[voice], scene=""), loaded.device)
+    figures = {"device": torch.cuda.get_device_name(loaded.device) if loaded.device.type == "cuda" else "cpu",
+               "dtype": str(loaded.dtype).removeprefix("torch."),
+               **counting.measure(model, plain, clone, batch_sizes)}
+    if loaded.device.type == "cuda":
+        engine = Engine(model)
+        sampled = SamplingParams(temperature=0.8, max_new_tokens=512)
+        engine.generate([EngineRequest(plain, sampled, 0)], ignore_eos=True)  # capture
+        engine.generate([EngineRequest(plain, sampled, 0)], ignore_eos=True)
+        frames_per_s = engine.stats.steps / engine.stats.decode_seconds
+        roofline = copy_bandwidth(loaded.device, 1024) / step_weight_bytes(model)
+        figures.update(frames_per_s_b1=frames_per_s, roofline_frames_per_s=roofline,
+                       roofline_fraction=frames_per_s / roofline)
+    return figures
+
+
+def anatomy_table(figures: dict) -> str:
+    rows = [(name, value) for name, value in figures.items() if not isinstance(value, dict)]
+    rows.append(("host_ms_per_step", ", ".join(f"{b} {ms:.3f}" for b, ms in figures["host_ms_per_step"].items())))
+    rows.append(("captured kernels by op", ", ".join(f"{op} {n}" for op, n in figures["captured_kernels_by_op"].items())))
+    rows.append(("eager kernels by op, per burst",
+                 ", ".join(f"{op} {n}" for op, n in figures["eager_kernels_by_op_per_burst"].items()) or "none"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
