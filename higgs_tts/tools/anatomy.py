@@ -206,9 +206,6 @@ def measure(model, plain: dict, clone: dict, batch_sizes: tuple[int, ...] = (1, 
     kernels per layer and per step inside the captured step, eager kernels per step around it,
     host syncs per burst, the prefill's kernels and syncs, and host time per step outside the
     captured step for each batch size."""
-    import statistics
-    import time
-
     from ..core.sampling import SamplingParams
     from ..engine.batch import Batch, bucket_length
     from ..engine.scheduler import STEPS_PER_SYNC
@@ -274,29 +271,36 @@ def measure(model, plain: dict, clone: dict, batch_sizes: tuple[int, ...] = (1, 
     del batch
 
     # Host time per step outside the captured step, per batch size.
-    host_ms = {}
-    for size in batch_sizes:
-        batch = batch_of(size)
-        rows, length = batch.shape()
-        inner = batch._step_fn(rows, length)
-        spent = [0.0]
-
-        def timed(inner=inner, spent=spent):
-            started = time.perf_counter()
-            inner()
-            if batch.device.type == "cuda":
-                torch.cuda.synchronize(batch.device)
-            spent[0] += time.perf_counter() - started
-
-        batch._step_fn = lambda rows, length, timed=timed: timed
-        batch.collect(batch.launch())
-        outside = []
-        for _ in range(bursts):
-            spent[0] = 0.0
-            started = time.perf_counter()
-            batch.collect(batch.launch())
-            outside.append((time.perf_counter() - started - spent[0]) / STEPS_PER_SYNC * 1e3)
-        host_ms[f"b{size}"] = statistics.median(outside)
-        del batch
+    host_ms = {f"b{size}": host_ms_per_step(batch_of(size), bursts) for size in batch_sizes}
     figures["host_ms_per_step"] = host_ms
     return figures
+
+
+def host_ms_per_step(batch, bursts: int) -> float:
+    """Host milliseconds per step spent outside the captured step (launching it, the burst's copy
+    and hand-out), the median over `bursts` bursts."""
+    import statistics
+    import time
+
+    from ..engine.scheduler import STEPS_PER_SYNC
+
+    rows, length = batch.shape()
+    inner = batch._step_fn(rows, length)
+    spent = [0.0]
+
+    def timed() -> None:
+        started = time.perf_counter()
+        inner()
+        if batch.device.type == "cuda":
+            torch.cuda.synchronize(batch.device)
+        spent[0] += time.perf_counter() - started
+
+    batch._step_fn = lambda rows, length: timed
+    batch.collect(batch.launch())
+    outside = []
+    for _ in range(bursts):
+        spent[0] = 0.0
+        started = time.perf_counter()
+        batch.collect(batch.launch())
+        outside.append((time.perf_counter() - started - spent[0]) / STEPS_PER_SYNC * 1e3)
+    return statistics.median(outside)

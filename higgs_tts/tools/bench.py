@@ -295,7 +295,8 @@ def anatomy(loaded: LoadedModel, layers: int | None = None, batch_sizes: tuple[i
 def anatomy_table(figures: dict) -> str:
     rows = [(name, value) for name, value in figures.items() if not isinstance(value, dict)]
     rows.append(("host_ms_per_step", ", ".join(f"{b} {ms:.3f}" for b, ms in figures["host_ms_per_step"].items())))
-    rows.append(("captured kernels by op", ", ".join(f"{op} {n}" for op, n in figures["captured_kernels_by_op"].items())))
+    captured = figures["captured_kernels_by_op"]
+    rows.append(("captured kernels by op", ", ".join(f"{op} {n}" for op, n in captured.items())))
     rows.append(("eager kernels by op, per burst",
                  ", ".join(f"{op} {n}" for op, n in figures["eager_kernels_by_op_per_burst"].items()) or "none"))
     width = max(len(name) for name, _ in rows)

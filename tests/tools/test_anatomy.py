@@ -22,7 +22,8 @@ def test_counts_computing_operators_and_not_views():
         d.contiguous()  # a copy: 1
         e = torch.addmm(a, c, torch.randn(8, 8))  # randn, addmm: 2
         F.rms_norm(e, (8,), torch.ones(8), 1e-5)  # ones: 1; rms_norm, fused on CUDA: 1 however the CPU runs it
-        F.scaled_dot_product_attention(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4))  # 3 + 1
+        q, k, v = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)  # 3
+        F.scaled_dot_product_attention(q, k, v)  # 1
     assert counted.kernels == 1 + 1 + 2 + 2 + 4
     assert counted.syncs == 0
     assert counted.by_op["rms_norm"] == 1 and counted.by_op["scaled_dot_product_attention"] == 1
