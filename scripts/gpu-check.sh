@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# On a lent GPU machine (README, "Running the checks on a lent GPU"): the kit that
+# On any CUDA host (docs/engine.md, "Checking the engine on a GPU"): the kit that
 # scripts/gpu-wheels.sh put in .gpu/ installed with no registry, then the stages, each under its
 # own `timeout`, none stopping the run, the whole within GPU_CHECK_SECONDS (default 470 s).
-# Files in $OUT (at most 8): log.txt (the tee in the README's command), results.jsonl,
-# bench.json, bench.log, tests.txt, profile.txt. The summary table is printed last.
+# Files in $OUT (at most 8): log.txt (the tee in the documented command), results.jsonl,
+# anatomy.json, bench.json, bench.log, tests.txt, profile.txt. The summary table is printed last.
 #
 #   1 env     GPU, driver, clocks, versions (carried transformers shadows the system one?), SDPA kernels
 #   2 smoke   full-size random model, bf16: graph vs eager step, graphs on/off codes, teacher-forced
 #             agreement with transformers' forward, NaN, memory, graph capture at default slots and 64
 #   3 timing  CUDA events at 1 and 64 rows (replay, sampler, burst, host share), kernels per step
-#   4 bench   higgs-tts bench --random-weights, batches 1,8,32,64, concurrency 8,64, streamed TTFA
-#   5 tests   tests/engine, tests/synthesis and tests/tools/test_bench.py on the GPU
+#   4 anatomy higgs-tts bench --anatomy --random-weights: kernels per layer and step, syncs, frames/s
+#             at batch 1 and its share of the roofline
+#   5 bench   higgs-tts bench --random-weights, batches 1,8,32,64, concurrency 8,64, streamed TTFA
+#   6 tests   tests/engine, tests/synthesis and tests/tools/test_bench.py on the GPU
 #
 # Without CUDA (scripts/gpu-dryrun.sh) every stage runs on the tiny checkpoint on CPU and the
 # GPU-only parts say "skipped: no CUDA".
@@ -67,6 +69,20 @@ stage env 30 "$PYTHON" scripts/gpu_stages.py env
 stage smoke 120 "$PYTHON" scripts/gpu_stages.py smoke
 stage timing 75 "$PYTHON" scripts/gpu_stages.py timing
 
+anatomy() {
+  if [ "$cuda" = 1 ]; then
+    "$PYTHON" -m higgs_tts.cli bench --random-weights --anatomy --json
+  else  # the tiny checkpoint as deep as the real model
+    local tiny=/tmp/gpu-check-tiny
+    [ -d "$tiny/model" ] || "$PYTHON" -m higgs_tts.cli tiny-checkpoint "$tiny" >&2 || return 1
+    MODEL_PATH=$tiny/model TOKENIZER_PATH=$tiny/audio_tokenizer "$PYTHON" -m higgs_tts.cli bench --anatomy \
+      --layers 28 --json
+  fi
+}
+anatomy_to_file() { anatomy > "$OUT/anatomy.json" 2>> "$OUT/bench.log"; }
+export -f anatomy anatomy_to_file
+stage anatomy $((cuda ? 60 : 150)) bash -c anatomy_to_file
+
 bench() {
   if [ "$cuda" = 1 ]; then
     "$PYTHON" -m higgs_tts.cli bench --random-weights --batch-sizes 1,8,32,64 --concurrency 8,64 --json
@@ -77,7 +93,7 @@ bench() {
       --steps 16 --reference-steps 4 --batch-sizes 1,8 --concurrency 8
   fi
 }
-bench_to_files() { bench > "$OUT/bench.json" 2> "$OUT/bench.log"; }
+bench_to_files() { bench > "$OUT/bench.json" 2>> "$OUT/bench.log"; }
 export -f bench bench_to_files
 export cuda device PYTHON
 stage bench 170 bash -c bench_to_files

@@ -199,14 +199,20 @@ def skipped(stage: str, name: str, ran: str) -> None:
 
 
 def _graph_vs_eager(loaded, rows: int) -> None:
+    """One whole step (sampler, bookkeeping, layers) replayed from its graph, against the same step
+    run eagerly from the same state: the logits it leaves for the next step."""
     name = f"graph vs eager step, {rows} rows"
     batch = admitted_batch(loaded, rows, graphs=CUDA)
-    rows_run, length = batch._shape()
-    column = torch.randint(0, 1024, (rows_run, batch.num_codebooks), device=batch.device)
-    positions = batch.positions[:rows_run].clone()
+    rows_run, length = batch.shape()
     with torch.inference_mode():
-        eager = batch.runner.decode_one_token(batch.cache.view(rows_run, length), column, positions).clone()
-        graphed = batch._step_fn(rows_run, length)(column, positions).clone()
+        graphed_step = batch._step_fn(rows_run, length)  # captured (the state is put back after)
+        saved = [t.clone() for t in batch.state()]
+        batch.make_step(rows_run, length)()
+        eager = batch.logits[:rows_run].clone()
+        for tensor, value in zip(batch.state(), saved, strict=True):
+            tensor.copy_(value)
+        graphed_step()
+        graphed = batch.logits[:rows_run].clone()
     delta = (graphed - eager).abs().max().item()
     if not CUDA:
         return skipped("smoke", name, f"max |d logits| {delta:.3g}")
@@ -216,13 +222,13 @@ def _graph_vs_eager(loaded, rows: int) -> None:
 
 def _graphs_on_off(loaded, rows: int) -> None:
     from higgs_tts.core.sampling import SamplingParams
-    from higgs_tts.engine.engine import EngineRequest, FastEngine
+    from higgs_tts.engine.engine import Engine, EngineRequest
 
     name = f"64 greedy steps, graphs on vs off, {rows} rows"
     greedy = SamplingParams(temperature=0.0, ras_win_len=0, max_new_tokens=64 if CUDA else 16)
     requests = [EngineRequest(prompt_inputs(loaded), greedy, seed) for seed in range(rows)]
-    on = FastEngine(loaded.model, use_cuda_graphs=CUDA, pad_batches=True).generate(requests, ignore_eos=True)
-    off = FastEngine(loaded.model, use_cuda_graphs=False, pad_batches=True).generate(requests, ignore_eos=True)
+    on = Engine(loaded.model, use_cuda_graphs=CUDA, pad_batches=True).generate(requests, ignore_eos=True)
+    off = Engine(loaded.model, use_cuda_graphs=False, pad_batches=True).generate(requests, ignore_eos=True)
     same = sum(int((a == b).all(dim=1).sum()) for a, b in zip(on, off, strict=True))
     total = sum(a.shape[0] for a in on)
     if not CUDA:
@@ -272,7 +278,7 @@ def _bursts(loaded) -> None:
         torch.cuda.reset_peak_memory_stats()
     finite = True
     for _ in range(4):
-        batch.burst()
+        batch.collect(batch.launch())
         finite &= bool(torch.isfinite(batch.logits[:rows]).all())
     record("smoke", f"NaN/inf in logits after 4 bursts x {rows} rows", "none" if finite else "found",
            "ok" if finite else "FAIL")
@@ -339,37 +345,30 @@ def _events_ms(fn, repeats: int) -> float:
 
 @torch.inference_mode()
 def _split(loaded, rows: int) -> None:
-    from higgs_tts.engine.sampler import sample
-
     # Without CUDA the same split runs eagerly on the clock: it checks the code, its figures mean little.
     name = f"timing split at {rows} rows" + ("" if CUDA else " (CPU, eager step, no graphs)")
     batch = admitted_batch(loaded, rows, graphs=CUDA)
-    batch.burst()  # captures this shape, warms the sampler
-    rows_run, length = batch._shape()
+    batch.collect(batch.launch())  # captures this shape
+    rows_run, length = batch.shape()
     step = batch._step_fn(rows_run, length)
-    column = torch.randint(0, 1024, (rows_run, batch.num_codebooks), device=batch.device)
-    positions = batch.positions[:rows_run].clone()
-    replay = _events_ms(lambda: step(column, positions), REPEATS)
-    params, pattern = batch.params.rows(rows_run), batch.pattern.rows(rows_run)
-    logits, steps, history = batch.logits[:rows_run], batch.steps[:rows_run], batch.history[:rows_run]
-    sampler = _events_ms(lambda: sample(logits, pattern, params, steps, history), REPEATS)
-    every = batch.check_every
+    every = batch.steps_per_sync
+    replay = _events_ms(step, REPEATS)  # one whole step: sampler, bookkeeping, layers
 
-    def steps_only() -> None:  # a burst's device work: sampler then replay, no bookkeeping, no host sync
+    def steps_only() -> None:  # a burst's device work, without its copy to the host
         for _ in range(every):
-            logits.copy_(step(sample(logits, pattern, params, steps, history), positions))
+            step()
 
     device = _events_ms(steps_only, 5 if CUDA else 1)
     walls = []
     for _ in range(10 if CUDA else 2):
         started = time.perf_counter()
-        batch.burst()  # the real one: bookkeeping, and one host sync at its end (.cpu(), .tolist())
+        batch.collect(batch.launch())  # the real one: its steps, one copy to the host, the hand-out
         walls.append((time.perf_counter() - started) * 1e3)
     wall = statistics.median(walls)
     what = "graph replay" if CUDA else "eager step"
-    record("timing", name, f"{what} {replay:.3f} ms, sampler {sampler:.3f} ms; {every} steps {device:.2f} ms "
-                           f"device ({1e3 * every / device:.0f} f/s/stream); burst {wall:.2f} ms wall "
-                           f"({1e3 * every / wall:.0f} f/s), +{max(wall - device, 0):.2f} ms bookkeeping and sync")
+    record("timing", name, f"{what} {replay:.3f} ms; {every} steps {device:.2f} ms device "
+                           f"({1e3 * every / device:.0f} f/s/stream); burst {wall:.2f} ms wall "
+                           f"({1e3 * every / wall:.0f} f/s), +{max(wall - device, 0):.2f} ms copy and hand-out")
 
 
 @torch.inference_mode()
@@ -383,12 +382,12 @@ def _kernels(loaded) -> None:
     lines = []
     for rows in (1, BIG):
         batch = admitted_batch(loaded, rows, graphs=CUDA)
-        batch.burst()
+        batch.collect(batch.launch())
         with profile(activities=activities) as prof:
-            batch.burst()
+            batch.collect(batch.launch())
             sync()
         events = [e for e in prof.events() if e.device_type == kind and (CUDA or e.name.startswith("aten::"))]
-        every = batch.check_every
+        every = batch.steps_per_sync
         what = "device events (kernels, copies)" if CUDA else "aten operators (CPU, no CUDA)"
         record("timing", f"kernels per step at {rows} rows", f"{len(events) / every:.0f} {what} per step "
                                                              f"({len(events)} in a burst of {every})")
@@ -412,6 +411,18 @@ def stage_summary(stages: list[str]) -> None:
     for r in results:
         mark = {"ok": "ok  ", "FAIL": "FAIL", "info": "    "}.get(r["status"], "skip")
         lines.append(f"{mark} {r['stage']:<6} {r['name']}: {r['value']}"[:WIDTH])
+    anatomy = OUT / "anatomy.json"
+    if anatomy.is_file() and anatomy.stat().st_size:
+        try:
+            a = json.loads(anatomy.read_text())
+            speed = (f"; b1 {a['frames_per_s_b1']:.0f} f/s = {a['roofline_fraction']:.0%} of roofline "
+                     f"{a['roofline_frames_per_s']:.0f}") if "frames_per_s_b1" in a else ""
+            lines.append(f"     anatomy {a['layers']} layers: {a['captured_kernels_per_layer']} kernels/layer, "
+                         f"{a['captured_kernels_per_step']} captured + {a['eager_kernels_per_step']:.2f} eager per "
+                         f"step, {a['syncs_per_burst']} sync/burst; prefill {a['prefill_kernels']} kernels "
+                         f"{a['prefill_syncs']} syncs{speed}")
+        except (ValueError, KeyError) as exc:
+            lines.append(f"FAIL anatomy unreadable anatomy.json: {exc}")
     bench = OUT / "bench.json"
     if bench.is_file() and bench.stat().st_size:
         try:

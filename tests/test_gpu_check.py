@@ -30,6 +30,10 @@ def test_summary_fits_forty_lines_and_names_every_failure(tmp_path):
              "concurrency": [{"streams": n, "audio_seconds_per_s": 250.0, "x_real_time_per_stream": 5.0,
                               "time_to_first_audio_ms": 300.0} for n in (8, 64)]}
     (tmp_path / "bench.json").write_text(json.dumps(bench))
+    anatomy = {"layers": 28, "captured_kernels_per_layer": 13, "captured_kernels_per_step": 472,
+               "eager_kernels_per_step": 0.19, "syncs_per_burst": 1, "prefill_kernels": 2067, "prefill_syncs": 427,
+               "frames_per_s_b1": 450.0, "roofline_frames_per_s": 746.0, "roofline_fraction": 0.603}
+    (tmp_path / "anatomy.json").write_text(json.dumps(anatomy))
     failures = "".join(f"FAILED tests/engine/test_engine.py::test_{i} - AssertionError\n" for i in range(9))
     (tmp_path / "tests.txt").write_text(failures + "9 failed, 41 passed in 100.00s\n")
     done = subprocess.run([sys.executable, str(STAGES), "summary", "--stages", "env ok in 3 s;smoke FAIL(rc=1) in 9 s"],
@@ -42,6 +46,8 @@ def test_summary_fits_forty_lines_and_names_every_failure(tmp_path):
     assert any("b64 200 f/s/stream 512 aud-s/s" in line for line in lines)
     assert any("64 streams 250 aud-s/s" in line and "TTFA 300 ms" in line for line in lines)
     assert any("first audio 280 ms" in line for line in lines)
+    assert any("13 kernels/layer" in line and "1 sync/burst" in line and "60% of roofline 746" in line
+               for line in lines)
     assert sum(line.startswith("FAIL tests") for line in lines) == 5  # the first five, then the count
     assert any("9 failed, 41 passed" in line for line in lines)
     assert all(len(line) <= 240 for line in lines)
@@ -54,7 +60,7 @@ def test_dry_run_goes_through_every_stage(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = done.stdout[done.stdout.index("gpu-check summary"):]
-    for stage in ("env", "smoke", "timing", "bench", "tests"):
+    for stage in ("env", "smoke", "timing", "anatomy", "bench", "tests"):
         assert f"{stage} ok in" in summary, summary
     assert "FAIL" not in summary, summary
     assert "ok   env    transformers in use: 5.23" in summary  # the carried wheel shadows the 5.17 there

@@ -168,7 +168,7 @@ class Batch:
         ending, ended_steps = self.ending[:rows], self.ended_steps[:rows]
         history, recent, params = self.history[:rows], self.recent[:rows], self.params.rows(rows)
         columns, counts, done_out, index = self.columns[:rows], self.counts[:rows], self.done_out[:rows], self.index
-        codebooks, cells, ranks = self.codebooks, self.cells, self.ranks
+        codebooks, cells, ranks, steps_per_sync = self.codebooks, self.cells, self.ranks, self.steps_per_sync
 
         def step() -> None:
             # sample: delay pattern [B, K], noise [2, B, K, V], column [B, K]
@@ -189,7 +189,7 @@ class Batch:
             # run: the model on the column, for the next step's logits
             logits.copy_(runner.decode_one_token(view, column, positions.clamp(max=length - 1)))
             positions.add_(1)
-            index.add_(1)
+            index.add_(1).remainder_(steps_per_sync)  # a step run outside a burst never writes out of bounds
 
         return step
 
