@@ -258,15 +258,16 @@ class Batch:
         if burst.ready is not None:
             burst.ready.synchronize()  # the burst's one host sync
         S, K = self.steps_per_sync, self.num_codebooks
-        columns = burst.host[:, :S * K].view(burst.rows, S, K)
+        columns = burst.host[:, :S * K].view(burst.rows, S, K)  # a copy of its own: pieces are views of it
         counts, done = burst.host[:, S * K].tolist(), burst.host[:, S * K + 1].tolist()
         taken = []
         for slot, sequence in burst.owners.items():
             if self.sequences.get(slot) is not sequence:  # ended in an earlier burst
                 continue
-            new = columns[slot, : counts[slot]].clone()
-            sequence.generated += int(new.shape[0])
-            ended = bool(done[slot]) or sequence.cancelled.is_set()
+            count = counts[slot]
+            sequence.generated += count
+            ended = done[slot] == 1 or sequence.cancelled.is_set()
+            new = columns[slot, :count]
             if ended:
                 self.release(slot)
             taken.append((slot, sequence, new, ended))
