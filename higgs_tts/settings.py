@@ -70,6 +70,9 @@ class Settings:
     engine_slots: int = 8
     engine_max_len: int = 4096
     engine_queue: int = 32
+    # Prompt prefixes (a voice's system turn, reference audio and transcript) prefilled once and kept
+    # for later requests, least recently used first beyond this many bytes of KV (0 turns it off).
+    prefix_cache_max_bytes: int = 2**30
     # Earlier chunks' frames a chunk's prompt carries as context, at most: the oldest are dropped
     # beyond it, so a long text's prompts stop growing (about 5.5 minutes of speech).
     max_context_frames: int = 8192
@@ -80,6 +83,8 @@ class Settings:
         for name in ("engine_slots", "engine_max_len", "engine_queue", "max_context_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1; got {getattr(self, name)}")
+        if self.prefix_cache_max_bytes < 0:
+            raise ValueError(f"PREFIX_CACHE_MAX_BYTES must be at least 0; got {self.prefix_cache_max_bytes}")
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -97,6 +102,7 @@ class Settings:
             engine_slots=_number("ENGINE_SLOTS", 8),
             engine_max_len=_number("ENGINE_MAX_LEN", 4096),
             engine_queue=_number("ENGINE_QUEUE", 32),
+            prefix_cache_max_bytes=_number("PREFIX_CACHE_MAX_BYTES", 2**30),
             max_context_frames=_number("MAX_CONTEXT_FRAMES", 8192),
         )
 

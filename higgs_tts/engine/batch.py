@@ -28,6 +28,7 @@ import torch
 from ..core.codes import STREAM_BOS, STREAM_EOS
 from .graphs import StepGraphs
 from .model_runner import ModelRunner
+from .prefix_cache import PrefixCache
 from .sampler import SamplingTensors, forced_codes, gumbel_noise, sample
 from .sequence import Sequence
 
@@ -61,9 +62,9 @@ class Burst:
 
 
 class Batch:
-    def __init__(self, model, capacity: int, max_len: int, steps_per_sync: int = 16,
-                 use_cuda_graphs: bool = False, pad_rows: bool = False) -> None:
-        self.runner = runner = ModelRunner(model, max_len)
+    def __init__(self, model, capacity: int, max_len: int, steps_per_sync: int = 16, use_cuda_graphs: bool = False,
+                 pad_rows: bool = False, prefix_cache: PrefixCache | None = None) -> None:
+        self.runner = runner = ModelRunner(model, max_len, prefix_cache)
         self.capacity, self.max_len, self.steps_per_sync = capacity, max_len, steps_per_sync
         self.pad_rows = pad_rows
         self.device = device = runner.device

@@ -39,8 +39,9 @@ class GenerationStats:
 
 class Engine:
     def __init__(self, model, steps_per_sync: int = STEPS_PER_SYNC, use_cuda_graphs: bool | None = None,
-                 pad_batches: bool | None = None) -> None:
+                 pad_batches: bool | None = None, prefix_cache_bytes: int = 0) -> None:
         self.model = model
+        self.prefix_cache_bytes = prefix_cache_bytes
         self.steps_per_sync = steps_per_sync
         self.device = model.device
         self.use_cuda_graphs = self.device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
@@ -59,7 +60,8 @@ class Engine:
                 self._schedulers.popitem(last=False)
             self._schedulers[key] = Scheduler(self.model, slots=capacity, max_len=key[1], max_waiting=0,
                                               steps_per_sync=self.steps_per_sync,
-                                              use_cuda_graphs=self.use_cuda_graphs, pad_rows=self.pad_batches)
+                                              use_cuda_graphs=self.use_cuda_graphs, pad_rows=self.pad_batches,
+                                              prefix_cache_bytes=self.prefix_cache_bytes)
         return self._schedulers[key]
 
     def generate(self, requests: list[EngineRequest], ignore_eos: bool = False) -> list[torch.Tensor]:

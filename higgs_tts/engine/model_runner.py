@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from .kv_cache import StaticKVCache
+from .prefix_cache import BLOCK, PrefixCache, prompt_blocks
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,10 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 
 
 class ModelRunner:
-    def __init__(self, model, max_len: int) -> None:
+    def __init__(self, model, max_len: int, prefix_cache: PrefixCache | None = None) -> None:
         self.model = model
+        self.prefix_cache = prefix_cache
+        self.prefilled_tokens = 0  # of the last prefill (the rest came from the prefix cache)
         self.config = config = model.config
         self.decoder = model.model
         self.layers = fused_layers(model)
@@ -129,6 +132,7 @@ class ModelRunner:
         self.final_eps = self.decoder.norm.variance_epsilon
         self.head = model.audio_lm_head.weight  # [K V, H]
         self.scaling = self.decoder.layers[0].self_attn.scaling
+        self.audio_ids = (config.audio_token_id, config.audio_delay_token_id)  # a prompt's audio positions
         self.use_flash = False  # set by the batch once the varlen kernel has been tried on this device
 
     def allocate_cache(self, batch: int) -> StaticKVCache:
@@ -137,11 +141,39 @@ class ModelRunner:
 
     @torch.inference_mode()
     def prefill(self, inputs: dict[str, torch.Tensor], cache: StaticKVCache, slot: int) -> torch.Tensor:
-        """Run the prompt through the model's forward into `slot`; returns the last logits `[K, V]`."""
+        """Run the prompt through the model's forward into `slot`, starting after its longest prefix
+        in the prefix cache; returns the last logits `[K, V]`."""
         dynamic = DynamicCache(config=self.config)
-        out = self.model(**inputs, past_key_values=dynamic, use_cache=True, logits_to_keep=1)
-        cache.fill_slot(slot, [layer.keys for layer in dynamic.layers], [layer.values for layer in dynamic.layers])
+        length = int(inputs["input_ids"].shape[1])
+        blocks, hit = [], 0
+        if self.prefix_cache is not None:
+            blocks = prompt_blocks(inputs, self.audio_ids)
+            # At least one token is left to run: its logits are the first step's.
+            hit, keys, values = self.prefix_cache.lookup(blocks, limit=(length - 1) // BLOCK)
+            for index, (k, v) in enumerate(zip(keys, values, strict=True)):
+                dynamic.update(k, v, index)
+        out = self.model(**self._after(inputs, hit), past_key_values=dynamic, use_cache=True, logits_to_keep=1)
+        keys, values = [layer.keys for layer in dynamic.layers], [layer.values for layer in dynamic.layers]
+        if self.prefix_cache is not None:
+            self.prefix_cache.store(blocks, keys, values)
+        self.prefilled_tokens = length - hit
+        cache.fill_slot(slot, keys, values)
         return out.logits[0, -1].float().view(self.num_codebooks, self.codebook_size)
+
+    def _after(self, inputs: dict[str, torch.Tensor], start: int) -> dict[str, torch.Tensor]:
+        """The model's inputs for the prompt's tokens from `start` on (the cache holds the rest)."""
+        if start == 0:
+            return inputs
+        ids = inputs["input_ids"]
+        after = {"input_ids": ids[:, start:], "attention_mask": inputs["attention_mask"]}
+        audio = inputs.get("audio_input_ids")
+        if audio is not None:
+            # Audio positions before `start` were in the cached blocks; their codes are not needed.
+            skipped = int(torch.isin(ids[0, :start], torch.tensor(self.audio_ids, device=ids.device)).sum())
+            if skipped < audio.shape[1]:
+                after["audio_input_ids"] = audio[:, skipped:]
+                after["audio_input_ids_mask"] = inputs["audio_input_ids_mask"][:, skipped:]
+        return after
 
     def rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin `[B, Hq + 2 Hkv, D]` for the rows' positions: the RoPE of q and k, identity for v."""

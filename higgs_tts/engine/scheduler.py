@@ -29,6 +29,7 @@ from contextlib import contextmanager
 import torch
 
 from .batch import Batch, Burst
+from .prefix_cache import prefix_cache_for
 from .sequence import EngineRequest, Sequence
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,13 @@ class EngineBusy(RuntimeError):
 class Scheduler:
     def __init__(self, model, slots: int = 8, max_len: int = 4096, max_waiting: int = 32,
                  steps_per_sync: int = STEPS_PER_SYNC, use_cuda_graphs: bool | None = None,
-                 pad_rows: bool | None = None, pipelined: bool | None = None) -> None:
+                 pad_rows: bool | None = None, pipelined: bool | None = None, prefix_cache_bytes: int = 0) -> None:
         on_cuda = model.device.type == "cuda"
         graphs = on_cuda if use_cuda_graphs is None else use_cuda_graphs
         # Padding rows to bucket sizes bounds the graphs captured; eager steps gain nothing by it.
         self.batch = Batch(model, slots, max_len, steps_per_sync, use_cuda_graphs=graphs,
-                           pad_rows=graphs if pad_rows is None else pad_rows)
+                           pad_rows=graphs if pad_rows is None else pad_rows,
+                           prefix_cache=prefix_cache_for(model, prefix_cache_bytes))
         # On a CPU the copy is done at once: nothing to overlap, and hand-outs would come a burst late.
         self.pipelined = on_cuda if pipelined is None else pipelined
         self.slots, self.max_len, self.max_requests = slots, max_len, slots + max_waiting

@@ -75,11 +75,11 @@ class ReferenceGenerator:
 class BatchedGenerator:
     """The continuously batched scheduler; a prompt too long for its cache runs alone, eagerly."""
 
-    def __init__(self, model, slots: int, max_len: int, queue: int) -> None:
+    def __init__(self, model, slots: int, max_len: int, queue: int, prefix_cache_bytes: int = 0) -> None:
         self.model = model
-        self.scheduler = Scheduler(model, slots, max_len, queue).start()
+        self.scheduler = Scheduler(model, slots, max_len, queue, prefix_cache_bytes=prefix_cache_bytes).start()
         # Long prompts run alone, eagerly: no second graph capture beside the scheduler's.
-        self.solo = Engine(model, use_cuda_graphs=False)
+        self.solo = Engine(model, use_cuda_graphs=False, prefix_cache_bytes=prefix_cache_bytes)
         self._solo_lock = threading.Lock()
         self._solo_running = 0
 
@@ -117,7 +117,8 @@ def generator_kind(settings: Settings, device: torch.device) -> str:
 def make_generator(settings: Settings, model) -> Generator:
     if generator_kind(settings, model.device) == "reference":
         return ReferenceGenerator(model)
-    return BatchedGenerator(model, settings.engine_slots, settings.engine_max_len, settings.engine_queue)
+    return BatchedGenerator(model, settings.engine_slots, settings.engine_max_len, settings.engine_queue,
+                            settings.prefix_cache_max_bytes)
 
 
 def free_memory() -> None:

@@ -208,6 +208,7 @@ def measure(model, plain: dict, clone: dict, batch_sizes: tuple[int, ...] = (1, 
     captured step for each batch size."""
     from ..core.sampling import SamplingParams
     from ..engine.batch import Batch, bucket_length
+    from ..engine.prefix_cache import PrefixCache
     from ..engine.scheduler import STEPS_PER_SYNC
     from ..engine.sequence import EngineRequest, Sequence
 
@@ -259,14 +260,18 @@ def measure(model, plain: dict, clone: dict, batch_sizes: tuple[int, ...] = (1, 
         op: n - STEPS_PER_SYNC * counter.by_op.get(op, 0) for op, n in whole.by_op.items()
         if n - STEPS_PER_SYNC * counter.by_op.get(op, 0)}
 
-    # A cloned voice's admission: its prefill through the model's forward, and its settings.
-    slot = 0
-    batch.release(slot)
-    with torch.inference_mode(), Anatomy() as prefill:
-        batch.admit(Sequence(EngineRequest(clone, params, 0), ignore_eos=True), slot)
-    figures["prefill_kernels"] = prefill.kernels
-    figures["prefill_syncs"] = prefill.syncs
-    figures["prefill_tokens_cached_voice"] = int(clone["input_ids"].shape[1])  # no prefix cache: all of it
+    # A cloned voice's admission: its prefill through the model's forward, and its settings; then
+    # the same voice again, its prefix from the prefix cache.
+    del batch
+    batch = Batch(model, 1, max_len, STEPS_PER_SYNC, prefix_cache=PrefixCache(2**40))
+    for cached in (False, True):
+        with torch.inference_mode(), Anatomy() as prefill:
+            batch.admit(Sequence(EngineRequest(clone, params, 0), ignore_eos=True), 0)
+        batch.release(0)
+        suffix = "_cached_voice" if cached else ""
+        figures[f"prefill_kernels{suffix}"] = prefill.kernels
+        figures[f"prefill_syncs{suffix}"] = prefill.syncs
+        figures[f"prefill_tokens{suffix}"] = batch.runner.prefilled_tokens
     figures["first_audio_frames"] = first_audio_frames(model.config.num_codebooks)
     del batch
 

@@ -278,7 +278,7 @@ def anatomy(loaded: LoadedModel, layers: int | None = None, batch_sizes: tuple[i
     voice = PromptVoice(description="reference", transcript=TEXT, frames=frames, is_clone=True)
     clone = renderer.inputs(build_prompt(TEXT, transcript=TEXT, voices=[voice], scene=""), loaded.device)
     figures = {"device": torch.cuda.get_device_name(loaded.device) if loaded.device.type == "cuda" else "cpu",
-               "dtype": str(loaded.dtype).removeprefix("torch."),
+               "dtype": str(loaded.dtype).removeprefix("torch."), "text": TEXT,
                **counting.measure(model, plain, clone, batch_sizes)}
     if loaded.device.type == "cuda":
         engine = Engine(model)
