@@ -10,6 +10,8 @@ DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
 DEFAULT_TOKENIZER = "bosonai/higgs-audio-v2-tokenizer"
 DEFAULT_VOICE_PROMPTS = "voice_prompts"
 ENGINES = ("auto", "fast", "reference")
+WYOMING_URI = "tcp://0.0.0.0:10200"  # where Home Assistant looks for a Wyoming TTS server (wyoming-piper's port)
+WYOMING_LANGUAGES = ("en", "zh")  # the languages of the voice library's clips
 
 
 def _optional(name: str) -> str | None:
@@ -37,9 +39,14 @@ def _voice_cache_dir() -> Path | None:
     return base / "voice_codes"
 
 
+def _list(name: str) -> tuple[str, ...]:
+    """A comma-separated list, its items stripped (e.g. WYOMING_LANGUAGES=en,de)."""
+    return tuple(item.strip() for item in (_optional(name) or "").split(",") if item.strip())
+
+
 def _hosts(name: str) -> tuple[str, ...]:
     """A comma-separated list of host names, lower case (e.g. REF_AUDIO_URL_ALLOWLIST=a.example,127.0.0.1)."""
-    return tuple(h.strip().lower() for h in (_optional(name) or "").split(",") if h.strip())
+    return tuple(h.lower() for h in _list(name))
 
 
 def _flag(name: str, default: bool = False) -> bool:
@@ -164,6 +171,10 @@ class ServerSettings:
     live_idle_seconds: float = 60.0  # a live session with nothing to say and no message for this long ends
     live_max_messages_per_second: int = 200  # a live session's client messages, over any one second
     live_max_sessions: int = 64  # live sessions open at once (each holds a thread and its context)
+    # `higgs-tts wyoming` (Home Assistant): where it listens, and the languages its voices are listed
+    # under (Home Assistant offers a voice only in the languages it lists; the model reads any text)
+    wyoming_uri: str = WYOMING_URI
+    wyoming_languages: tuple[str, ...] = WYOMING_LANGUAGES
 
     @classmethod
     def from_env(cls) -> ServerSettings:
@@ -180,4 +191,6 @@ class ServerSettings:
             live_idle_seconds=_number("LIVE_IDLE_SECONDS", 60.0, float),
             live_max_messages_per_second=_number("LIVE_MAX_MESSAGES_PER_SECOND", 200),
             live_max_sessions=_number("LIVE_MAX_SESSIONS", 64),
+            wyoming_uri=_optional("WYOMING_URI") or WYOMING_URI,
+            wyoming_languages=_list("WYOMING_LANGUAGES") or WYOMING_LANGUAGES,
         )
