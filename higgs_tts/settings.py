@@ -10,6 +10,10 @@ DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
 DEFAULT_TOKENIZER = "bosonai/higgs-audio-v2-tokenizer"
 DEFAULT_VOICE_PROMPTS = "voice_prompts"
 ENGINES = ("auto", "fast", "reference")
+# A repo id is looked for here before the Hugging Face cache (core/sources.py): the network volume's
+# copies (scripts/setup-network-volume.sh), then RunPod's cached models (an HF cache, endpoint's "Model").
+MODELS_DIR = Path("/runpod-volume/models")
+RUNPOD_MODEL_CACHE = Path("/runpod-volume/huggingface-cache/hub")
 WYOMING_URI = "tcp://0.0.0.0:10200"  # where Home Assistant looks for a Wyoming TTS server (wyoming-piper's port)
 WYOMING_LANGUAGES = ("en", "zh")  # the languages of the voice library's clips
 
@@ -27,6 +31,14 @@ def _number(name: str, default: float, kind: type = int) -> float:
         return kind(value)
     except ValueError:
         raise ValueError(f"environment variable {name} must be a {kind.__name__}; got {value!r}") from None
+
+
+def _folder(name: str, default: Path) -> Path | None:
+    """A folder setting: unset for `default`, "off" for none."""
+    value = _optional(name)
+    if value is None:
+        return default
+    return None if value.lower() == "off" else Path(value)
 
 
 def _voice_cache_dir() -> Path | None:
@@ -66,6 +78,8 @@ class Settings:
     tokenizer_path: str = DEFAULT_TOKENIZER
     model_revision: str | None = None
     tokenizer_revision: str | None = None
+    models_dir: Path | None = MODELS_DIR  # NAME folders for repo ids (None: not looked for)
+    runpod_model_cache: Path | None = RUNPOD_MODEL_CACHE  # RunPod's cached models (None: not looked for)
     voice_prompts_path: Path = field(default_factory=lambda: Path(DEFAULT_VOICE_PROMPTS))
     device: str | None = None
     dtype: str | None = None
@@ -95,6 +109,8 @@ class Settings:
             tokenizer_path=_optional("TOKENIZER_PATH") or DEFAULT_TOKENIZER,
             model_revision=_optional("MODEL_REVISION"),
             tokenizer_revision=_optional("TOKENIZER_REVISION"),
+            models_dir=_folder("MODELS_DIR", MODELS_DIR),
+            runpod_model_cache=_folder("RUNPOD_MODEL_CACHE", RUNPOD_MODEL_CACHE),
             voice_prompts_path=Path(_optional("VOICE_PROMPTS_PATH") or DEFAULT_VOICE_PROMPTS),
             device=_optional("DEVICE"),
             dtype=_optional("DTYPE"),
