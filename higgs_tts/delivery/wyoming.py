@@ -104,8 +104,8 @@ class SpeechHandler(AsyncEventHandler):
                     await self._synthesize(Synthesize.from_event(event))
             else:
                 log.debug("wyoming: ignoring a %s event", event.type)
-        except ConnectionError:  # the client is gone: run() ends and disconnect() stops its work
-            raise
+        except ConnectionError:  # the client is gone: run() ends, and disconnect() stops its work
+            return False
         except Exception as exc:  # refused input or a failed generation: the client is told, the connection stays
             await self.write_event(error_event(SpeechService.describe_failure(exc, "wyoming")))
         return True
@@ -175,6 +175,12 @@ class SpeechHandler(AsyncEventHandler):
 
     async def _pump(self, session: LiveSession) -> None:
         """Session events as Wyoming events: each sentence its own AudioStart ... AudioStop."""
+        try:
+            await self._forward(session)
+        except ConnectionError:  # the client is gone; disconnect() aborts the session
+            pass
+
+    async def _forward(self, session: LiveSession) -> None:
         open_audio = False
         while True:
             event = await asyncio.to_thread(session.next_event, POLL_SECONDS)
