@@ -124,9 +124,14 @@ class SpeechHandler(AsyncEventHandler):
         raw = {"transcript": request.text, "output_format": "pcm", **_voice_field(request.voice)}
         _chunk_long_input(raw, set())
         items = self.service.stream(raw, f"wyoming-{uuid.uuid4().hex[:12]}", cancel=self.cancel)
-        started = False
+        loop = asyncio.get_running_loop()
+        started, step = False, None
         try:
-            while (item := await asyncio.to_thread(next, items, _END)) is not _END:
+            while True:
+                step = loop.run_in_executor(None, next, items, _END)  # the next piece, generated on a thread
+                # shielded: cancelled (shutdown), the thread still runs until it is told to stop below
+                if (item := await asyncio.shield(step)) is _END:
+                    break
                 if isinstance(item, np.ndarray):
                     if not started:
                         await self._audio_start()
@@ -144,6 +149,9 @@ class SpeechHandler(AsyncEventHandler):
                     failure = Failure(item["error"], item["error_code"], item.get("error_field"))
                     await self.write_event(error_event(failure))
         finally:
+            if step is not None and not step.done():  # cancelled mid-piece: stop the generation, then close
+                self.cancel.set()
+                await asyncio.wait([step])
             await asyncio.to_thread(items.close)
 
     async def _audio_start(self) -> None:

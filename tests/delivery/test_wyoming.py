@@ -4,8 +4,10 @@ server (a subprocess on the tiny checkpoint)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +34,13 @@ READ_SECONDS = 300  # one event's wait, at most (the tiny model on a busy CPU)
 
 @pytest.fixture(scope="module")
 def wyoming_server(tiny_checkpoint, voice_prompts, tmp_path_factory):
+    with running_wyoming(tiny_checkpoint, voice_prompts, tmp_path_factory) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_wyoming(tiny_checkpoint, voice_prompts, tmp_path_factory):
+    """`higgs-tts wyoming` in a subprocess on the tiny checkpoint; yields its port, process and log."""
     model_dir, codec_dir = tiny_checkpoint
     voices = tmp_path_factory.mktemp("wyoming") / "voices"
     shutil.copytree(voice_prompts, voices)
@@ -51,10 +60,11 @@ def wyoming_server(tiny_checkpoint, voice_prompts, tmp_path_factory):
             assert time.monotonic() < deadline, "the Wyoming server did not listen"
             time.sleep(0.2)
     try:
-        yield {"port": port, "log": log}
+        yield {"port": port, "log": log, "process": process}
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
         log.close()
 
 
@@ -188,3 +198,30 @@ def test_two_clients_at_once(wyoming_server):
 
     for events in run(both()):
         check_clip(events)
+
+
+LONG = " ".join(["This sentence is one of many, so the text takes a while to speak."] * 20)
+
+
+def test_a_client_that_leaves_and_sigterm(tiny_checkpoint, voice_prompts, tmp_path_factory):
+    """A client gone mid-request leaves the server serving; SIGTERM stops a running generation and
+    the server (a bound on the wait, not a timing: the long text alone takes far longer)."""
+    with running_wyoming(tiny_checkpoint, voice_prompts, tmp_path_factory) as server:
+        async def go():
+            async with client(server) as leaving:
+                await leaving.write_event(Synthesize(text=LONG).event())
+                await read_until(leaving, AudioChunk)
+            async with client(server) as staying:
+                await staying.write_event(Synthesize(text="Still here.").event())
+                events = await read_until(staying, AudioStop, Error)
+            check_clip(events)
+            async with client(server) as last:
+                await last.write_event(Synthesize(text=LONG).event())
+                await read_until(last, AudioStart)
+                server["process"].send_signal(signal.SIGTERM)
+                return await asyncio.to_thread(server["process"].wait, 60)
+
+        assert run(go()) == 0
+        server["log"].seek(0)
+        output = server["log"].read()
+        assert "Traceback" not in output, output[-3000:]
