@@ -225,3 +225,17 @@ def test_a_client_that_leaves_and_sigterm(tiny_checkpoint, voice_prompts, tmp_pa
         server["log"].seek(0)
         output = server["log"].read()
         assert "Traceback" not in output, output[-3000:]
+
+
+def test_settings_read_the_uri_and_the_languages(monkeypatch):
+    from higgs_tts.settings import WYOMING_LANGUAGES, WYOMING_URI, ServerSettings
+
+    monkeypatch.delenv("WYOMING_URI", raising=False)
+    monkeypatch.delenv("WYOMING_LANGUAGES", raising=False)
+    defaults = ServerSettings.from_env()
+    assert (defaults.wyoming_uri, defaults.wyoming_languages) == (WYOMING_URI, WYOMING_LANGUAGES)
+    assert WYOMING_URI == "tcp://0.0.0.0:10200"
+    monkeypatch.setenv("WYOMING_URI", "unix:///tmp/higgs.sock")
+    monkeypatch.setenv("WYOMING_LANGUAGES", " en, de ,")
+    chosen = ServerSettings.from_env()
+    assert (chosen.wyoming_uri, chosen.wyoming_languages) == ("unix:///tmp/higgs.sock", ("en", "de"))
