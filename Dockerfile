@@ -3,9 +3,13 @@
 #   docker build -t higgs-tts .
 #   docker run --gpus all -v /path/to/volume:/runpod-volume higgs-tts                # worker
 #   docker run --gpus all -e MODE=http -p 8000:8000 -v ...:/runpod-volume higgs-tts  # HTTP server
+#   docker run --gpus all -p 10200:10200 -v ...:/runpod-volume higgs-tts wyoming     # Home Assistant
 #
 # The model, the codec and the voices are not in the image: they live on the network volume
-# (scripts/setup-network-volume.sh lays them out where the ENV defaults below point). About 4.5 GB
+# (scripts/setup-network-volume.sh lays them out where the defaults look), or the model is one of
+# RunPod's cached models (docs/deploy-cached-models.md). With MODEL_PATH and TOKENIZER_PATH unset,
+# each Hugging Face repo is looked for in /runpod-volume/models/NAME, then RunPod's cache
+# /runpod-volume/huggingface-cache/hub, then the HF cache (HF_HOME below), then downloaded. About 4.5 GB
 # uncompressed: torch's CUDA 13 wheels are most of it; docker/prune-site-packages.sh removes what
 # the worker never loads and docker/check-libs.sh proves that every library left still resolves.
 #
@@ -69,16 +73,12 @@ LABEL org.opencontainers.image.title="higgs-tts" \
 # builder stage, on the same base. libsndfile is bundled in the soundfile wheel
 # (_soundfile_data/libsndfile_x86_64.so), FFmpeg in the av wheel (av.libs/), libgomp in torch/lib;
 # libcuda.so.1 is mounted by the NVIDIA container runtime.
-# (DL3064 takes TOKENIZER_PATH for a secret: it is a folder.)
-# hadolint ignore=DL3064
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_DISABLE_TELEMETRY=1 \
     RUNPOD_LOG_LEVEL=INFO \
-    MODEL_PATH=/runpod-volume/models/higgs-audio-v2-generation-3B-base \
-    TOKENIZER_PATH=/runpod-volume/models/higgs-audio-v2-tokenizer \
     VOICE_PROMPTS_PATH=/runpod-volume/voice_prompts \
     VOICE_CACHE_DIR=/runpod-volume/cache/voice_codes \
     HF_HOME=/runpod-volume/hf-cache
@@ -106,6 +106,6 @@ RUN python -m compileall -q /app \
 # higgs:higgs, numerically, so that runtimes that check for a non-root user can tell.
 USER 1000:1000
 
-EXPOSE 8000
+EXPOSE 8000 10200
 ENTRYPOINT ["/bin/sh", "/usr/local/bin/higgs-entrypoint"]
 CMD ["worker"]

@@ -131,6 +131,13 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wyoming(args: argparse.Namespace) -> int:
+    from .delivery.wyoming import serve
+
+    serve(args.uri)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="higgs-tts", description="Higgs Audio V2 text-to-speech")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -184,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=8000)
     server.set_defaults(run=_serve)
+
+    wyoming = commands.add_parser("wyoming", help="Wyoming text-to-speech server (Home Assistant)")
+    wyoming.add_argument("--uri", help="tcp://HOST:PORT or unix://PATH to listen on "
+                                       "(default: $WYOMING_URI or tcp://0.0.0.0:10200)")
+    wyoming.set_defaults(run=_wyoming)
 
     tiny = commands.add_parser("tiny-checkpoint", help="write a tiny random checkpoint for tests")
     tiny.add_argument("dir", help="output folder (gets model/ and audio_tokenizer/)")

@@ -10,6 +10,12 @@ DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
 DEFAULT_TOKENIZER = "bosonai/higgs-audio-v2-tokenizer"
 DEFAULT_VOICE_PROMPTS = "voice_prompts"
 ENGINES = ("auto", "fast", "reference")
+# A repo id is looked for here before the Hugging Face cache (core/sources.py): the network volume's
+# copies (scripts/setup-network-volume.sh), then RunPod's cached models (an HF cache, endpoint's "Model").
+MODELS_DIR = Path("/runpod-volume/models")
+RUNPOD_MODEL_CACHE = Path("/runpod-volume/huggingface-cache/hub")
+WYOMING_URI = "tcp://0.0.0.0:10200"  # where Home Assistant looks for a Wyoming TTS server (wyoming-piper's port)
+WYOMING_LANGUAGES = ("en", "zh")  # the languages of the voice library's clips
 
 
 def _optional(name: str) -> str | None:
@@ -27,6 +33,14 @@ def _number(name: str, default: float, kind: type = int) -> float:
         raise ValueError(f"environment variable {name} must be a {kind.__name__}; got {value!r}") from None
 
 
+def _folder(name: str, default: Path) -> Path | None:
+    """A folder setting: unset for `default`, "off" for none."""
+    value = _optional(name)
+    if value is None:
+        return default
+    return None if value.lower() == "off" else Path(value)
+
+
 def _voice_cache_dir() -> Path | None:
     """VOICE_CACHE_DIR, "off" for none; by default on the network volume when one is mounted."""
     value = _optional("VOICE_CACHE_DIR")
@@ -37,9 +51,14 @@ def _voice_cache_dir() -> Path | None:
     return base / "voice_codes"
 
 
+def _list(name: str) -> tuple[str, ...]:
+    """A comma-separated list, its items stripped (e.g. WYOMING_LANGUAGES=en,de)."""
+    return tuple(item.strip() for item in (_optional(name) or "").split(",") if item.strip())
+
+
 def _hosts(name: str) -> tuple[str, ...]:
     """A comma-separated list of host names, lower case (e.g. REF_AUDIO_URL_ALLOWLIST=a.example,127.0.0.1)."""
-    return tuple(h.strip().lower() for h in (_optional(name) or "").split(",") if h.strip())
+    return tuple(h.lower() for h in _list(name))
 
 
 def _flag(name: str, default: bool = False) -> bool:
@@ -59,6 +78,8 @@ class Settings:
     tokenizer_path: str = DEFAULT_TOKENIZER
     model_revision: str | None = None
     tokenizer_revision: str | None = None
+    models_dir: Path | None = MODELS_DIR  # NAME folders for repo ids (None: not looked for)
+    runpod_model_cache: Path | None = RUNPOD_MODEL_CACHE  # RunPod's cached models (None: not looked for)
     voice_prompts_path: Path = field(default_factory=lambda: Path(DEFAULT_VOICE_PROMPTS))
     device: str | None = None
     dtype: str | None = None
@@ -93,6 +114,8 @@ class Settings:
             tokenizer_path=_optional("TOKENIZER_PATH") or DEFAULT_TOKENIZER,
             model_revision=_optional("MODEL_REVISION"),
             tokenizer_revision=_optional("TOKENIZER_REVISION"),
+            models_dir=_folder("MODELS_DIR", MODELS_DIR),
+            runpod_model_cache=_folder("RUNPOD_MODEL_CACHE", RUNPOD_MODEL_CACHE),
             voice_prompts_path=Path(_optional("VOICE_PROMPTS_PATH") or DEFAULT_VOICE_PROMPTS),
             device=_optional("DEVICE"),
             dtype=_optional("DTYPE"),
@@ -170,6 +193,10 @@ class ServerSettings:
     live_idle_seconds: float = 60.0  # a live session with nothing to say and no message for this long ends
     live_max_messages_per_second: int = 200  # a live session's client messages, over any one second
     live_max_sessions: int = 64  # live sessions open at once (each holds a thread and its context)
+    # `higgs-tts wyoming` (Home Assistant): where it listens, and the languages its voices are listed
+    # under (Home Assistant offers a voice only in the languages it lists; the model reads any text)
+    wyoming_uri: str = WYOMING_URI
+    wyoming_languages: tuple[str, ...] = WYOMING_LANGUAGES
 
     @classmethod
     def from_env(cls) -> ServerSettings:
@@ -186,4 +213,6 @@ class ServerSettings:
             live_idle_seconds=_number("LIVE_IDLE_SECONDS", 60.0, float),
             live_max_messages_per_second=_number("LIVE_MAX_MESSAGES_PER_SECOND", 200),
             live_max_sessions=_number("LIVE_MAX_SESSIONS", 64),
+            wyoming_uri=_optional("WYOMING_URI") or WYOMING_URI,
+            wyoming_languages=_list("WYOMING_LANGUAGES") or WYOMING_LANGUAGES,
         )

@@ -8,7 +8,9 @@
 # RUNPOD_API_KEY), --skip-build, --skip-smoke, --max-size-gb N (default 5), --out DIR (default
 # ./deploy), --streaming (workers start with STREAMING=1), --endpoint-type queue|lb (queue: the SDK
 # worker, the default; lb: a load balancer over the HTTP server), --min-cuda-version V (13.0),
-# --torch-index-url URL (TORCH_INDEX_URL build arg, e.g. .../whl/cu128; then --min-cuda-version 12.8).
+# --torch-index-url URL (TORCH_INDEX_URL build arg, e.g. .../whl/cu128; then --min-cuda-version 12.8),
+# --cached-model (the model from RunPod's cached models: set the endpoint's Model field to the repo
+# printed; without NETWORK_VOLUME_ID the codec is downloaded at start-up; docs/deploy-cached-models.md).
 # Settings (environment): NETWORK_VOLUME_ID, WORKERS_MIN (0), WORKERS_MAX (3), IDLE_TIMEOUT (5),
 # GPU_POOLS (comma-separated serverless GPU pool ids; default every pool with 24 GB or more).
 # Writes DIR/runpod-config.json and DIR/test-endpoint.sh (and DIR/runpod-endpoint.json after --create).
@@ -16,10 +18,10 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 
 image="${IMAGE:-}"; base_image=""; push=0; create=0; build=1; smoke=1; max_gb=5; out="deploy"; streaming=()
-endpoint_type="queue"; min_cuda="13.0"; torch_index=""
+endpoint_type="queue"; min_cuda="13.0"; torch_index=""; cached_model=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --image|--base-image|--max-size-gb|--out|--endpoint-type|--min-cuda-version|--torch-index-url)
       [ $# -ge 2 ] || { echo "deploy-runpod: $1 needs a value" >&2; exit 2; }
       case "$1" in
@@ -33,6 +35,7 @@ while [ $# -gt 0 ]; do
     --skip-build) build=0; shift ;;
     --skip-smoke) smoke=0; shift ;;
     --streaming) streaming=(--streaming); shift ;;
+    --cached-model) cached_model=(--cached-model); shift ;;
     *) echo "deploy-runpod: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -97,9 +100,16 @@ fi
 mkdir -p "$out"
 "$python" -m higgs_tts.deploy.runpod config --image "$image" --volume-id "${NETWORK_VOLUME_ID:-}" \
   --workers-min "${WORKERS_MIN:-0}" --workers-max "${WORKERS_MAX:-3}" --idle-timeout "${IDLE_TIMEOUT:-5}" \
-  --endpoint-type "$endpoint_type" --min-cuda-version "$min_cuda" "${streaming[@]}" > "$out/runpod-config.json"
+  --endpoint-type "$endpoint_type" --min-cuda-version "$min_cuda" "${streaming[@]}" "${cached_model[@]}" \
+  > "$out/runpod-config.json"
 echo "== wrote $out/runpod-config.json"
-[ -n "${NETWORK_VOLUME_ID:-}" ] || echo "note: NETWORK_VOLUME_ID is not set; the endpoint would have no models"
+if [ ${#cached_model[@]} -gt 0 ]; then
+  repo=$("$python" -c 'from higgs_tts.deploy.runpod import CACHED_MODEL; print(CACHED_MODEL)')
+  echo "cached model: set the endpoint's Model field to $repo (console: Manage > Edit Endpoint > Model)"
+  [ -n "${NETWORK_VOLUME_ID:-}" ] || echo "note: no NETWORK_VOLUME_ID: the codec is downloaded when a worker starts"
+elif [ -z "${NETWORK_VOLUME_ID:-}" ]; then
+  echo "note: NETWORK_VOLUME_ID is not set; the endpoint would have no models (or use --cached-model)"
+fi
 
 if [ "$push" = 1 ]; then
   echo "== pushing $image"

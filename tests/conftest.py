@@ -306,3 +306,15 @@ def audio_bomb(kind: str, seconds: float) -> bytes:
                 stream, time_base, i * duration, i * duration, duration)
             out.mux(packet)
     return buffer.getvalue()
+
+
+def hf_cache_layout(hub: Path, repo_id: str, folder: Path, commit: str = "0123456789abcdef0123456789abcdef01234567"
+                    ) -> Path:
+    """`folder`'s files as `repo_id` in a Hugging Face cache at `hub`, the layout huggingface_hub and
+    RunPod's cached models write: models--ORG--NAME/snapshots/COMMIT/ and refs/main. Returns the snapshot."""
+    repo = hub / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    shutil.copytree(folder, snapshot)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot

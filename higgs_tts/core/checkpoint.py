@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..settings import Settings
+from .sources import find, looks_like_repo_id
 
 log = logging.getLogger(__name__)
 
@@ -25,35 +26,38 @@ class CheckpointError(RuntimeError):
     """The checkpoint cannot be found or is not in a format this package loads."""
 
 
-def _looks_like_repo_id(path_or_repo: str) -> bool:
-    return not path_or_repo.startswith(("/", ".", "~")) and path_or_repo.count("/") == 1
-
-
-def unavailable_reason(path_or_repo: str, revision: str | None = None) -> str | None:
+def unavailable_reason(path_or_repo: str, revision: str | None = None, settings: Settings | None = None) -> str | None:
     """None when the checkpoint loads without a download; otherwise why it would not."""
     local = Path(path_or_repo).expanduser()
     if local.is_dir():
         return None if (local / "config.json").is_file() else f"{path_or_repo} has no config.json"
-    if not _looks_like_repo_id(path_or_repo):
+    if not looks_like_repo_id(path_or_repo):
         return f"{path_or_repo} does not exist"
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
     try:
-        cached = try_to_load_from_cache(path_or_repo, "config.json", revision=revision)
-    except ValueError:  # not a valid repo id
+        validate_repo_id(path_or_repo)
+    except HFValidationError:
         return f"{path_or_repo} is neither a folder nor a Hugging Face repo id"
-    return None if isinstance(cached, str) else f"{path_or_repo} is not in the Hugging Face cache yet"
+    if find(path_or_repo, revision, settings or Settings()).path is None:
+        return f"{path_or_repo} is not in the Hugging Face cache yet"
+    return None
 
 
-def resolve_path(path_or_repo: str, revision: str | None = None) -> Path:
-    """A local folder as is; otherwise a Hugging Face repo id, resolved through the HF cache."""
+def resolve_path(path_or_repo: str, revision: str | None = None, settings: Settings | None = None) -> Path:
+    """A local folder as is; otherwise a Hugging Face repo id, from the first place that holds it
+    (core/sources.py: the volume's copy, RunPod's cached models, the HF cache), else downloaded."""
     local = Path(path_or_repo).expanduser()
     if local.is_dir():
         return local
     if local.exists():
         raise CheckpointError(f"{path_or_repo} is a file; expected a checkpoint folder or a repo id")
-    if not _looks_like_repo_id(path_or_repo):
+    if not looks_like_repo_id(path_or_repo):
         raise CheckpointError(f"checkpoint folder {path_or_repo} does not exist")
+    source = find(path_or_repo, revision, settings or Settings())
+    if source.path is not None:
+        return source.path
     from huggingface_hub import snapshot_download
 
     try:
@@ -124,11 +128,11 @@ def probe(settings: Settings) -> str:
     for kind, path, revision in (("model", settings.model_path, settings.model_revision),
                                  ("codec", settings.tokenizer_path, settings.tokenizer_revision)):
         label = "model" if kind == "model" else "tokenizer"
-        reason = unavailable_reason(path, revision)
+        reason = unavailable_reason(path, revision, settings)
         if reason:
             return f"unhealthy: {label} {reason}"
         try:
-            check_native(resolve_path(path, revision), kind)
+            check_native(resolve_path(path, revision, settings), kind)
         except CheckpointError as exc:
             return f"unhealthy: {label}: {exc}"
     try:
@@ -235,8 +239,8 @@ def _build_processor(model_dir: Path, codec):
 
 def locate(settings: Settings) -> tuple[Path, Path]:
     """The model and codec folders, checked to be in the native format."""
-    model_dir = resolve_path(settings.model_path, settings.model_revision)
-    codec_dir = resolve_path(settings.tokenizer_path, settings.tokenizer_revision)
+    model_dir = resolve_path(settings.model_path, settings.model_revision, settings)
+    codec_dir = resolve_path(settings.tokenizer_path, settings.tokenizer_revision, settings)
     check_native(model_dir, "model")
     check_native(codec_dir, "codec")
     return model_dir, codec_dir

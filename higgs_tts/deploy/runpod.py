@@ -21,6 +21,8 @@ import sys
 import urllib.error
 import urllib.request
 
+from ..settings import DEFAULT_MODEL
+
 REST_URL = "https://api.runpod.io/v2"
 ENDPOINTS_PATH = "/serverless"
 VOLUME = "/runpod-volume"
@@ -46,7 +48,12 @@ CUDA_VERSIONS = ("11.8", "12.0", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6",
 # workers run the HTTP server (MODE=http) reached directly at https://ENDPOINT_ID.api.runpod.ai/...:
 # the OpenAI routes under /v1 and the same job routes. RunPod checks /ping on PORT_HEALTH.
 ENDPOINT_TYPES = {"queue": "QUEUE", "lb": "LOAD_BALANCER"}
-HTTP_PORT = 8000  # the image runs as uid 1000, which cannot bind RunPod's default port 80
+# The repo to name in the endpoint's Model field (RunPod's cached models; one repo per endpoint): the
+# model, most of the weights. The codec comes from the volume, or is downloaded at start-up.
+CACHED_MODEL = DEFAULT_MODEL
+# RunPod sends a load balancer's requests to PORT (80 when unset) and checks /ping on PORT_HEALTH
+# (PORT when unset); the config sets both to the server's own default instead of relying on 80.
+HTTP_PORT = 8000
 
 # v2 bounds `workers.idleTimeout` to 1..3600 seconds.
 IDLE_TIMEOUT_RANGE = (1, 3600)
@@ -56,16 +63,17 @@ class DeployError(RuntimeError):
     pass
 
 
-def worker_env(streaming: bool = False, endpoint_type: str = "queue") -> dict[str, str]:
-    """The worker's environment on RunPod: everything lives on the network volume."""
+def worker_env(streaming: bool = False, endpoint_type: str = "queue", downloads: bool = False) -> dict[str, str]:
+    """The worker's environment on RunPod: voices and caches on the network volume. No MODEL_PATH /
+    TOKENIZER_PATH: the default repos are found on the volume (models/NAME) or in RunPod's cached
+    models (core/sources.py). `downloads`: a part found in neither is downloaded at start-up (a
+    cached model without a volume: the codec); otherwise HF_HUB_OFFLINE=1."""
     http = {"MODE": "http", "PORT": str(HTTP_PORT), "PORT_HEALTH": str(HTTP_PORT),
             "PRELOAD_MODEL": "1"} if endpoint_type == "lb" else {}  # /ping is 200 once the preload is done
     return {**http,
-        "MODEL_PATH": f"{VOLUME}/models/higgs-audio-v2-generation-3B-base",
-        "TOKENIZER_PATH": f"{VOLUME}/models/higgs-audio-v2-tokenizer",
         "VOICE_PROMPTS_PATH": f"{VOLUME}/voice_prompts",
         "HF_HOME": f"{VOLUME}/hf-cache",
-        "HF_HUB_OFFLINE": "1",  # the volume holds the weights; a worker never downloads at start-up
+        "HF_HUB_OFFLINE": "0" if downloads else "1",
         "VOICE_CACHE_DIR": f"{VOLUME}/cache/voice_codes",
         "RUNPOD_LOG_LEVEL": "INFO",  # the SDK logs job inputs (transcripts) at DEBUG
         "MAX_CONCURRENCY": "1",
@@ -90,8 +98,10 @@ def build_config(image: str, volume_id: str | None, name: str = "higgs-tts", wor
                  workers_max: int = 3, idle_timeout: int = 5, container_disk_gb: int = 10,
                  gpu_pools: list[str] | None = None, flashboot: bool = True, streaming: bool = False,
                  execution_timeout_s: int = 600, endpoint_type: str = "queue",
-                 min_cuda_version: str = MIN_CUDA_VERSION) -> dict:
-    """`runpod-config.json`: the body of POST /v2/serverless (`CreateEndpointRequest`), in v2's field names."""
+                 min_cuda_version: str = MIN_CUDA_VERSION, cached_model: bool = False) -> dict:
+    """`runpod-config.json`: the body of POST /v2/serverless (`CreateEndpointRequest`), in v2's field names.
+    `cached_model`: the model comes from RunPod's cached models (CACHED_MODEL, set in the endpoint's
+    Model field); without a volume, the codec is then downloaded at start-up."""
     if not image:
         raise DeployError("an image name is required (e.g. docker.io/you/higgs-tts:0.1.0)")
     if endpoint_type not in ENDPOINT_TYPES:
@@ -110,7 +120,7 @@ def build_config(image: str, volume_id: str | None, name: str = "higgs-tts", wor
         "type": ENDPOINT_TYPES[endpoint_type],  # required in v2
         "image": image,
         "disk": container_disk_gb,  # container disk in GB
-        "env": worker_env(streaming, endpoint_type),  # an object of strings in v2
+        "env": worker_env(streaming, endpoint_type, downloads=cached_model and not volume_id),  # strings in v2
         "gpu": {
             "pools": check_pools(list(gpu_pools or GPU_POOLS_24GB_UP)),
             "count": 1,
@@ -233,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"hosts with this CUDA version or newer (default {MIN_CUDA_VERSION}; 12.8 for an "
                              "image built with the cu128 torch wheels)")
     config.add_argument("--no-flashboot", action="store_true")
+    config.add_argument("--cached-model", action="store_true",
+                        help=f"the model comes from RunPod's cached models (the endpoint's Model field: "
+                             f"{CACHED_MODEL}); without --volume-id the codec is downloaded at start-up")
     make = commands.add_parser("create", help="create the endpoint of a config file (POST /v2/serverless)")
     make.add_argument("config_file")
     args = parser.parse_args(argv)
@@ -243,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             result = build_config(args.image, args.volume_id, args.name, args.workers_min, args.workers_max,
                                   args.idle_timeout, args.container_disk_gb, pools, not args.no_flashboot,
                                   args.streaming, args.execution_timeout, args.endpoint_type,
-                                  args.min_cuda_version)
+                                  args.min_cuda_version, args.cached_model)
         else:
             with open(args.config_file) as handle:
                 result = create(json.load(handle), os.environ.get("RUNPOD_API_KEY", ""),

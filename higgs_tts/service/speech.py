@@ -21,6 +21,7 @@ import numpy as np
 from ..core.audio import duration_seconds, time_stretch
 from ..core.checkpoint import probe
 from ..core.sampling import SamplingParams
+from ..core.sources import sources
 from ..core.text import normalize_transcript, speakable
 from ..core.voices import Voice, VoiceError, VoiceExists
 from ..settings import ServiceSettings, Settings
@@ -120,6 +121,9 @@ class SpeechService:
                 "model_path": self.settings.model_path,
                 "device": device,
                 "models_loaded": loaded is not None,
+                # where the model and the codec load from: {"origin": folder, volume, runpod-cache,
+                # hf-cache or download (not on this machine yet), "path"}
+                "model_source": {kind: source.describe() for kind, source in sources(self.settings).items()},
                 # how many voices can be cloned from a clip (the others are only described)
                 "voice_prompts_available": sum(v.kind == "clone" for v in self.synthesizer.voices.list())
                 if voices_dir.is_dir() else 0,

@@ -36,7 +36,8 @@ def test_health_is_open_and_documented(server):
     assert reply.status_code == 200
     payload = reply.json()
     assert payload["status"] == "healthy"
-    assert set(payload["model_info"]) == {"model_path", "device", "models_loaded", "voice_prompts_available"}
+    assert set(payload["model_info"]) == {"model_path", "device", "models_loaded", "voice_prompts_available",
+                                           "model_source"}
 
 
 def test_everything_else_needs_the_key(server):

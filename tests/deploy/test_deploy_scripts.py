@@ -45,6 +45,22 @@ def deploy(*args, **env):
                           env={**os.environ, **env})
 
 
+def test_cached_model_option(tmp_path):
+    """--cached-model: the config names no paths (the model is found in RunPod's cache), and the
+    script says which repo to put in the endpoint's Model field; without a volume the codec downloads."""
+    run = deploy("--image", "docker.io/me/higgs-tts:1", "--skip-build", "--skip-smoke", "--cached-model", "--out",
+                 str(tmp_path), NETWORK_VOLUME_ID="")
+    assert run.returncode == 0, run.stderr
+    assert "set the endpoint's Model field to bosonai/higgs-audio-v2-generation-3B-base" in run.stdout
+    assert "the codec is downloaded" in run.stdout
+    config = json.loads((tmp_path / "runpod-config.json").read_text())
+    assert config == build_config("docker.io/me/higgs-tts:1", None, cached_model=True)
+    assert "networkVolumes" not in config and config["env"]["HF_HUB_OFFLINE"] == "0"
+    assert "MODEL_PATH" not in config["env"] and "TOKENIZER_PATH" not in config["env"]
+    # with a volume, the codec comes from it: nothing is downloaded
+    assert build_config("img", "vol42", cached_model=True)["env"]["HF_HUB_OFFLINE"] == "1"
+
+
 def test_config_and_test_script_without_docker(tmp_path):
     run = deploy("--image", "docker.io/me/higgs-tts:1", "--skip-build", "--skip-smoke", "--out", str(tmp_path),
                  NETWORK_VOLUME_ID="vol42", WORKERS_MAX="5")
@@ -56,7 +72,9 @@ def test_config_and_test_script_without_docker(tmp_path):
                            "timeout", "networkVolumes"}
     assert config["type"] == "QUEUE" and config["image"] == "docker.io/me/higgs-tts:1" and config["disk"] == 10
     env = config["env"]
-    assert env["MODEL_PATH"].startswith("/runpod-volume/") and env["RUNPOD_LOG_LEVEL"] == "INFO"
+    assert env["VOICE_PROMPTS_PATH"].startswith("/runpod-volume/") and env["RUNPOD_LOG_LEVEL"] == "INFO"
+    # the default repos are found on the volume or in RunPod's cached models: no paths are set
+    assert "MODEL_PATH" not in env and "TOKENIZER_PATH" not in env and env["HF_HUB_OFFLINE"] == "1"
     assert env["DEVICE"] == "cuda" and all(isinstance(v, str) for v in env.values())
     # CUDA 13.0 and every newer host (an exact list would leave out 13.1+)
     assert config["gpu"] == {"pools": GPU_POOLS_24GB_UP, "count": 1, "minCudaVersion": "13.0"}

@@ -165,8 +165,6 @@ def test_runs_as_an_unprivileged_user(dockerfile):
 def test_environment_defaults_point_to_the_network_volume(dockerfile):
     env = env_of(stages(dockerfile)[-1])
     expected = {
-        "MODEL_PATH": f"{VOLUME}/models/higgs-audio-v2-generation-3B-base",
-        "TOKENIZER_PATH": f"{VOLUME}/models/higgs-audio-v2-tokenizer",
         "VOICE_PROMPTS_PATH": f"{VOLUME}/voice_prompts",
         "VOICE_CACHE_DIR": f"{VOLUME}/cache/voice_codes",
         "HF_HOME": f"{VOLUME}/hf-cache",
@@ -175,6 +173,12 @@ def test_environment_defaults_point_to_the_network_volume(dockerfile):
         "HF_HUB_DISABLE_TELEMETRY": "1",
     }
     assert {key: env.get(key) for key in expected} == expected
+    # No MODEL_PATH / TOKENIZER_PATH: the default repos are found on the volume (models/NAME), in
+    # RunPod's cached models or in the HF cache (core/sources.py), whichever holds them.
+    assert "MODEL_PATH" not in env and "TOKENIZER_PATH" not in env
+    from higgs_tts.settings import MODELS_DIR, RUNPOD_MODEL_CACHE
+
+    assert str(MODELS_DIR) == f"{VOLUME}/models" and str(RUNPOD_MODEL_CACHE) == f"{VOLUME}/huggingface-cache/hub"
     # The names are the ones the code reads.
     source = (REPO / "higgs_tts" / "settings.py").read_text() + (REPO / "handler.py").read_text()
     for key in ("MODEL_PATH", "TOKENIZER_PATH", "VOICE_PROMPTS_PATH", "VOICE_CACHE_DIR", "RUNPOD_LOG_LEVEL"):
@@ -324,6 +328,8 @@ def stub_path(tmp_path) -> dict[str, str]:
         ([], {"MODE": "http", "PORT": "9000"}, "higgs-tts serve --host 0.0.0.0 --port 9000"),
         (["serve"], {"PORT": "7000", "HOST": "127.0.0.1"}, "higgs-tts serve --host 127.0.0.1 --port 7000"),
         (["higgs-tts", "voices"], {}, "higgs-tts voices"),
+        ([], {"MODE": "wyoming"}, "higgs-tts wyoming"),  # on WYOMING_URI, tcp://0.0.0.0:10200 by default
+        (["wyoming", "--uri", "tcp://0.0.0.0:10300"], {}, "higgs-tts wyoming --uri tcp://0.0.0.0:10300"),
     ],
 )
 def test_entrypoint_dispatch(stub_path, args, env, expected):
@@ -587,13 +593,18 @@ def test_image_imports_the_worker_as_a_user(image):
 
 @needs_docker
 def test_image_runs_a_job_on_the_mounted_volume(image, tiny_checkpoint, voice_prompts, tmp_path):
-    """The volume laid out where the image's ENV points, then one job through `python handler.py --test_input`."""
+    """The volume laid out where the image looks (models/NAME, the ENV's voices folder), then one job
+    through `python handler.py --test_input`."""
+    from higgs_tts.settings import DEFAULT_MODEL, DEFAULT_TOKENIZER, MODELS_DIR
+
     env = env_of(stages(DOCKERFILE.read_text())[-1])
     volume = tmp_path / "volume"
     model_dir, codec_dir = tiny_checkpoint
-    sources = {"MODEL_PATH": model_dir, "TOKENIZER_PATH": codec_dir, "VOICE_PROMPTS_PATH": voice_prompts}
-    for key, source in sources.items():
-        shutil.copytree(source, volume / Path(env[key]).relative_to(VOLUME))
+    models = MODELS_DIR.relative_to(VOLUME)
+    sources = {models / DEFAULT_MODEL.split("/")[1]: model_dir, models / DEFAULT_TOKENIZER.split("/")[1]: codec_dir,
+               Path(env["VOICE_PROMPTS_PATH"]).relative_to(VOLUME): voice_prompts}
+    for where, source in sources.items():
+        shutil.copytree(source, volume / where)
     for path in [volume, *volume.rglob("*")]:  # the container's user (uid 1000) reads and writes it
         path.chmod(0o777 if path.is_dir() else 0o666)
     options = ["-v", f"{volume}:{VOLUME}"]
