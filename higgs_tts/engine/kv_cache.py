@@ -51,15 +51,6 @@ class StaticKVCache:
         assert length == self._full_len, "the varlen offsets are those of the whole cache's length"
         return self._cu_k[:rows + 1]
 
-    def fill_slot(self, slot: int, layer_keys: list[torch.Tensor], layer_values: list[torch.Tensor]) -> None:
-        """Copy one prefilled sequence (`[1, Hkv, S, D]` per layer, transformers' layout) into a slot."""
-        length = layer_keys[0].shape[2]
-        if length > self.max_len:
-            raise ValueError(f"prompt of {length} positions does not fit a cache of {self.max_len}")
-        for cache, keys, values in zip(self.layers, layer_keys, layer_values, strict=True):
-            cache[slot, :length, 0] = keys[0].transpose(0, 1)
-            cache[slot, :length, 1] = values[0].transpose(0, 1)
-
     def write(self, layer: int, positions: torch.Tensor, kv: torch.Tensor) -> None:
         """Write one new position per row: kv `[B, 2, Hkv, D]` at `positions[B]`."""
         self.layers[layer].index_put_((self.rows, positions), kv)

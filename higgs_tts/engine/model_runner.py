@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 
 from .kv_cache import StaticKVCache
 from .prefix_cache import BLOCK, PrefixCache, prompt_blocks
@@ -141,39 +140,80 @@ class ModelRunner:
 
     @torch.inference_mode()
     def prefill(self, inputs: dict[str, torch.Tensor], cache: StaticKVCache, slot: int) -> torch.Tensor:
-        """Run the prompt through the model's forward into `slot`, starting after its longest prefix
-        in the prefix cache; returns the last logits `[K, V]`."""
-        dynamic = DynamicCache(config=self.config)
-        length = int(inputs["input_ids"].shape[1])
+        """Run the prompt into `slot`, after its longest prefix in the prefix cache; returns the last
+        logits `[K, V]`.
+
+        Static shapes throughout: what depends on the prompt's content (which positions are audio,
+        how many tokens the cache already holds) is worked out on the host from one copy of the ids
+        and codes, and sent back in one copy; the forward itself never waits for the device.
+        """
+        ids = inputs["input_ids"][0].to("cpu", copy=True)  # [S] (a host sync: the prompt's ids)
+        audio = inputs.get("audio_input_ids")  # [1, A, K] on the device
+        codes = audio[0].to("cpu", copy=True) if audio is not None else \
+            torch.zeros((0, self.num_codebooks), dtype=torch.long)
+        length = ids.shape[0]
+        is_audio = torch.isin(ids, torch.tensor(self.audio_ids))  # [S] host
         blocks, hit = [], 0
         if self.prefix_cache is not None:
-            blocks = prompt_blocks(inputs, self.audio_ids)
+            blocks = prompt_blocks(ids, codes, is_audio)
             # At least one token is left to run: its logits are the first step's.
-            hit, keys, values = self.prefix_cache.lookup(blocks, limit=(length - 1) // BLOCK)
-            for index, (k, v) in enumerate(zip(keys, values, strict=True)):
-                dynamic.update(k, v, index)
-        out = self.model(**self._after(inputs, hit), past_key_values=dynamic, use_cache=True, logits_to_keep=1)
-        keys, values = [layer.keys for layer in dynamic.layers], [layer.values for layer in dynamic.layers]
-        if self.prefix_cache is not None:
-            self.prefix_cache.store(blocks, keys, values)
-        self.prefilled_tokens = length - hit
-        cache.fill_slot(slot, keys, values)
-        return out.logits[0, -1].float().view(self.num_codebooks, self.codebook_size)
+            hit, cached = self.prefix_cache.lookup(blocks, limit=(length - 1) // BLOCK)
+            for layer, kv in zip(cache.layers, cached, strict=False):
+                layer[slot, :hit] = kv
+        # The host's plan for positions hit..S-1: their ids, which are audio, where each path's rows are.
+        new_audio = is_audio[hit:]
+        audio_rows, text_rows = new_audio.nonzero()[:, 0], (~new_audio).nonzero()[:, 0]
+        plan = torch.cat([ids[hit:], new_audio.long(), audio_rows, text_rows]).to(self.device, copy=True)  # one copy
+        count, audio_count = length - hit, audio_rows.shape[0]
+        new_ids, audio_mask = plan[:count], plan[count:2 * count].bool()
+        audio_rows, text_rows = plan[2 * count:2 * count + audio_count], plan[2 * count + audio_count:]
+        skipped = int(is_audio[:hit].sum())  # audio positions in the cached prefix (host)
 
-    def _after(self, inputs: dict[str, torch.Tensor], start: int) -> dict[str, torch.Tensor]:
-        """The model's inputs for the prompt's tokens from `start` on (the cache holds the rest)."""
-        if start == 0:
-            return inputs
-        ids = inputs["input_ids"]
-        after = {"input_ids": ids[:, start:], "attention_mask": inputs["attention_mask"]}
-        audio = inputs.get("audio_input_ids")
-        if audio is not None:
-            # Audio positions before `start` were in the cached blocks; their codes are not needed.
-            skipped = int(torch.isin(ids[0, :start], torch.tensor(self.audio_ids, device=ids.device)).sum())
-            if skipped < audio.shape[1]:
-                after["audio_input_ids"] = audio[:, skipped:]
-                after["audio_input_ids_mask"] = inputs["audio_input_ids_mask"][:, skipped:]
-        return after
+        hidden = self.decoder.embed_tokens(new_ids)  # [S', H]
+        if audio_count:
+            frames = audio[0, skipped:skipped + audio_count]  # [A', K]
+            hidden.index_copy_(0, audio_rows, F.embedding_bag(frames + self.offsets, self.embedding, mode="sum"))
+        cos, sin = self.cos[hit:length][:, None, :], self.sin[hit:length][:, None, :]
+        visible = torch.arange(length, device=self.device) <= torch.arange(hit, length, device=self.device)[:, None]
+        for index, (layer, w) in enumerate(zip(self.decoder.layers, self.layers, strict=True)):
+            hidden = self._prefill_layer(layer, w, hidden, cache.layers[index][slot], hit, length, (cos, sin),
+                                         visible, audio_mask, audio_rows, text_rows)
+        if self.prefix_cache is not None:
+            self.prefix_cache.store(blocks, [layer[slot, :length] for layer in cache.layers])
+        self.prefilled_tokens = count
+        last = F.rms_norm(hidden[-1:], (self.hidden_size,), self.final_norm, self.final_eps)
+        return F.linear(last, self.head).float().view(self.num_codebooks, self.codebook_size)
+
+    def _prefill_layer(self, layer, w: FusedLayer, hidden: torch.Tensor, kv: torch.Tensor, start: int, end: int,
+                       rope: tuple[torch.Tensor, torch.Tensor], visible: torch.Tensor, audio_mask: torch.Tensor,
+                       audio_rows: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
+        """One decoder layer over a prompt's tokens start..end-1 (hidden `[S', H]`), text tokens through
+        the text norms and MLP, audio positions through the audio ones, as the model's forward does;
+        keys and values go into `kv` (the slot's `[L, 2, Hkv, D]`)."""
+        count, size = hidden.shape
+        audio_mask = audio_mask[:, None]
+        x = torch.where(audio_mask, F.rms_norm(hidden, (size,), w.input_norm, w.eps),
+                        layer.input_layernorm(hidden))
+        qkv = _linear(x, w.qkv, w.qkv_bias).view(count, -1, self.head_dim)  # [S', Hq + 2 Hkv, D]
+        q = qkv[:, :self.q_heads]
+        k = qkv[:, self.q_heads:self.q_heads + self.kv_heads]
+        cos, sin = rope
+        kv[start:end, 0] = k * cos + k.roll(self.head_dim // 2, dims=-1) * sin
+        kv[start:end, 1] = qkv[:, self.q_heads + self.kv_heads:]
+        q = q * cos + q.roll(self.head_dim // 2, dims=-1) * sin
+        keys, values = kv[:end, 0].transpose(0, 1), kv[:end, 1].transpose(0, 1)  # [Hkv, T, D]
+        out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys[None], values[None], attn_mask=visible,
+                                             scale=self.scaling, enable_gqa=True)  # [1, Hq, S', D]
+        hidden = _linear(out[0].transpose(0, 1).reshape(count, -1), w.o_proj, w.o_bias, residual=hidden)
+        x = torch.where(audio_mask, F.rms_norm(hidden, (size,), w.post_norm, w.eps),
+                        layer.post_attention_layernorm(hidden))
+        out = torch.empty_like(hidden)
+        if text_rows.shape[0]:
+            out.index_copy_(0, text_rows, layer.mlp(x.index_select(0, text_rows)))
+        if audio_rows.shape[0]:
+            gate, up = F.linear(x.index_select(0, audio_rows), w.gate_up).chunk(2, dim=-1)
+            out.index_copy_(0, audio_rows, F.linear(F.silu(gate) * up, w.down))
+        return hidden + out
 
     def rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin `[B, Hq + 2 Hkv, D]` for the rows' positions: the RoPE of q and k, identity for v."""

@@ -6,9 +6,9 @@ by a hash chained over every token id and audio code up to its end, so a block i
 when everything before it is the same: a cached voice prefills only its own text (at most one
 partial block of the prefix more), and an edited voice (other codes or transcript) is a new key.
 
-    blocks = prompt_blocks(inputs, audio_ids)       the chain of keys of a prompt's full blocks
-    hit, keys, values = cache.lookup(blocks)        the longest cached run of them
-    cache.store(blocks, keys, values)               its blocks, least recently used evicted
+    blocks = prompt_blocks(ids, codes, is_audio)    the chain of keys of a prompt's full blocks
+    hit, kv = cache.lookup(blocks, limit)           the longest cached run of them
+    cache.store(blocks, kv)                         its blocks, least recently used evicted
 
 Bounded by bytes, least recently used first; shared by every scheduler of a model and safe to
 use from any thread.
@@ -26,13 +26,9 @@ import torch
 BLOCK = 64  # tokens per cached block
 
 
-def prompt_blocks(inputs: dict[str, torch.Tensor], audio_ids: tuple[int, ...]) -> list[bytes]:
-    """The chained key of each full block of the prompt: token ids, and the audio codes of the
-    block's audio positions (`audio_ids` are the placeholder token ids those positions hold)."""
-    ids = inputs["input_ids"][0].cpu()  # [S]
-    audio = inputs.get("audio_input_ids")
-    codes = audio[0].cpu() if audio is not None else torch.zeros((0, 1), dtype=torch.long)  # [A, K]
-    is_audio = torch.isin(ids, torch.tensor(audio_ids))
+def prompt_blocks(ids: torch.Tensor, codes: torch.Tensor, is_audio: torch.Tensor) -> list[bytes]:
+    """The chained key of each full block of a prompt (on the host): its token ids `[S]`, and the
+    audio codes `[A, K]` of the block's audio positions (`is_audio` `[S]`)."""
     before = torch.cumsum(is_audio, 0) - is_audio.long()  # audio positions before each token
     keys, chain = [], b""
     for start in range(0, ids.shape[0] - BLOCK + 1, BLOCK):
@@ -50,15 +46,15 @@ class PrefixCache:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.hits = self.misses = 0  # blocks found and not found, for health and tests
-        self._blocks: OrderedDict[bytes, tuple[list[torch.Tensor], list[torch.Tensor], int]] = OrderedDict()
+        self._blocks: OrderedDict[bytes, tuple[list[torch.Tensor], int]] = OrderedDict()  # key -> (KV per layer, bytes)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._blocks)
 
-    def lookup(self, blocks: list[bytes], limit: int) -> tuple[int, list[torch.Tensor], list[torch.Tensor]]:
+    def lookup(self, blocks: list[bytes], limit: int) -> tuple[int, list[torch.Tensor]]:
         """The longest run of `blocks` (at most `limit`) that is cached: (its tokens, the keys and
-        values per layer `[1, Hkv, tokens, D]`)."""
+        values per layer `[tokens, 2, Hkv, D]`)."""
         found = []
         with self._lock:
             for key in blocks[:limit]:
@@ -70,31 +66,26 @@ class PrefixCache:
             self.hits += len(found)
             self.misses += min(len(blocks), limit) - len(found)
         if not found:
-            return 0, [], []
+            return 0, []
         layers = len(found[0][0])
-        keys = [torch.cat([f[0][i] for f in found], dim=2) for i in range(layers)]
-        values = [torch.cat([f[1][i] for f in found], dim=2) for i in range(layers)]
-        return len(found) * BLOCK, keys, values
+        return len(found) * BLOCK, [torch.cat([f[0][i] for f in found]) for i in range(layers)]
 
-    def store(self, blocks: list[bytes], keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
-        """Keep every block of a prefilled prompt (`keys`/`values` per layer `[1, Hkv, S, D]`)."""
+    def store(self, blocks: list[bytes], layers: list[torch.Tensor]) -> None:
+        """Keep every block of a prefilled prompt (its keys and values per layer `[S, 2, Hkv, D]`)."""
         with self._lock:
             missing = [i for i, key in enumerate(blocks) if key not in self._blocks]
         new = {}
         for index in missing:
-            span = slice(index * BLOCK, (index + 1) * BLOCK)
-            block_keys = [k[:, :, span].clone() for k in keys]
-            block_values = [v[:, :, span].clone() for v in values]
-            new[blocks[index]] = (block_keys, block_values,
-                                  sum(t.numel() * t.element_size() for t in block_keys + block_values))
+            kv = [layer[index * BLOCK:(index + 1) * BLOCK].clone() for layer in layers]
+            new[blocks[index]] = (kv, sum(t.numel() * t.element_size() for t in kv))
         with self._lock:
             for key, entry in new.items():
                 if key not in self._blocks:
                     self._blocks[key] = entry
-                    self.bytes += entry[2]
+                    self.bytes += entry[1]
             self._touch(blocks)
             while self.bytes > self.max_bytes and self._blocks:  # least recently used first
-                _, (_, _, freed) = self._blocks.popitem(last=False)
+                _, (_, freed) = self._blocks.popitem(last=False)
                 self.bytes -= freed
 
     def _touch(self, blocks: list[bytes]) -> None:

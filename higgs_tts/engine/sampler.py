@@ -67,7 +67,7 @@ class SamplingTensors:
             params.top_p if params.top_p < 1.0 else TOP_P_OFF,
             params.ras_win_len if params.ras_enabled else 0,
             params.ras_win_max_num_repeat if params.ras_enabled else NO_LIMIT, seed,
-        ], dtype=torch.float64).to(self.seeds.device, non_blocking=True)
+        ], dtype=torch.float64).to(self.seeds.device, copy=True)
         for index, f in enumerate(fields(self)):
             target = getattr(self, f.name)
             target[row] = values[index].to(target.dtype)

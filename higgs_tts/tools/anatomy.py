@@ -12,7 +12,8 @@ torch dispatches, not timed:
   (`.cpu()`, `.to("cpu")`), reading a value (`.item()`, `.tolist()`, `bool(t)`, `int(t)`) of a
   device tensor, a host-to-device copy from a Python list (`torch.tensor(..., device=...)`), and
   the operators whose output size depends on data (`nonzero`, boolean-mask indexing,
-  `masked_select`). Reading a tensor that a counted copy already brought to the host is free.
+  `masked_select`). Work on what a counted copy already brought to the host (and on tensors built
+  on the host from Python values) is free: neither a kernel nor a sync.
 
     with Anatomy() as counted:
         step()
@@ -81,6 +82,13 @@ class _Kernels(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         owner = self.owner
+        inputs = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if not owner._to_device and inputs and all(owner._on_host(t) for t in inputs):  # host work on host data
+            result = func(*args, **kwargs)
+            for t in torch.utils._pytree.tree_leaves(result):
+                if isinstance(t, torch.Tensor):
+                    owner.mark_host(t)
+            return result
         if not owner._inside_fused and not _is_free(func):
             owner.kernels += 1
             owner.by_op[str(func.overloadpacket.__name__)] += 1
@@ -113,22 +121,30 @@ class _Calls(TorchFunctionMode):
         sync = None
         if func in READS and not owner._on_host(args[0]):
             sync = "read"
+        elif func in MOVES and owner._on_host(args[0]):
+            sync = "from_host"  # host data to the device
         elif func in COPIES_OUT or (func in MOVES and _to_host(args, kwargs)):
             sync = "copy"
         elif func in FROM_HOST and kwargs.get("device") is not None:
             sync = "from_host"
         if sync is None:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            if func in FROM_HOST and isinstance(result, torch.Tensor):
+                owner.mark_host(result)  # built on the host from Python values
+            return result
         if not owner._inside_read:
             owner.syncs += 1
             owner.sync_kinds[sync] += 1
         owner._inside_read += 1
+        owner._to_device = sync == "from_host"  # what it makes lives on the device, whatever it came from
         try:
             result = func(*args, **kwargs)
         finally:
             owner._inside_read -= 1
-        if sync == "copy" and isinstance(result, torch.Tensor):
-            owner.mark_host(result)  # reading it later costs nothing more
+            owner._to_device = False
+        if (sync == "copy" and isinstance(result, torch.Tensor)
+                and result.untyped_storage().data_ptr() != args[0].untyped_storage().data_ptr()):
+            owner.mark_host(result)  # a copy of its own on the host: reading it costs nothing more
         return result
 
 
@@ -142,6 +158,7 @@ class Anatomy:
         self.sync_kinds: Counter[str] = Counter()
         self._inside_fused = False
         self._inside_read = 0
+        self._to_device = False
         self._host: dict[int, weakref.ref] = {}  # storage address -> a live tensor on it
         self._modes = (_Calls(self), _Kernels(self))
 
@@ -151,7 +168,8 @@ class Anatomy:
 
     def mark_host(self, tensor: torch.Tensor) -> None:
         """`tensor` (and every view of its storage) lives on the host: reading it is free."""
-        self._host[tensor.untyped_storage().data_ptr()] = weakref.ref(tensor)
+        if not self._on_host(tensor):  # keep the first live owner of the storage, not a passing view
+            self._host[tensor.untyped_storage().data_ptr()] = weakref.ref(tensor)
 
     def __enter__(self) -> Anatomy:
         for mode in self._modes:

@@ -79,6 +79,11 @@ def test_an_edited_voice_is_a_new_key(loaded, renderer):
     hits = runner.prefix_cache.hits
     got = cached.generate([EngineRequest(edited, GREEDY, 0)])[0]
     audio_ids = runner.audio_ids
+
+    def blocks_of(prompt_inputs):
+        ids = prompt_inputs["input_ids"][0]
+        return prompt_blocks(ids, prompt_inputs["audio_input_ids"][0], torch.isin(ids, torch.tensor(audio_ids)))
+
     first_audio = int(torch.isin(edited["input_ids"][0], torch.tensor(audio_ids)).nonzero()[0])
     # only blocks wholly before the edited clip may be shared
     assert runner.prefix_cache.hits - hits <= first_audio // BLOCK
@@ -88,29 +93,25 @@ def test_an_edited_voice_is_a_new_key(loaded, renderer):
     retold = inputs(renderer, "Hello there.", dataclasses.replace(edited_voice, transcript="Another one, told anew."))
     a, b = retold["input_ids"][0], edited["input_ids"][0]
     first = int((a[:len(b)] != b[:len(a)]).nonzero()[0])
-    old, new = prompt_blocks(edited, audio_ids), prompt_blocks(retold, audio_ids)
+    old, new = blocks_of(edited), blocks_of(retold)
     assert old[:first // BLOCK] == new[:first // BLOCK]
     assert all(x != y for x, y in zip(old[first // BLOCK:], new[first // BLOCK:], strict=False))
 
 
-def block_kv(layers: int = 2, tokens: int = BLOCK):
-    return [torch.randn(1, 2, tokens, 8) for _ in range(layers)], [torch.randn(1, 2, tokens, 8) for _ in range(layers)]
-
-
 def test_eviction_keeps_the_bytes_bound_and_drops_chain_tails_first():
-    keys, values = block_kv(tokens=3 * BLOCK)
-    block_bytes = 2 * sum(t[:, :, :BLOCK].numel() * 4 for t in keys)
+    layers = [torch.randn(3 * BLOCK, 2, 2, 8) for _ in range(2)]  # [S, 2, Hkv, D] per layer
+    block_bytes = sum(t[:BLOCK].numel() * 4 for t in layers)
     cache = PrefixCache(max_bytes=4 * block_bytes)
     chain_a = [b"a1", b"a2", b"a3"]
     chain_b = [b"b1", b"b2", b"b3"]
-    cache.store(chain_a, keys, values)
+    cache.store(chain_a, layers)
     assert len(cache) == 3 and cache.bytes == 3 * block_bytes
-    cache.store(chain_b, keys, values)  # 6 blocks for a bound of 4: chain a's tail goes first
+    cache.store(chain_b, layers)  # 6 blocks for a bound of 4: chain a's tail goes first
     assert cache.bytes <= cache.max_bytes and len(cache) == 4
-    hit, got_keys, _ = cache.lookup(chain_a, limit=3)
+    hit, got = cache.lookup(chain_a, limit=3)
     assert hit == BLOCK  # a's head is still there: a shorter prefix still serves
-    assert torch.equal(got_keys[0], keys[0][:, :, :BLOCK])
-    hit, got_keys, _ = cache.lookup(chain_b, limit=3)
-    assert hit == 3 * BLOCK and torch.equal(got_keys[1], keys[1])
+    assert torch.equal(got[0], layers[0][:BLOCK])
+    hit, got = cache.lookup(chain_b, limit=3)
+    assert hit == 3 * BLOCK and torch.equal(got[1], layers[1])
     assert cache.lookup(chain_b, limit=1)[0] == BLOCK  # the limit leaves tokens to run
     assert cache.lookup([b"unknown", *chain_b], limit=4)[0] == 0  # a chain is matched from its start
