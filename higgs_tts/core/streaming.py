@@ -1,9 +1,16 @@
 """Incremental decode: audio chunks from frames as they are generated.
 
-The codec is non-causal (about 27 frames of context on each side change a frame's samples), so
-each chunk is decoded inside a window with `context` frames on both sides, and consecutive chunks
-are crossfaded over the first `crossfade` samples. The concatenated chunks equal one decode of
-all frames within float error (tested).
+The codec is non-causal (frames on either side change a frame's samples), so each chunk is
+decoded inside a window with `context` frames on both sides, and consecutive chunks are
+crossfaded over the first `crossfade` samples.
+
+First audio early: the first chunk (`first_chunk` frames) waits for only `first_context` frames
+on its right, so it leaves after 16 frames by default; the chunks after it double in size up to
+`chunk` and have the full `context`. Wherever the codec's reach to the right is within
+`first_context` (the tiny checkpoint's is about 4 frames), the concatenated chunks equal one decode
+of all frames within float error (tested); beyond it, only the first chunk's last samples can
+differ, and the crossfade joins them to the next chunk, decoded with full context, without a step
+(docs/engine.md).
 """
 
 from __future__ import annotations
@@ -16,11 +23,15 @@ import torch
 
 class StreamingDecoder:
     def __init__(self, decode: Callable[[torch.Tensor], np.ndarray], hop: int = 960, first_chunk: int = 8,
-                 chunk: int = 40, context: int = 32, crossfade: int = 240) -> None:
-        if not (first_chunk >= 1 and chunk >= 1 and context >= 0 and 0 <= crossfade <= hop * min(first_chunk, chunk)):
-            raise ValueError("first_chunk and chunk must be >= 1, context >= 0, crossfade within a chunk")
+                 chunk: int = 40, context: int = 32, crossfade: int = 240, first_context: int = 8) -> None:
+        if not (first_chunk >= 1 and chunk >= 1 and context >= 0 and 0 <= first_context
+                and 0 <= crossfade <= hop * min(first_chunk, chunk)):
+            raise ValueError("first_chunk and chunk must be >= 1, context and first_context >= 0, crossfade "
+                             "within a chunk")
         self.decode, self.hop = decode, hop
         self.first_chunk, self.chunk, self.context, self.crossfade = first_chunk, chunk, context, crossfade
+        self.first_context = min(first_context, context)
+        self._size = 0  # frames in the last chunk handed out
         self._frames: list[torch.Tensor] = []
         self._total = 0
         self._emitted = 0  # frames whose samples have been handed out
@@ -53,11 +64,15 @@ class StreamingDecoder:
             self._total += frames.shape[0]
         chunks = []
         while True:
-            size = self.first_chunk if self._emitted == 0 else self.chunk
-            if self._total - self._emitted < size + self.context:
+            # 8 frames with 8 on their right, then 16, 32, ... up to `chunk`, each with `context`
+            first = self._emitted == 0
+            size = self.first_chunk if first else min(self.chunk, 2 * self._size)
+            right = self.first_context if first else self.context
+            if self._total - self._emitted < size + right:
                 return chunks
             end = self._emitted + size
-            chunks.append(self._emit(end, end + self.context))
+            self._size = size
+            chunks.append(self._emit(end, end + right))
 
     def finish(self) -> np.ndarray:
         """The remaining audio, once generation has ended (or pauses: frames pushed after it are

@@ -112,24 +112,25 @@ class Batch:
         request = sequence.request
         self._fit_window(request.params.ras_win_len)
         self.logits[slot] = self.runner.prefill(request.inputs, self.cache, slot)
-        self.positions[slot] = sequence.prompt_len
-        self.steps[slot] = 0
-        self.limits[slot] = sequence.max_new_tokens
-        self.done[slot] = False
-        self.ignore_eos[slot] = sequence.ignore_eos
-        self.ending[slot] = False
-        self.ended_steps[slot] = 0
+        row = slice(slot, slot + 1)  # a one-element slice: fill_ takes the value as an argument, no copy
+        self.positions[row].fill_(sequence.prompt_len)
+        self.steps[row].fill_(0)
+        self.limits[row].fill_(sequence.max_new_tokens)
+        self.done[row].fill_(False)
+        self.ignore_eos[row].fill_(sequence.ignore_eos)
+        self.ending[row].fill_(False)
+        self.ended_steps[row].fill_(0)
         self.params.write_row(slot, request.params, request.seed, self.runner.codebook_size)
         window = self.history.shape[1]
         ras_len = request.params.ras_win_len if request.params.ras_enabled else 0
         self.recent[slot] = torch.arange(window, device=self.device) >= window - ras_len
         # RAS looks back into the prompt's audio, as the generate() path does.
-        self.history[slot] = EMPTY
+        self.history[row].fill_(EMPTY)
         prompt_audio = request.inputs.get("audio_input_ids")
         if prompt_audio is not None:
             tail = prompt_audio[0, -window:]
             self.history[slot, window - tail.shape[0]:] = torch.where(tail >= STREAM_BOS, EMPTY, tail)
-        self.occupied[slot] = True
+        self.occupied[row].fill_(True)
         self.sequences[slot] = sequence
 
     def _fit_window(self, needed: int) -> None:
@@ -148,7 +149,7 @@ class Batch:
             self.graphs = StepGraphs(self)
 
     def release(self, slot: int) -> Sequence:
-        self.occupied[slot] = False
+        self.occupied[slot:slot + 1].fill_(False)
         return self.sequences.pop(slot)
 
     # -- one decode step --------------------------------------------------------------------------
@@ -187,8 +188,9 @@ class Batch:
             done.logical_or_(((steps >= limits) | (eos.all(dim=1) & ~ignore)) & live)
             done_out.copy_(done)
             history.copy_(torch.cat([history[:, 1:], torch.where(column >= STREAM_BOS, EMPTY, column)[:, None]], 1))
-            # run: the model on the column, for the next step's logits
-            logits.copy_(runner.decode_one_token(view, column, positions.clamp(max=length - 1)))
+            # run: the model on the column, for the next step's logits (idle rows attend to 1 position)
+            lengths = torch.where(occupied & ~done, positions + 1, 1) if runner.use_flash else None
+            logits.copy_(runner.decode_one_token(view, column, positions.clamp(max=length - 1), lengths))
             positions.add_(1)
             index.add_(1).remainder_(steps_per_sync)  # a step run outside a burst never writes out of bounds
 
@@ -199,8 +201,9 @@ class Batch:
             try:
                 return self.graphs.step(rows, length)
             except RuntimeError as exc:  # a capture failure costs speed, not the request
-                log.warning("CUDA graph capture failed (%s); running the decode step eagerly", exc)
+                log.warning("CUDA graph capture failed (%s); running the decode step eagerly, with SDPA", exc)
                 self.graphs = None
+                self.runner.use_flash = False  # in case flash attention was what failed
         return self.make_step(rows, length)
 
     # -- the loop -------------------------------------------------------------------------------
@@ -211,6 +214,7 @@ class Batch:
             return list(range(1, self.capacity + 1))
         return sorted({min(self.capacity, b) for b in BATCH_BUCKETS if b < self.capacity} | {self.capacity})
 
+    @torch.inference_mode()
     def capture_all(self) -> int:
         """Capture the step for every (rows, length) a burst can use, before serving: a capture
         mid-burst would stall every stream. Returns the number of graphs."""
@@ -249,8 +253,8 @@ class Batch:
         host = self.packed[:rows].to("cpu", non_blocking=True, copy=True)
         ready = None
         if self.device.type == "cuda":
-            ready = torch.cuda.Event()
-            ready.record()
+            ready = torch.cuda.Event(blocking=True)  # the host sleeps on it rather than spinning a core
+            ready.record(torch.cuda.current_stream(self.device))
         return Burst(rows, dict(self.sequences), host, ready)
 
     def collect(self, burst: Burst) -> list[tuple[int, Sequence, torch.Tensor, bool]]:
@@ -276,22 +280,25 @@ class Batch:
 
 
 def _flash_works(runner: ModelRunner) -> bool:
-    """Whether flash attention's varlen kernel runs here and agrees with SDPA (bf16/fp16 on a
-    GPU that has it); otherwise attention stays SDPA over a length bucket with a mask."""
+    """Whether flash attention's varlen kernel runs here and agrees with SDPA over the engine's own
+    cache length (bf16/fp16 on a GPU that has it); otherwise attention stays SDPA over a length
+    bucket with a mask. Draws from a generator of its own: the global RNG is left alone."""
     if runner.dtype not in (torch.bfloat16, torch.float16):
         return False
-    try:
-        from .kv_cache import StaticKVCache
+    from .kv_cache import StaticKVCache
 
-        cache = StaticKVCache.allocate(1, 2, runner.kv_heads, 64, runner.head_dim, runner.dtype, runner.device)
-        cache.layers[0].normal_()
-        q = torch.randn(2, runner.q_heads, runner.head_dim, dtype=runner.dtype, device=runner.device)
-        positions = torch.tensor([5, 40], device=runner.device)
-        visible = (torch.arange(64, device=runner.device) <= positions[:, None])[:, None, None, :]
+    length, device = runner.max_len, runner.device
+    generator = torch.Generator(device=device).manual_seed(0)
+    try:
+        cache = StaticKVCache.allocate(1, 3, runner.kv_heads, length, runner.head_dim, runner.dtype, device)
+        cache.layers[0].normal_(generator=generator)
+        q = torch.randn(3, runner.q_heads, runner.head_dim, dtype=runner.dtype, device=device, generator=generator)
+        positions = torch.tensor([0, length // 3, length - 1], device=device)
+        visible = (torch.arange(length, device=device) <= positions[:, None])[:, None, None, :]
         runner.use_flash = False
-        want = runner.attention(q, cache, 0, positions, visible)
+        want = runner.attention(q, cache, 0, None, visible)
         runner.use_flash = True
-        got = runner.attention(q, cache, 0, positions, None)
+        got = runner.attention(q, cache, 0, (positions + 1).to(torch.int32), None)
         return bool(torch.allclose(got.float(), want.float(), atol=2e-2, rtol=2e-2))
     except (RuntimeError, NotImplementedError) as exc:
         log.info("flash attention's varlen kernel is not available here (%s); using SDPA", exc)

@@ -38,6 +38,7 @@ class StepGraphs:
     def __len__(self) -> int:
         return len(self._graphs)
 
+    @torch.inference_mode()
     def _capture(self, rows: int, length: int) -> torch.cuda.CUDAGraph:
         with CAPTURE_LOCK:
             step = self.batch.make_step(rows, length)
@@ -45,18 +46,21 @@ class StepGraphs:
             # so running sequences do not notice. (The KV writes land at each row's next position,
             # which the row writes again before it reads it.)
             saved = [t.clone() for t in self.batch.state()]
-            self._stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self._stream):
-                for _ in range(2):  # warm up kernels and the allocator outside the graph
+            try:
+                self._stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(self._stream):
+                    for _ in range(2):  # warm up kernels and the allocator outside the graph
+                        step()
+                torch.cuda.current_stream().wait_stream(self._stream)
+                graph = torch.cuda.CUDAGraph()
+                # thread_local: request threads keep running the codec while the engine thread captures.
+                with torch.cuda.graph(graph, pool=self._pool, stream=self._stream,
+                                      capture_error_mode="thread_local"):
                     step()
-            torch.cuda.current_stream().wait_stream(self._stream)
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: request threads keep running the codec while the engine thread captures.
-            with torch.cuda.graph(graph, pool=self._pool, stream=self._stream, capture_error_mode="thread_local"):
-                step()
-            self._pool = graph.pool()
-            for tensor, value in zip(self.batch.state(), saved, strict=True):
-                tensor.copy_(value)
+                self._pool = graph.pool()
+            finally:  # a failed capture leaves the state as it found it too: decoding goes on eagerly
+                for tensor, value in zip(self.batch.state(), saved, strict=True):
+                    tensor.copy_(value)
         log.info("captured the decode step for %d rows over %d positions", rows, length)
         return graph
 

@@ -94,7 +94,7 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         return F.linear(x, weight, bias)
     if bias is not None:
         residual = residual + bias
-    return torch.addmm(residual, x, weight.t())
+    return residual.addmm_(x, weight.t())  # in place: out of place, addmm first copies the residual
 
 
 class ModelRunner:
@@ -202,9 +202,15 @@ class ModelRunner:
         kv[start:end, 1] = qkv[:, self.q_heads + self.kv_heads:]
         q = q * cos + q.roll(self.head_dim // 2, dims=-1) * sin
         keys, values = kv[:end, 0].transpose(0, 1), kv[:end, 1].transpose(0, 1)  # [Hkv, T, D]
-        out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys[None], values[None], attn_mask=visible,
-                                             scale=self.scaling, enable_gqa=True)  # [1, Hq, S', D]
-        hidden = _linear(out[0].transpose(0, 1).reshape(count, -1), w.o_proj, w.o_bias, residual=hidden)
+        # The query heads that share a KV head become that head's rows ([Hkv, G S', D], the mask
+        # repeated per group): GQA without repeating K/V, and a mask the fused kernels take.
+        groups = self.q_heads // self.kv_heads
+        grouped = q.view(count, self.kv_heads, groups, self.head_dim).permute(1, 2, 0, 3)
+        out = F.scaled_dot_product_attention(grouped.reshape(1, self.kv_heads, groups * count, self.head_dim),
+                                             keys[None], values[None], attn_mask=visible.repeat(groups, 1),
+                                             scale=self.scaling)  # [1, Hkv, G S', D]
+        out = out.view(self.kv_heads, groups, count, self.head_dim).permute(2, 0, 1, 3).reshape(count, -1)
+        hidden = _linear(out, w.o_proj, w.o_bias, residual=hidden)
         x = torch.where(audio_mask, F.rms_norm(hidden, (size,), w.post_norm, w.eps),
                         layer.post_attention_layernorm(hidden))
         out = torch.empty_like(hidden)
@@ -221,9 +227,10 @@ class ModelRunner:
         sin = torch.where(self.rotated, self.sin[positions][:, None, :], 0.0)
         return cos, sin
 
-    def attention(self, q: torch.Tensor, cache: StaticKVCache, index: int, positions: torch.Tensor,
+    def attention(self, q: torch.Tensor, cache: StaticKVCache, index: int, lengths: torch.Tensor | None,
                   visible: torch.Tensor | None) -> torch.Tensor:
-        """q `[B, Hq, D]` against the cached keys and values of layer `index` -> `[B, Hq D]`."""
+        """q `[B, Hq, D]` against the cached keys and values of layer `index` -> `[B, Hq D]`: over
+        `lengths` `[B]` (int32) live positions per row with flash attention, else where `visible`."""
         batch = q.shape[0]
         keys, values = cache.keys(index), cache.values(index)  # [B, L, Hkv, D], strided
         if self.use_flash:
@@ -234,7 +241,7 @@ class ModelRunner:
                 q, keys.reshape(batch * length, self.kv_heads, self.head_dim),
                 values.reshape(batch * length, self.kv_heads, self.head_dim),
                 cache.cu_seq_q(batch), cache.cu_seq_k(batch, length), 1, length, 0.0, False, False,
-                scale=self.scaling, seqused_k=(positions + 1).to(torch.int32))[0]
+                scale=self.scaling, seqused_k=lengths)[0]
             return out.reshape(batch, -1)
         # The query heads that share a KV head become that head's query rows ([B, Hkv, G, D]):
         # the same attention as GQA, without repeating K/V.
@@ -244,7 +251,8 @@ class ModelRunner:
         return out.reshape(batch, -1)
 
     def layer(self, w: FusedLayer, hidden: torch.Tensor, cache: StaticKVCache, index: int, positions: torch.Tensor,
-              rope: tuple[torch.Tensor, torch.Tensor], visible: torch.Tensor | None) -> torch.Tensor:
+              rope: tuple[torch.Tensor, torch.Tensor], lengths: torch.Tensor | None,
+              visible: torch.Tensor | None) -> torch.Tensor:
         """One decoder layer for one audio token per row: hidden `[B, H]` -> `[B, H]`."""
         batch, size = hidden.shape
         x = F.rms_norm(hidden, (size,), w.input_norm, w.eps)
@@ -252,25 +260,28 @@ class ModelRunner:
         cos, sin = rope
         qkv = torch.addcmul(qkv * cos, qkv.roll(self.head_dim // 2, dims=-1), sin)
         cache.write(index, positions, qkv[:, self.q_heads:].view(batch, 2, self.kv_heads, self.head_dim))
-        out = self.attention(qkv[:, :self.q_heads], cache, index, positions, visible)
+        out = self.attention(qkv[:, :self.q_heads], cache, index, lengths, visible)
         hidden = _linear(out, w.o_proj, w.o_bias, residual=hidden)
         x = F.rms_norm(hidden, (size,), w.post_norm, w.eps)
         gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
-        return torch.addmm(hidden, F.silu(gate) * up, w.down.t())
+        return hidden.addmm_(F.silu(gate) * up, w.down.t())
 
-    def decode_one_token(self, cache: StaticKVCache, codes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def decode_one_token(self, cache: StaticKVCache, codes: torch.Tensor, positions: torch.Tensor,
+                         lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Logits `[B, K, V]` (float32) for the next column, given each row's last column `[B, K]`
         and its position `[B]`. The cache may be a view of the first positions: attention reads
-        only those."""
+        only those; with flash attention, only each row's `lengths` (default: position + 1)."""
         batch = codes.shape[0]
         # The audio embedding is the sum of the codebooks' embeddings: one embedding_bag.
         hidden = F.embedding_bag(codes + self.offsets, self.embedding, mode="sum")  # [B, H]
         rope = self.rope_tables(positions)
         visible = None
-        if not self.use_flash:
+        if self.use_flash:
+            lengths = (positions + 1 if lengths is None else lengths).to(torch.int32)  # once per step
+        else:
             visible = (torch.arange(cache.max_len, device=codes.device) <= positions[:, None])[:, None, None, :]
         for index, w in enumerate(self.layers):
-            hidden = self.layer(w, hidden, cache, index, positions, rope, visible)
+            hidden = self.layer(w, hidden, cache, index, positions, rope, lengths, visible)
         hidden = F.rms_norm(hidden, (self.hidden_size,), self.final_norm, self.final_eps)
         logits = F.linear(hidden, self.head)
         return logits.float().view(batch, self.num_codebooks, self.codebook_size)

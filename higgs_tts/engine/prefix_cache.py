@@ -46,7 +46,8 @@ class PrefixCache:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.hits = self.misses = 0  # blocks found and not found, for health and tests
-        self._blocks: OrderedDict[bytes, tuple[list[torch.Tensor], int]] = OrderedDict()  # key -> (KV per layer, bytes)
+        # key -> (KV per layer, bytes, the event that marks its copy done on a GPU)
+        self._blocks: OrderedDict[bytes, tuple[list[torch.Tensor], int, torch.cuda.Event | None]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -67,6 +68,9 @@ class PrefixCache:
             self.misses += min(len(blocks), limit) - len(found)
         if not found:
             return 0, []
+        for _, _, copied in found:  # a block copied on another thread's stream is read after its copy
+            if copied is not None:
+                torch.cuda.current_stream(copied.device).wait_event(copied)
         layers = len(found[0][0])
         return len(found) * BLOCK, [torch.cat([f[0][i] for f in found]) for i in range(layers)]
 
@@ -77,7 +81,11 @@ class PrefixCache:
         new = {}
         for index in missing:
             kv = [layer[index * BLOCK:(index + 1) * BLOCK].clone() for layer in layers]
-            new[blocks[index]] = (kv, sum(t.numel() * t.element_size() for t in kv))
+            new[blocks[index]] = (kv, sum(t.numel() * t.element_size() for t in kv), None)
+        if new and layers[0].device.type == "cuda":
+            copied = torch.cuda.Event()
+            copied.record(torch.cuda.current_stream(layers[0].device))
+            new = {key: (kv, size, copied) for key, (kv, size, _) in new.items()}
         with self._lock:
             for key, entry in new.items():
                 if key not in self._blocks:
@@ -85,7 +93,7 @@ class PrefixCache:
                     self.bytes += entry[1]
             self._touch(blocks)
             while self.bytes > self.max_bytes and self._blocks:  # least recently used first
-                _, (_, freed) = self._blocks.popitem(last=False)
+                _, (_, freed, _) = self._blocks.popitem(last=False)
                 self.bytes -= freed
 
     def _touch(self, blocks: list[bytes]) -> None:

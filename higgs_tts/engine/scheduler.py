@@ -112,12 +112,24 @@ class Scheduler:
 
     def step(self) -> None:
         """One round: schedule -> run -> postprocess."""
+        if self._in_flight is not None and self._can_admit():
+            # Hand the running burst out before a prefill, which would keep every stream waiting.
+            burst, self._in_flight = self._in_flight, None
+            self._postprocess(self.batch.collect(burst))
         self.admit()
         self.run()
 
+    def _can_admit(self) -> bool:
+        with self._wake:
+            return bool(self._waiting) and len(self.batch.sequences) < self.batch.capacity
+
     def admit(self) -> None:
         """Schedule: prefill waiting sequences into free slots."""
-        for sequence, slot in self._schedule():
+        joining = self._schedule()
+        if joining and self.batch.device.type == "cuda":
+            # Requests were put on the device by their own threads, on the default stream.
+            torch.cuda.current_stream(self.batch.device).wait_stream(torch.cuda.default_stream(self.batch.device))
+        for sequence, slot in joining:
             try:
                 self.batch.admit(sequence, slot)
             except Exception as exc:  # e.g. out of memory in one prefill: that request fails alone
@@ -195,6 +207,9 @@ class Scheduler:
             self._fail_all(RuntimeError("the engine has stopped"))
 
     def _loop(self) -> None:
+        if self.batch.device.type == "cuda":  # the engine's own stream: codec work elsewhere never queues behind it
+            torch.cuda.set_device(self.batch.device)
+            torch.cuda.set_stream(torch.cuda.Stream(self.batch.device))
         try:
             captured = self.batch.capture_all()
             if captured:

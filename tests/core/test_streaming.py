@@ -17,7 +17,7 @@ def decode(settings):
 @pytest.mark.parametrize("arrivals", [[1] * 137, [16] * 9, [137], [5, 50, 3, 79]])
 def test_streamed_chunks_equal_one_decode(decode, arrivals):
     frames = torch.randint(0, 1024, (sum(arrivals), 8), generator=torch.Generator().manual_seed(3))
-    streamer = StreamingDecoder(decode, first_chunk=8, chunk=40, context=32)
+    streamer = StreamingDecoder(decode, first_chunk=8, chunk=40, context=32, first_context=32)
     chunks, start = [], 0
     for n in arrivals:
         chunks += streamer.push(frames[start : start + n])
@@ -30,13 +30,27 @@ def test_streamed_chunks_equal_one_decode(decode, arrivals):
 
 
 def test_first_chunk_is_small_and_comes_early(decode):
-    streamer = StreamingDecoder(decode, first_chunk=4, chunk=20, context=10)
+    streamer = StreamingDecoder(decode, first_chunk=4, chunk=20, context=10, first_context=10)
     frames = torch.randint(0, 1024, (100, 8))
     assert streamer.push(frames[:13]) == []  # 4 + 10 frames of right context needed
     first = streamer.push(frames[13:14])
     assert [len(c) for c in first] == [4 * 960]
-    later = streamer.push(frames[14:64])
-    assert [len(c) for c in later] == [20 * 960, 20 * 960]
+    later = streamer.push(frames[14:64])  # then 8, 16, 20, ... each with its 10 frames of context
+    assert [len(c) for c in later] == [8 * 960, 16 * 960, 20 * 960]
+
+
+def test_default_first_audio_after_sixteen_frames_and_the_whole_still_equals_one_decode(decode):
+    """The servers' decoder: 8 frames with 8 on their right, then chunks growing to 40 with 32 of
+    context. The tiny codec reaches about 4 frames to the right, so every sample is exact here."""
+    frames = torch.randint(0, 1024, (150, 8), generator=torch.Generator().manual_seed(5))
+    streamer = StreamingDecoder(decode)
+    assert streamer.push(frames[:15]) == []
+    first = streamer.push(frames[15:16])
+    assert [len(c) for c in first] == [8 * 960]  # first audio after 16 frames
+    chunks = first + streamer.push(frames[16:]) + [streamer.finish()]
+    sizes = [len(c) // 960 for c in chunks]
+    assert sizes[:4] == [8, 16, 32, 40] and sum(sizes) == 150
+    assert np.abs(np.concatenate(chunks) - decode(frames)).max() < TOLERANCE
 
 
 def test_settings_are_checked(decode):
