@@ -185,7 +185,7 @@ def make_bucket(s3_server: dict, name: str) -> None:
 @contextlib.contextmanager
 def running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory, **extra_env):
     """`python handler.py --rp_serve_api` in a subprocess, on the tiny checkpoint; yields its url, voices
-    folder, open log file and the S3 server's environment."""
+    folder, open log file, the S3 server's environment and the process."""
     model_dir, codec_dir = tiny_checkpoint
     voices = tmp_path_factory.mktemp("worker") / "voices"
     shutil.copytree(voice_prompts, voices)
@@ -208,7 +208,7 @@ def running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory, 
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(url + "/docs", process)
-        yield {"url": url, "voices": voices, "log": log, "s3": s3_server}
+        yield {"url": url, "voices": voices, "log": log, "s3": s3_server, "process": process}
     finally:
         process.terminate()
         process.wait(timeout=20)

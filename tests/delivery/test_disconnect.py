@@ -106,7 +106,7 @@ def test_sigterm_mid_generation_exits_within_seconds(server):
     client.start()
     assert wait_until(lambda: running(url) == 1, 60)
     process.send_signal(signal.SIGTERM)
-    process.wait(timeout=15)  # the graceful shutdown does not wait for the 60 chunks
+    process.wait(timeout=10)  # the graceful shutdown does not wait for the 60 chunks
     client.join(timeout=10)
     if replies:  # the request in flight was answered before the server went: cancelled, not a crash
         assert replies[0].json()["output"]["error_code"] == "cancelled"
