@@ -306,3 +306,34 @@ def audio_bomb(kind: str, seconds: float) -> bytes:
                 stream, time_base, i * duration, i * duration, duration)
             out.mux(packet)
     return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def full_disk(folder: Path, keep: list[Path] = (), size: str = "4m"):
+    """A real small filesystem (tmpfs) mounted at `folder`, holding copies of `keep` and filled to
+    the last byte by a filler file: the next write there fails with ENOSPC. Needs root to mount."""
+    import errno
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        for path in keep:
+            shutil.copy(path, folder / path.name)
+        with open(folder / "filler", "wb", buffering=0) as filler:
+            for block in (65536, 4096, 1):
+                with contextlib.suppress(OSError):
+                    while True:
+                        filler.write(b"\0" * block)
+        try:
+            (folder / "probe").write_bytes(b"x")
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+            (folder / "probe").unlink()
+        else:
+            raise AssertionError("the small disk still takes writes")
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

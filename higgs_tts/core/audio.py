@@ -187,6 +187,14 @@ def duration_seconds(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> flo
     return len(samples) / float(sample_rate)
 
 
+def wav_bytes(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """A 16-bit PCM WAV file in memory (written to disk by Python's own I/O, a full disk is an
+    OSError with its errno, not a libsndfile error)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, sample_rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
 def write_audio(path: str | Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     """Write float samples; the format follows the file suffix (.wav is 16-bit PCM)."""
     path = Path(path)
