@@ -19,8 +19,9 @@ os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
 
 import runpod  # noqa: E402
 from runpod.http_client import AsyncClientSession  # noqa: E402
-from runpod.serverless.modules import rp_http, rp_scale, worker_state  # noqa: E402
+from runpod.serverless.modules import rp_fastapi, rp_http, rp_scale, worker_state  # noqa: E402
 
+from higgs_tts.delivery import shutdown  # noqa: E402
 from higgs_tts.delivery.runpod import Platform, Worker  # noqa: E402
 from higgs_tts.settings import ServerSettings  # noqa: E402
 
@@ -48,6 +49,19 @@ def handle_shutdown(scaler, signum, frame):
 
 
 rp_scale.JobScaler.handle_shutdown = handle_shutdown
+
+
+# The local API (--rp_serve_api) is the SDK's uvicorn.run(), whose SIGTERM waits for every request
+# in flight: a long job kept generating, and the process alive, for minutes. Served here instead
+# the way `higgs-tts serve` is: SIGTERM stops every generation first (the job answers `cancelled`),
+# and the process is gone within seconds (delivery/shutdown.py). One process: the SDK's `workers`
+# needs an import string, which its app is not.
+def start_uvicorn(api, api_host="localhost", api_port=8000, api_concurrency=1):
+    config = shutdown.config(api.rp_app, api_host, int(api_port), ServerSettings.from_env().log_level)
+    shutdown.StoppingServer(config, worker.shutdown).run()
+
+
+rp_fastapi.WorkerAPI.start_uvicorn = start_uvicorn
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

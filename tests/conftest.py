@@ -185,7 +185,7 @@ def make_bucket(s3_server: dict, name: str) -> None:
 @contextlib.contextmanager
 def running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory, **extra_env):
     """`python handler.py --rp_serve_api` in a subprocess, on the tiny checkpoint; yields its url, voices
-    folder, open log file and the S3 server's environment."""
+    folder, open log file, the S3 server's environment and the process."""
     model_dir, codec_dir = tiny_checkpoint
     voices = tmp_path_factory.mktemp("worker") / "voices"
     shutil.copytree(voice_prompts, voices)
@@ -208,7 +208,7 @@ def running_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory, 
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(url + "/docs", process)
-        yield {"url": url, "voices": voices, "log": log, "s3": s3_server}
+        yield {"url": url, "voices": voices, "log": log, "s3": s3_server, "process": process}
     finally:
         process.terminate()
         process.wait(timeout=20)
@@ -318,3 +318,34 @@ def hf_cache_layout(hub: Path, repo_id: str, folder: Path, commit: str = "012345
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return snapshot
+
+
+@contextlib.contextmanager
+def full_disk(folder: Path, keep: list[Path] = (), size: str = "4m"):
+    """A real small filesystem (tmpfs) mounted at `folder`, holding copies of `keep` and filled to
+    the last byte by a filler file: the next write there fails with ENOSPC. Needs root to mount."""
+    import errno
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        for path in keep:
+            shutil.copy(path, folder / path.name)
+        with open(folder / "filler", "wb", buffering=0) as filler:
+            for block in (65536, 4096, 1):
+                with contextlib.suppress(OSError):
+                    while True:
+                        filler.write(b"\0" * block)
+        try:
+            (folder / "probe").write_bytes(b"x")
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+            (folder / "probe").unlink()
+        else:
+            raise AssertionError("the small disk still takes writes")
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -16,9 +16,10 @@ FRAMES_PER_SECOND = 25  # codec frames a second of audio (hop 960 at 24 kHz)
 # and the decoded size (60 s of 192 kHz stereo fits; an 8-channel 655 kHz "bomb" does not).
 MAX_SOURCE_RATE = 384_000
 MAX_DECODED_BYTES = 128 * 2**20
-# A rate whose ratio to 24 kHz reduces to more than this many input samples (24001 Hz: 24001) would
-# make the resampler's kernel grow with the product of the two rates; such rates are rounded first.
-MAX_RATIO_TERM = 1000
+# torchaudio's resampler builds a filter bank of (24000 / g) x (rate / g) taps, g = gcd(rate, 24000):
+# tiny for the common rates (44.1 kHz: 80 x 147) but 24000 x 997 for 997 Hz (+400 MB). Rates whose
+# bank is above this many taps go through libswresample (PyAV) instead, whose filter is a fixed size.
+MAX_RESAMPLER_TAPS = 2**16
 
 
 class AudioError(ValueError):
@@ -29,25 +30,38 @@ class AudioTooLong(AudioError):
     """Audio longer than the caller allows."""
 
 
-def resampling_rate(sample_rate: int) -> int:
-    """The rate to resample from: the rate itself when its ratio to 24 kHz is small, else the
-    nearest multiple of 100 Hz (24001 Hz plays 0.004% fast; the resampler's cost stays bounded)."""
-    if sample_rate // math.gcd(sample_rate, SAMPLE_RATE) <= MAX_RATIO_TERM:
-        return sample_rate
-    return max(100, round(sample_rate / 100) * 100)
+def _resampler_taps(sample_rate: int) -> int:
+    g = math.gcd(sample_rate, SAMPLE_RATE)
+    return (sample_rate // g) * (SAMPLE_RATE // g)
 
 
 def to_mono_24k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Mix to mono (a 2-D array: frames x channels) and resample to 24 kHz; float32 in [-1, 1]."""
+    """Mix to mono (a 2-D array: frames x channels) and resample to 24 kHz; float32 in [-1, 1].
+    Memory stays a fixed factor of the audio's length at every rate (see MAX_RESAMPLER_TAPS)."""
     if samples.ndim == 2:
         samples = samples.mean(axis=1)
     samples = np.asarray(samples, dtype=np.float32)
-    source_rate = resampling_rate(sample_rate)
-    if source_rate != SAMPLE_RATE:
+    if sample_rate != SAMPLE_RATE and _resampler_taps(sample_rate) <= MAX_RESAMPLER_TAPS:
         import torchaudio.functional as F
 
-        samples = F.resample(torch.from_numpy(samples), source_rate, SAMPLE_RATE).numpy()
+        samples = F.resample(torch.from_numpy(samples), sample_rate, SAMPLE_RATE).numpy()
+    elif sample_rate != SAMPLE_RATE:
+        samples = _swr_resample(samples, sample_rate)
     return np.clip(samples, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def _swr_resample(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Mono float32 at any rate to 24 kHz through libswresample (a fixed-size polyphase filter),
+    as long as torchaudio's would be: ceil(len * 24000 / rate) samples."""
+    import av
+
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None, :]), format="flt", layout="mono")
+    frame.sample_rate = sample_rate
+    out = [f.to_ndarray()[0] for f in (*resampler.resample(frame), *resampler.resample(None))]
+    resampled = np.concatenate(out) if out else np.zeros(0, np.float32)
+    length = -(-len(samples) * SAMPLE_RATE // sample_rate)
+    return np.pad(resampled[:length], (0, max(0, length - len(resampled))))
 
 
 # The containers a reference may come in, as FFmpeg's demuxers name them; any other (playlists,
@@ -171,6 +185,14 @@ def read_audio(source: str | Path | bytes, max_seconds: float | None = None) -> 
 
 def duration_seconds(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
     return len(samples) / float(sample_rate)
+
+
+def wav_bytes(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """A 16-bit PCM WAV file in memory (written to disk by Python's own I/O, a full disk is an
+    OSError with its errno, not a libsndfile error)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, sample_rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
 
 
 def write_audio(path: str | Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

@@ -3,6 +3,7 @@ encoded once per volume rather than once per request or per worker start."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -84,6 +85,7 @@ class VoiceCodeCache:
         path = self._file(key)
         if path is None:
             return
+        tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
@@ -93,6 +95,9 @@ class VoiceCodeCache:
             os.replace(tmp, path)  # readers never see a partial file
         except OSError as exc:  # a read-only or full volume costs speed, not the request
             log.warning("cannot write the voice cache under %s: %s", self.directory, exc)
+            if tmp is not None:  # a full disk leaves no partial file behind
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
             return
         self.evict()
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .audio import read_audio, write_audio
+from .audio import read_audio, wav_bytes
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm")
 DESCRIPTION_SUFFIX = ".description"
@@ -105,8 +105,9 @@ class VoiceLibrary:
 
         Every file is written under a temporary name first and renamed into place only when all
         are complete, so a full disk or a crash never leaves half a voice or loses the old one.
-        Raises VoiceExists when the name has audio and `overwrite` is not set, OSError when the
-        folder cannot be written. Calls are serialized: of N concurrent creations one wins.
+        Raises VoiceExists when the name has audio and `overwrite` is not set, OSError (with its
+        errno: ENOSPC for a full disk) when the folder cannot be written. Calls are serialized:
+        of N concurrent creations one wins.
         """
         validate_name(name)
         with self._locked():
@@ -117,7 +118,8 @@ class VoiceLibrary:
             if description and description.strip():
                 text = " ".join(description.split()) + "\n"
                 files.append((DESCRIPTION_SUFFIX, lambda p: p.write_text(text, encoding="utf-8")))
-            files.append((".wav", lambda p: write_audio(p, audio)))
+            clip = wav_bytes(audio)
+            files.append((".wav", lambda p: p.write_bytes(clip)))
             staged: list[tuple[str, str]] = []
             try:
                 for suffix, write in files:

@@ -22,14 +22,12 @@ from starlette.exceptions import HTTPException
 
 from ..service.speech import SpeechService
 from ..settings import ServerSettings
-from . import jobs, live, openai, operations, playground, voices
+from . import jobs, live, openai, operations, playground, shutdown, voices
 from .aliases import VoiceAliases
 from .metrics import Metrics
 from .middleware import BearerAuth, BodyLimit, HideQueryKey, openai_error
 
 log = logging.getLogger(__name__)
-
-SHUTDOWN_SECONDS = 5  # on SIGTERM: open responses get this long to end (generations are stopped at once)
 
 
 def create_app(service: SpeechService | None = None, server: ServerSettings | None = None) -> FastAPI:
@@ -111,23 +109,19 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         threading.Thread(target=_preload, args=(service, app), name="preload", daemon=True).start()
     servers: list[uvicorn.Server] = []
 
-    class Stopping(uvicorn.Server):
-        def handle_exit(self, sig, frame) -> None:
-            """SIGTERM or Ctrl-C: stop every generation now (their requests end `cancelled`), so the
-            graceful shutdown waits seconds, not for background work; and stop every server."""
-            service.synthesizer.stop_all()
-            for other in servers:
-                other.should_exit = True
-            super().handle_exit(sig, frame)
+    def stop() -> None:
+        """SIGTERM or Ctrl-C: stop every generation now (their requests end `cancelled`) and every server."""
+        service.synthesizer.stop_all()
+        for other in servers:
+            other.should_exit = True
 
     def config(served: FastAPI, on_port: int) -> uvicorn.Config:
-        return uvicorn.Config(served, host=host, port=on_port, log_level=server.log_level, access_log=False,
-                              timeout_graceful_shutdown=SHUTDOWN_SECONDS)
+        return shutdown.config(served, host, on_port, server.log_level)
 
-    servers.append(Stopping(config(app, port)))
+    servers.append(shutdown.StoppingServer(config(app, port), stop))
     logging.getLogger("uvicorn.error").addFilter(HideQueryKey())  # after the Config set up uvicorn's logging
     if server.health_port is not None and server.health_port != port:
-        servers.append(Stopping(config(health_app(app), server.health_port)))
+        servers.append(shutdown.StoppingServer(config(health_app(app), server.health_port), stop))
 
     async def run_all() -> None:
         await asyncio.gather(*(s.serve() for s in servers))

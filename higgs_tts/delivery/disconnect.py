@@ -42,14 +42,27 @@ async def run_while_connected(request: Request, cancel: threading.Event, call: C
 
 
 class CancellingStream(StreamingResponse):
-    """A StreamingResponse that sets `cancel` when its client disconnects (or the body ends)."""
+    """A StreamingResponse that sets `cancel` when its client disconnects (or the body ends), and
+    then closes its body generator, so the generator's own cleanup (its audit line, its engine slot)
+    runs however the response ended: Starlette drops a body cancelled between two chunks unclosed."""
 
     def __init__(self, content, cancel: threading.Event, **kwargs) -> None:
         super().__init__(content, **kwargs)
         self.cancel = cancel
+        self.content = content
 
     async def listen_for_disconnect(self, receive: Receive) -> None:
         try:
             await super().listen_for_disconnect(receive)
         finally:
             self.cancel.set()
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.cancel.set()
+            close = getattr(self.content, "close", None)
+            if close is not None:  # a sync generator: no step of it runs now (anyio waits for a cancelled step)
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(close)

@@ -20,7 +20,7 @@ from .disconnect import run_while_connected
 from .metrics import Metrics
 from .middleware import openai_error
 from .runpod import runpod_reply, stream_items
-from .webhooks import WebhookRefused, check_url, deliver
+from .webhooks import WebhookRefused, WebhookSender, check_url
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Jobs:
         self.service = service
         self.metrics = metrics
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="job")
-        self.webhooks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook")
+        self.webhooks = WebhookSender()  # one queue and thread per receiver: a slow one delays only itself
         self.lock = threading.Lock()
         self.jobs: OrderedDict[str, dict] = OrderedDict()
         self.streams: dict[str, list] = {}  # job id -> [items, number read]
@@ -115,7 +115,7 @@ class Jobs:
             if self.metrics is not None:
                 self.metrics.observe("run", started, reply_status(reply), code=_error_code(reply))
             if webhook is not None:
-                self.webhooks.submit(deliver, webhook, reply, allowlist)
+                self.webhooks.send(webhook, reply, allowlist)
 
     def _execute(self, job_id: str, job_input: dict, cancel: threading.Event) -> None:
         if not (isinstance(job_input, dict) and job_input.get("stream") is True):

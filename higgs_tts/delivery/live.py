@@ -149,7 +149,7 @@ def router(service: SpeechService, metrics: Metrics, server: ServerSettings,
             if "duration_seconds" in done:
                 audit.facts["audio_duration"] = done["duration_seconds"]
             if status == 200:
-                audit.status = "ok" if done else "disconnected"
+                audit.status = "ok" if done else "cancelled"  # without `done`: the client went away
             else:
                 audit.fail(code)
             audit.emit(time.perf_counter() - started)

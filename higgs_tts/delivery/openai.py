@@ -21,6 +21,7 @@ from ..core.sampling import SamplingParams
 from ..core.text import speaker_tags, word_count, words_per_chunk
 from ..service import formats
 from ..service.audit import AuditRecord
+from ..service.errors import STATUS
 from ..service.schema import GenerateInput, OutputFormat, parse_input
 from ..service.speech import SpeechService
 from .aliases import VoiceAliases
@@ -220,6 +221,10 @@ def _streaming_reply(items, first, body: SpeechRequest, started: float, audit, m
                 item = next(items)
         except StopIteration:
             return
+        except GeneratorExit:  # closed mid-stream: the client went away between two chunks
+            audit.fail("cancelled")
+            observe(STATUS["cancelled"], "cancelled")
+            raise
         except Exception as exc:  # headers are gone: log, and end the stream early
             failure = SpeechService.describe_failure(exc, audit.job_id)
             audit.fail(failure.code)
@@ -239,8 +244,12 @@ def _streaming_reply(items, first, body: SpeechRequest, started: float, audit, m
 def _sse(chunks, input_tokens: int, output_tokens):
     """OpenAI's speech SSE events: audio deltas, then a done event whose usage counts the input's
     characters and the audio frames (`output_tokens()` is read after the last chunk)."""
-    for chunk in chunks:
-        yield f"data: {json.dumps({'type': 'speech.audio.delta', 'audio': base64.b64encode(chunk).decode()})}\n\n"
+    try:
+        for chunk in chunks:
+            yield f"data: {json.dumps({'type': 'speech.audio.delta', 'audio': base64.b64encode(chunk).decode()})}\n\n"
+    finally:  # closed early (the client left): close the audio generator too, which audits the job
+        if close := getattr(chunks, "close", None):
+            close()
     produced = output_tokens()
     usage = {"input_tokens": input_tokens, "output_tokens": produced, "total_tokens": input_tokens + produced}
     yield f"data: {json.dumps({'type': 'speech.audio.done', 'usage': usage})}\n\n"

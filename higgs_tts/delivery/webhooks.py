@@ -7,12 +7,20 @@ that resolves to a private, loopback, link-local or reserved address is refused 
 listed in WEBHOOK_ALLOWLIST. The check runs when the job is submitted and again before each try (a
 name can resolve elsewhere later), and each try connects to the address it checked (no second lookup,
 no proxy from the environment), the reference fetcher's way; redirects are not followed.
+
+Deliveries are isolated per receiver (scheme, host and port): each receiver has its own queue and
+its own sender thread, so a receiver that accepts and never answers delays only its own webhooks,
+never another's. At most MAX_QUEUED_PER_RECEIVER wait for one receiver and at most MAX_RECEIVERS
+receivers have deliveries in flight; beyond either a webhook is dropped and logged (the job's
+result stays on /status). Sender threads never hold the process: a stop drops what is queued.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import time
 import urllib.parse
 
@@ -26,6 +34,9 @@ WEBHOOK_ATTEMPTS = 3  # tries in all
 WEBHOOK_BACKOFF_SECONDS = (1.0, 4.0)  # waits between them
 WEBHOOK_TIMEOUT_SECONDS = 10.0  # to connect, and for the answer
 MAX_URL_CHARS = 2048
+MAX_RECEIVERS = 64  # receivers with deliveries queued or in flight (one sender thread each)
+MAX_QUEUED_PER_RECEIVER = 256  # webhooks waiting for one receiver
+SENDER_IDLE_SECONDS = 30.0  # a receiver's thread ends after this long with nothing to send
 
 
 class WebhookRefused(ValueError):
@@ -95,3 +106,59 @@ def deliver(url: str, reply: dict, allowlist: tuple[str, ...] = (), sleep=time.s
         if attempt < WEBHOOK_ATTEMPTS:
             sleep(WEBHOOK_BACKOFF_SECONDS[min(attempt - 1, len(WEBHOOK_BACKOFF_SECONDS) - 1)])
     return False
+
+
+def receiver(url: str) -> str:
+    """Whom a webhook goes to, as deliveries are isolated: scheme, host and port."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port or (443 if parts.scheme == 'https' else 80)}"
+
+
+class WebhookSender:
+    """Sends each webhook on its receiver's own thread, in the order they were handed over, with
+    `deliver`'s tries, waits and timeout; see the module's docstring for the bounds."""
+
+    def __init__(self, send=deliver) -> None:
+        self.send_one = send
+        self.lock = threading.Lock()
+        self.queues: dict[str, queue.Queue] = {}  # receiver -> its webhooks not yet sent
+
+    def send(self, url: str, reply: dict, allowlist: tuple[str, ...] = ()) -> bool:
+        """Queue the reply for its receiver; False (logged) when a bound is reached."""
+        who = receiver(url)
+        with self.lock:
+            waiting = self.queues.get(who)
+            if waiting is None:
+                if len(self.queues) >= MAX_RECEIVERS:
+                    log.warning("webhook of job %s dropped: %d receivers already have deliveries in flight",
+                                reply.get("id", ""), MAX_RECEIVERS)
+                    return False
+                waiting = self.queues[who] = queue.Queue(MAX_QUEUED_PER_RECEIVER)
+                threading.Thread(target=self._drain, args=(who, waiting), name="webhook", daemon=True).start()
+            try:
+                waiting.put_nowait((url, reply, allowlist))
+            except queue.Full:
+                log.warning("webhook of job %s dropped: %d webhooks already wait for %s", reply.get("id", ""),
+                            MAX_QUEUED_PER_RECEIVER, urllib.parse.urlsplit(url).hostname)
+                return False
+        return True
+
+    def _drain(self, who: str, waiting: queue.Queue) -> None:
+        """One receiver's thread: sends its webhooks one after another; ends when idle."""
+        while True:
+            try:
+                url, reply, allowlist = waiting.get(timeout=SENDER_IDLE_SECONDS)
+            except queue.Empty:
+                with self.lock:  # send() puts under this lock: nothing can arrive between the check and the end
+                    if waiting.empty():
+                        del self.queues[who]
+                        return
+                continue
+            try:
+                self.send_one(url, reply, allowlist)
+            except Exception:  # a bug in one delivery must not end the receiver's thread
+                log.exception("webhook of job %s failed", reply.get("id", ""))

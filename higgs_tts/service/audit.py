@@ -17,6 +17,9 @@ def fingerprint(text: str) -> str:
 
 @dataclass
 class AuditRecord:
+    """A job's line: status `ok`, `error` (with its error_code) or `cancelled` (stopped, or its
+    caller went away), logged once when the job ends."""
+
     job_id: str
     raw: object = None
     action: str = "generate"
@@ -51,9 +54,13 @@ class AuditRecord:
             self.facts["s3_upload_failed"] = True
 
     def fail(self, code: str) -> None:
-        self.status, self.error_code = "error", code
+        self.status, self.error_code = ("cancelled" if code == "cancelled" else "error"), code
 
     def emit(self, seconds: float) -> None:
+        """Log the line; one still `running` is ended by its caller going away (its stream was
+        closed mid-way), so it is logged `cancelled`: every job's line has a final status."""
+        if self.status == "running":
+            self.fail("cancelled")
         record = {
             "event": "job",
             "job_id": self.job_id,

@@ -6,6 +6,7 @@ server sends the same code with the status below. Nothing else decides either.
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass
 
@@ -29,7 +30,8 @@ STATUS = {
     "out_of_memory": 503,
     "model_unavailable": 503,
     "busy": 503,
-    "storage_error": 500,
+    "storage_full": 507,  # the voices folder's disk is full: nothing was written, the old voice stays
+    "storage_error": 503,  # the voices folder cannot be written (permissions, a read-only volume)
     "internal_error": 500,
 }
 
@@ -81,6 +83,15 @@ def describe_failure(exc: BaseException, job_id: str = "") -> Failure:
         return Failure(str(exc), exc.code)
     log.error("job %s failed", job_id, exc_info=exc)
     return Failure(f"internal error ({type(exc).__name__}); the job was not completed", "internal_error")
+
+
+def storage_failure(exc: OSError, where: str) -> JobError:
+    """A failed write to `where` as the error the caller can act on: `storage_full` when the disk
+    (or the user's quota) is full, else `storage_error`."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return JobError(f"{where} is full ({reason}); nothing was written: free space on its disk", "storage_full")
+    return JobError(f"cannot write to {where} ({reason})", "storage_error")
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -29,7 +29,7 @@ from ..synthesis.synthesizer import Progress, ReferenceClip, SynthesisRequest, S
 from . import formats
 from .audit import AuditRecord
 from .budget import Work, check_inline, check_work
-from .errors import Failure, InputError, JobError, as_job_error, describe_failure
+from .errors import Failure, InputError, JobError, as_job_error, describe_failure, storage_failure
 from .references import fetched_reference, reference_audio
 from .schema import AddVoiceInput, GenerateInput, parse_input
 from .storage import S3Storage, S3Target, StorageError, generated_key
@@ -163,8 +163,7 @@ class SpeechService:
         except VoiceExists as exc:
             raise InputError(f"voice_name: {exc}", "voice_name", "voice_exists") from None
         except OSError as exc:
-            raise JobError(f"cannot write to the voices folder ({exc.strerror or type(exc).__name__})",
-                           "storage_error") from None
+            raise storage_failure(exc, "the voices folder") from None
         return {
             "success": True,
             "voice": self._voice_fields(voice),
@@ -194,8 +193,7 @@ class SpeechService:
         except VoiceError as exc:
             raise InputError(f"voice_name: {exc}", "voice_name", "voice_not_found") from None
         except OSError as exc:
-            raise JobError(f"cannot write to the voices folder ({exc.strerror or type(exc).__name__})",
-                           "storage_error") from None
+            raise storage_failure(exc, "the voices folder") from None
         if audio is not None:
             self.synthesizer.forget_reference(audio)
         library = self.synthesizer.voices

@@ -169,6 +169,10 @@ class Synthesizer:
         self._voice_codes = VoiceCodeCache(self.settings.voice_cache_dir,
                                            max_bytes=self.settings.voice_cache_max_bytes)
         self._generator_lock = threading.Lock()
+        # One reference encoding at a time: its peak (the codec's activations over the whole clip,
+        # ~6 MB per second of audio with the tiny checkpoint on a CPU) is then paid once, not once per
+        # concurrent request; the codes are cached, so a voice is encoded once anyway.
+        self._encoding_lock = threading.Lock()
         self._generator: Generator | None = None
         self._generator_model = None  # the model the generator was made for
         self._stopping = threading.Event()  # set by stop_all(): every generation ends at its next step
@@ -265,12 +269,15 @@ class Synthesizer:
         cached = self._voice_codes.get(key)
         if cached is not None:
             return cached
-        features = loaded.processor.feature_extractor(
-            samples, sampling_rate=loaded.sample_rate, return_tensors="pt"
-        )
-        codes = encode_clip(loaded.codec, features["input_values"].to(loaded.device))  # padded as upstream
-        frames = codes[0].transpose(0, 1).long().cpu()
-        self._voice_codes.put(key, frames)
+        with self._encoding_lock:
+            if (cached := self._voice_codes.get(key)) is not None:  # encoded while this one waited
+                return cached
+            features = loaded.processor.feature_extractor(
+                samples, sampling_rate=loaded.sample_rate, return_tensors="pt"
+            )
+            codes = encode_clip(loaded.codec, features["input_values"].to(loaded.device))  # padded as upstream
+            frames = codes[0].transpose(0, 1).long().cpu()
+            self._voice_codes.put(key, frames)
         return frames
 
     def forget_reference(self, samples: np.ndarray) -> int:

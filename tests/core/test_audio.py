@@ -79,6 +79,8 @@ print(f"{outcome}|{grown:.0f}")
 @pytest.mark.parametrize(("rate", "channels", "seconds", "fmt", "expect"), [
     (24001, 1, 1.0, "WAV", "decoded"),  # a rate coprime with 24 kHz: once 40 s and +9.5 GB
     (47999, 1, 1.0, "WAV", "decoded"),
+    (997, 1, 60.0, "WAV", "decoded"),  # a 117 KB file whose resampler bank was 24000 x 997 taps: +371 MB
+    (47999, 1, 60.0, "WAV", "decoded"),
     (655_350, 8, 59.0, "FLAC", "refused"),  # 8 channels at 655 kHz: a small file, a huge decode
 ])
 def test_resampler_and_decoded_size_bombs_stay_within_100_mb(rate, channels, seconds, fmt, expect):
@@ -91,6 +93,18 @@ def test_resampler_and_decoded_size_bombs_stay_within_100_mb(rate, channels, sec
     outcome, grown = done.stdout.strip().rsplit("|", 1)
     assert outcome.startswith(expect), outcome
     assert float(grown) < 100, f"peak memory grew by {grown} MB"
+
+
+@pytest.mark.parametrize("rate", [997, 11025, 24001, 47999])
+def test_every_rate_keeps_its_pitch_and_length(rate):
+    # rates whose resampler bank would be large go through libswresample: the same tone, as long
+    from higgs_tts.core.audio import to_mono_24k
+
+    out = to_mono_24k(_tone(rate, seconds=2.0).astype(np.float32), rate)
+    assert len(out) == -(-2 * rate * SAMPLE_RATE // rate)
+    spectrum = np.abs(np.fft.rfft(out[2400:-2400]))
+    assert abs(np.argmax(spectrum) * SAMPLE_RATE / (len(out) - 4800) - 440) < 2
+    assert 0.45 < np.abs(out[2400:-2400]).max() < 0.55
 
 
 def test_an_undecodable_file_is_described_without_python_internals():

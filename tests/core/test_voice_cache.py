@@ -94,3 +94,15 @@ def test_the_disk_cache_is_evicted_by_size_least_recently_used_first(tmp_path):
     assert {p.stem for p in folder.glob("*/*.npy")} == {keys[0], keys[2], keys[3]}
     # readable by every worker sharing the volume
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in folder.glob("*/*.npy"))
+
+
+def test_a_full_disk_costs_speed_and_leaves_no_partial_file(tmp_path):
+    from conftest import full_disk
+
+    codes = torch.randint(0, 1024, (5000, 8))
+    key = VoiceCodeCache.key(np.ones(100, dtype=np.float32), "codec-a")
+    with full_disk(tmp_path / "cache") as folder:
+        cache = VoiceCodeCache(folder)
+        cache.put(key, codes)  # the write fails with ENOSPC: logged, not raised
+        assert torch.equal(cache.get(key), codes)  # still served from memory
+        assert sorted(p.name for p in folder.rglob("*") if p.is_file()) == ["filler"]

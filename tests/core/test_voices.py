@@ -138,28 +138,25 @@ def test_added_voices_are_readable_by_everyone_sharing_the_volume(tmp_path):
     assert not [p for p in (tmp_path / "voices").iterdir() if p.name.startswith(".tmp-")]
 
 
-def test_a_full_disk_keeps_the_old_voice_whole(library, monkeypatch):
+def test_a_full_disk_keeps_the_old_voice_whole(tmp_path, voice_prompts):
+    # a real small filesystem, full: every write fails with ENOSPC, as Python's OSError
     import errno
 
-    import higgs_tts.core.voices as voices
+    from conftest import full_disk
 
-    before = library.get("chadwick")
-    wav, txt = before.audio_path.read_bytes(), (library.root / "chadwick.txt").read_text()
-
-    def disk_full(path, samples, sample_rate=SAMPLE_RATE):
-        path.write_bytes(b"RIFF")  # part of the file made it before the disk filled up
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(voices, "write_audio", disk_full)
-    audio = np.zeros(24000, dtype=np.float32)
-    with pytest.raises(OSError, match="No space left"):
-        library.add("chadwick", audio, "A new transcript.", overwrite=True)
-    with pytest.raises(OSError):
-        library.add("newcomer", audio, "Never stored.")
-    assert before.audio_path.read_bytes() == wav and (library.root / "chadwick.txt").read_text() == txt
-    assert library.get("chadwick").kind == "clone"
-    assert not (library.root / "newcomer.txt").exists()
-    assert not [p for p in library.root.iterdir() if p.name.startswith(".tmp-")]
+    keep = [voice_prompts / "chadwick.wav", voice_prompts / "chadwick.txt"]
+    with full_disk(tmp_path / "voices", keep) as root:
+        library = VoiceLibrary(root)
+        (root / ".voices.lock").touch()
+        before = {p.name: p.read_bytes() for p in root.iterdir()}
+        audio = np.zeros(24000, dtype=np.float32)
+        with pytest.raises(OSError) as full:
+            library.add("chadwick", audio, "A new transcript.", overwrite=True)
+        assert full.value.errno == errno.ENOSPC
+        with pytest.raises(OSError):
+            library.add("newcomer", audio, "Never stored.")
+        assert {p.name: p.read_bytes() for p in root.iterdir()} == before  # nothing half-written is left
+        assert library.get("chadwick").transcript == (voice_prompts / "chadwick.txt").read_text().strip()
 
 
 def test_of_concurrent_creations_of_one_name_exactly_one_wins(tmp_path):

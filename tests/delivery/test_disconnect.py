@@ -15,7 +15,7 @@ import time
 
 import httpx
 import pytest
-from conftest import REPO, free_port, wait_for_http
+from conftest import REPO, free_port, running_server, wait_for_http
 
 # 60 one-word chunks at 4000 frames: 240,000 frames, minutes of work for the tiny model on a CPU.
 LONG_JOB = {"transcript": " ".join(["word"] * 60), "chunk_method": "word", "chunk_max_word_num": 1,
@@ -106,7 +106,7 @@ def test_sigterm_mid_generation_exits_within_seconds(server):
     client.start()
     assert wait_until(lambda: running(url) == 1, 60)
     process.send_signal(signal.SIGTERM)
-    process.wait(timeout=15)  # the graceful shutdown does not wait for the 60 chunks
+    process.wait(timeout=10)  # the graceful shutdown does not wait for the 60 chunks
     client.join(timeout=10)
     if replies:  # the request in flight was answered before the server went: cancelled, not a crash
         assert replies[0].json()["output"]["error_code"] == "cancelled"
@@ -121,3 +121,36 @@ def test_a_failure_inside_a_watched_call_keeps_its_error(server):
     assert response.status_code == 400 and response.json()["error"]["code"] == "unknown_voice"
     job = httpx.post(url + "/runsync", json={"input": {"transcript": "Hi.", "temperature": "hot"}}, timeout=60).json()
     assert job["status"] == "FAILED" and job["output"]["error_code"] == "invalid_input"
+
+
+def audit_lines(log_file) -> list[dict]:
+    lines = log_file.read_text().splitlines()
+    return [json.loads(line[line.index("{"):]) for line in lines if '"event": "job"' in line]
+
+
+def test_a_stream_whose_client_stops_reading_and_leaves_is_audited_cancelled(tiny_checkpoint, voice_prompts,
+                                                                           tmp_path_factory, tmp_path):
+    # The client reads the headers, then nothing, then closes. Wherever the body generator is then (in
+    # a step, or waiting at a yield for a send that cannot finish: it was never closed, and its job
+    # had no audit line or one still `running`), the job's line says `cancelled`.
+    log_file = tmp_path / "serve.log"
+    with running_server(tiny_checkpoint, voice_prompts, tmp_path_factory, log_to=log_file) as url:
+        for stream_format in ("audio", "sse"):
+            body = {"input": " ".join(["word"] * 200), "voice": "belinda", "response_format": "pcm",
+                    "stream_format": stream_format, "chunk_method": "word", "chunk_max_word_num": 1,
+                    "max_new_tokens": 200, "seed": 1}
+            host, port = url.removeprefix("http://").split(":")
+            payload = json.dumps(body).encode()
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+            sock.connect((host, int(port)))
+            sock.sendall(f"POST /v1/audio/speech HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+            assert sock.recv(12) == b"HTTP/1.1 200"
+            time.sleep(2)  # not reading: the audio backs up
+            sock.close()
+            assert wait_until(lambda n=stream_format: len(audit_lines(log_file)) == ("audio", "sse").index(n) + 1,
+                              30)
+            assert wait_until(lambda: running(url) == 0, 30)
+    lines = audit_lines(log_file)
+    assert [(a["status"], a["error_code"]) for a in lines] == [("cancelled", "cancelled")] * 2

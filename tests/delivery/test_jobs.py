@@ -1,7 +1,9 @@
 """The HTTP server's RunPod job routes in-process: webhooks to a loopback receiver, and metrics."""
 
+import contextlib
 import http.server
 import json
+import socket
 import threading
 import time
 
@@ -91,6 +93,79 @@ def test_a_webhook_gives_up_after_its_bounded_tries(client, receiver):
     wait_for(lambda: hook.tries >= webhooks.WEBHOOK_ATTEMPTS)
     time.sleep(0.5)
     assert hook.tries == webhooks.WEBHOOK_ATTEMPTS and hook.bodies == []
+
+
+class Hanging:
+    """A webhook receiver on loopback that accepts every connection and never answers; counts the
+    connections accepted and those its caller gave up on (closed)."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.accepted = self.given_up = 0
+        self.connections = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+
+    def _accept(self):
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self.sock.accept()
+                self.connections.append(connection)
+                self.accepted += 1
+                threading.Thread(target=self._hold, args=(connection,), daemon=True).start()
+
+    def _hold(self, connection):
+        with contextlib.suppress(OSError):
+            while connection.recv(65536):  # read the request; never answer
+                pass
+            self.given_up += 1
+
+    def close(self):
+        self.sock.close()
+        for connection in self.connections:
+            connection.close()
+
+
+def test_a_receiver_that_never_answers_delays_no_other_receiver(client, receiver):
+    hanging, healthy = Hanging(), receiver()
+    try:
+        for _ in range(4):  # as many as the old shared pool had threads
+            client.post("/run", json={"input": {"action": "health"}, "webhook": hanging.url})
+        wait_for(lambda: hanging.accepted >= 1)  # a try to the hanging receiver is in flight
+        job_id = client.post("/run", json={"input": {"action": "health"}, "webhook": healthy.url}).json()["id"]
+        wait_for(lambda: healthy.bodies, timeout=60)
+        # delivered while every try to the hanging receiver still waits for its answer: it waited for none
+        assert hanging.given_up == 0
+        assert healthy.bodies[0]["id"] == job_id
+        assert hanging.accepted == 1  # that receiver's webhooks go one at a time, on its own thread
+    finally:
+        hanging.close()
+
+
+def test_webhook_bounds_drop_and_log_rather_than_grow(monkeypatch, caplog):
+    sent = threading.Event()
+    release = threading.Event()
+
+    def slow(url, reply, allowlist):
+        sent.set()
+        release.wait(30)
+
+    monkeypatch.setattr(webhooks, "MAX_QUEUED_PER_RECEIVER", 2)
+    monkeypatch.setattr(webhooks, "MAX_RECEIVERS", 2)
+    sender = webhooks.WebhookSender(send=slow)
+    try:
+        assert sender.send("http://a.example/hook", {"id": "1"})
+        sent.wait(10)  # the first is being sent; two more may wait
+        assert sender.send("http://a.example/hook", {"id": "2"}) and sender.send("http://a.example/x", {"id": "3"})
+        assert not sender.send("http://a.example:80/hook", {"id": "4"})  # the same receiver, its queue full
+        assert sender.send("https://a.example/hook", {"id": "5"})  # another port: another receiver
+        assert not sender.send("http://b.example/hook", {"id": "6"})  # a third receiver: over MAX_RECEIVERS
+        assert "webhook of job 4 dropped" in caplog.text and "webhook of job 6 dropped" in caplog.text
+    finally:
+        release.set()
 
 
 def test_private_webhooks_are_refused_unless_allow_listed(client):

@@ -288,6 +288,19 @@ def test_audit_line_has_no_transcript(service, caplog):
 # -- RunPod streaming jobs ------------------------------------------------------------------------
 
 
+def test_a_stream_its_reader_leaves_is_audited_cancelled(service, caplog):
+    # the transport closes the stream after its first audio (the client went away): the job's line
+    # must say so, not stay `running`
+    job = {"transcript": "One. Two. Three.", "stream": True, "chunk_method": "sentence", "chunk_max_word_num": 1,
+           **BASE}
+    with caplog.at_level("INFO", logger="higgs_tts.audit"):
+        items = service.stream(job, "job-left")
+        assert isinstance(next(items), np.ndarray)
+        items.close()
+    [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "higgs_tts.audit"]
+    assert (line["job_id"], line["status"], line["error_code"]) == ("job-left", "cancelled", "cancelled")
+
+
 def test_a_whole_response_worker_refuses_stream_naming_the_field(service):
     response = service.handle({"transcript": "Stream?", "stream": True, **BASE})
     assert response["success"] is False and response["error_field"] == "stream"
