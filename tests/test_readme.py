@@ -4,7 +4,10 @@ import os
 import re
 import subprocess
 
+import pytest
 from conftest import REPO, SHARED
+
+pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
 
 README = REPO / "README.md"
 
