@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from ..core.audio import SAMPLE_RATE
+from ..core.audio import MAX_SPEED, MIN_SPEED, SAMPLE_RATE
 from ..core.sampling import SamplingParams
 from ..core.text import speaker_tags, word_count, words_per_chunk
 from ..service import formats
@@ -58,7 +58,7 @@ class _OpenAIFields(BaseModel):
     input: str = Field(description="the text to speak (long texts are chunked by sentences)")
     voice: str | None = Field(None, description="a library voice, OpenAI's name (alias) or several: 'a,b'")
     response_format: OutputFormat = "mp3"
-    speed: float = Field(1.0, ge=0.25, le=4.0)
+    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     instructions: str | None = Field(None, description="the scene prompt")
     stream_format: Literal["audio", "sse"] = "audio"
     stream: bool | None = Field(None, description=CLIENT_EXTRAS["stream"])
@@ -157,13 +157,7 @@ def router(service: SpeechService, metrics: Metrics, aliases: VoiceAliases | Non
         audit.facts.update(audio_duration=round(result.duration_seconds, 3), delivery="http")
         audit.emit(ready)
         metrics.observe("speech", started, 200, model_label(body.model))
-        headers = {
-            "X-Audio-Duration": f"{result.duration_seconds:.3f}",
-            "X-Seed": str(result.seed),
-            "X-Generation-Time": f"{result.generation_seconds:.3f}",
-            "X-Text-Chunks": str(len(result.chunks)),
-            "X-Chunks-Cut": str(len(result.cut_chunks)),  # chunks that max_new_tokens ended early
-        }
+        headers = result_headers(result)
         if body.stream_format == "sse":
             events = _sse(formats.pieces(rendered.data, 48 * 1024), len(body.input), lambda: result.num_frames)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
@@ -171,6 +165,21 @@ def router(service: SpeechService, metrics: Metrics, aliases: VoiceAliases | Non
                                  headers=headers)
 
     return api
+
+
+# What a whole (not streamed) speech response says about its audio, beside the body; browsers are
+# allowed to read them (delivery/app.py's CORS expose_headers).
+RESULT_HEADERS = {
+    "X-Audio-Duration": lambda r: f"{r.duration_seconds:.3f}",
+    "X-Seed": lambda r: str(r.seed),
+    "X-Generation-Time": lambda r: f"{r.generation_seconds:.3f}",
+    "X-Text-Chunks": lambda r: str(len(r.chunks)),
+    "X-Chunks-Cut": lambda r: str(len(r.cut_chunks)),  # chunks that max_new_tokens ended early
+}
+
+
+def result_headers(result) -> dict[str, str]:
+    return {name: value(result) for name, value in RESULT_HEADERS.items()}
 
 
 def _chunk_long_input(raw: dict, given: set[str]) -> None:

@@ -22,7 +22,7 @@ from ..core.checkpoint import LoadedModel, ModelCache, load_processor
 from ..core.codes import generated_frames, stream_ended
 from ..core.encoding import ENCODING, encode_clip
 from ..core.prompt import DEFAULT_SCENE, Prompt, PromptRenderer, PromptVoice, build_prompt
-from ..core.sampling import MAX_SEED, SamplingParams
+from ..core.sampling import MAX_SEED, ChunkParams, SamplingParams
 from ..core.streaming import StreamingDecoder
 from ..core.text import CHUNK_METHODS, chunk_text, normalize_transcript, speakable
 from ..core.voice_cache import VoiceCodeCache
@@ -52,9 +52,10 @@ class SynthesisRequest:
     voices: str | list[str] | None = None  # "belinda,chadwick" = SPEAKER0, SPEAKER1
     scene: str | None = None  # None: the default scene; "": no scene
     chunk_method: str | None = None
-    chunk_max_word_num: int = 200
-    chunk_max_num_turns: int = 1
-    generation_chunk_buffer_size: int | None = None  # None keeps every earlier chunk
+    # core.sampling.ChunkParams' knobs, flat (their defaults and bounds are written there)
+    chunk_max_word_num: int = ChunkParams.chunk_max_word_num
+    chunk_max_num_turns: int = ChunkParams.chunk_max_num_turns
+    generation_chunk_buffer_size: int | None = ChunkParams.generation_chunk_buffer_size  # None: every chunk
     ref_audio_in_system_message: bool = False
     sampling: SamplingParams = field(default_factory=SamplingParams)
     seed: int | None = None  # None: a random seed, reported in the result
@@ -67,13 +68,7 @@ class SynthesisRequest:
             raise ValueError(
                 f"chunk_method must be null or one of {', '.join(CHUNK_METHODS)}; got {self.chunk_method!r}"
             )
-        if not (isinstance(self.chunk_max_word_num, int) and self.chunk_max_word_num >= 1):
-            raise ValueError(f"chunk_max_word_num must be an integer >= 1; got {self.chunk_max_word_num!r}")
-        if not (isinstance(self.chunk_max_num_turns, int) and self.chunk_max_num_turns >= 1):
-            raise ValueError(f"chunk_max_num_turns must be an integer >= 1; got {self.chunk_max_num_turns!r}")
-        buffer = self.generation_chunk_buffer_size
-        if buffer is not None and not (isinstance(buffer, int) and buffer >= 0):
-            raise ValueError(f"generation_chunk_buffer_size must be an integer >= 0 or null; got {buffer!r}")
+        ChunkParams(self.chunk_max_word_num, self.chunk_max_num_turns, self.generation_chunk_buffer_size)
         if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED):
             raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}; got {self.seed!r}")
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.audio import FRAMES_PER_SECOND
 from ..core.checkpoint import LoadedModel
 from ..core.prompt import PromptRenderer, PromptVoice, build_prompt
 from ..core.reference import generate_reference
@@ -23,7 +24,6 @@ from ..engine.batch import bucket_length
 from ..engine.engine import EngineRequest, FastEngine
 from ..engine.scheduler import Scheduler
 
-FRAMES_PER_SECOND = 25.0
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the forest."
 
 
