@@ -57,7 +57,7 @@ class SamplingParams:
     """Per-chunk sampling settings, with the reference pipeline's defaults."""
 
     temperature: float = knob(0.8, ge=0.0, le=2.0,
-                              help="below 0.001 = greedy (RAS still redraws repeats; see README)")
+                              help="below 0.001 = greedy (RAS still redraws repeats; see docs/api.md)")
     top_k: int = knob(50, ge=0, help="keep the k most likely codes; 0 disables")
     top_p: float = knob(0.95, gt=0.0, le=1.0, help="nucleus sampling; 1 disables")
     max_new_tokens: int = knob(2048, ge=1, le=8192, help="audio frames per chunk; 25 = 1 s")

@@ -42,7 +42,7 @@ def model_label(model: str) -> str:
 # The job fields /v1/audio/speech spells OpenAI's way, and those that belong to RunPod jobs only.
 OPENAI_NAMES = {"transcript": "input", "ref_audio": "voice", "output_format": "response_format"}
 JOB_ONLY = {"action", "s3_bucket", "s3_key", "stream"}
-# Fields that known clients add: accepted, and ignored but for `stream` (README, "HTTP server").
+# Fields that known clients add: accepted, and ignored but for `stream` (docs/api.md, "HTTP server").
 CLIENT_EXTRAS = {
     "stream": "Kokoro-FastAPI's; false: the whole file when it is done (lengths in its header)",
     "backend": "LibreChat's (for LocalAI); ignored",
