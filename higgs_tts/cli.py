@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .core.sampling import MAX_SEED, chunk_knobs, sampling_knobs
 from .core.text import CHUNK_METHODS
-from .settings import ENGINES, Settings
+from .settings import ENGINE_ALIASES, ENGINES, Settings
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -18,8 +18,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer-path", help="codec folder or repo id (default: $TOKENIZER_PATH)")
     parser.add_argument("--voices-dir", help="voices folder (default: $VOICE_PROMPTS_PATH)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: automatic)")
-    parser.add_argument("--engine", choices=ENGINES,
-                        help="decode loop: fast (ours), reference (transformers' generate()); "
+    parser.add_argument("--engine", choices=(*ENGINES, *ENGINE_ALIASES),
+                        help="decode loop: fast (ours), generate (transformers' generate(); also 'reference'); "
                              "default $ENGINE or auto = fast on CUDA")
 
 

@@ -10,7 +10,9 @@ DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
 DEFAULT_TOKENIZER = "bosonai/higgs-audio-v2-tokenizer"
 DEFAULT_REVISION = "main"  # of either repo, unless MODEL_REVISION / TOKENIZER_REVISION say otherwise
 DEFAULT_VOICE_PROMPTS = "voice_prompts"
-ENGINES = ("auto", "fast", "reference")
+# The decode paths: "fast", our engine (engine/); "generate", transformers' generate(); "auto", fast on CUDA.
+ENGINES = ("auto", "fast", "generate")
+ENGINE_ALIASES = {"reference": "generate"}  # earlier names, still accepted
 
 
 def _optional(name: str) -> str | None:
@@ -63,7 +65,7 @@ class Settings:
     voice_prompts_path: Path = field(default_factory=lambda: Path(DEFAULT_VOICE_PROMPTS))
     device: str | None = None
     dtype: str | None = None
-    engine: str = "auto"  # "fast" (our decode loop), "reference" (transformers' generate()), "auto"
+    engine: str = "auto"  # one of ENGINES (or an alias, stored under its name in ENGINES)
     voice_cache_dir: Path | None = None  # codes of reference voices; None keeps them in memory only
     voice_cache_max_bytes: int = 512 * 2**20  # the on-disk cache's size; least recently used files go first
     # Continuous batching (fast engine): sequences decoded together, positions per sequence (prompt
@@ -76,8 +78,9 @@ class Settings:
     max_context_frames: int = 8192
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
+        if self.engine not in (*ENGINES, *ENGINE_ALIASES):
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {self.engine!r}")
+        object.__setattr__(self, "engine", ENGINE_ALIASES.get(self.engine, self.engine))
         for name in ("engine_slots", "engine_max_len", "engine_queue", "max_context_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1; got {getattr(self, name)}")

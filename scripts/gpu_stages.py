@@ -234,7 +234,7 @@ def _graphs_on_off(loaded, rows: int) -> None:
 def _teacher_forced(loaded) -> None:
     """transformers' generate() (greedy, its raw logits kept), then our eager step fed the same
     columns: top-1 agreement per (step, codebook) and the relative error of the logits."""
-    from higgs_tts.core.reference import generation_config_for
+    from higgs_tts.core.generate import generation_config_for
     from higgs_tts.core.sampling import SamplingParams
     from higgs_tts.engine.model_runner import ModelRunner
 

@@ -14,7 +14,7 @@ from higgs_tts.core.audio import MAX_SPEED, MIN_SPEED
 from higgs_tts.core.sampling import ChunkParams, chunk_knobs
 from higgs_tts.delivery.openai import RESULT_HEADERS, SpeechRequest
 from higgs_tts.service.schema import GenerateInput
-from higgs_tts.settings import DEFAULT_MODEL, DEFAULT_TOKENIZER, ENGINES, ServerSettings, Settings
+from higgs_tts.settings import DEFAULT_MODEL, DEFAULT_TOKENIZER, ENGINE_ALIASES, ENGINES, ServerSettings, Settings
 from higgs_tts.synthesis.synthesizer import SynthesisRequest
 
 PACKAGE = REPO / "higgs_tts"
@@ -52,7 +52,7 @@ def test_speed_bounds_are_the_same_for_jobs_and_the_openai_body():
 def test_the_cli_offers_the_engines_settings_accepts():
     engine = next(a for a in build_parser()._subparsers._group_actions[0].choices["speak"]._actions
                   if a.dest == "engine")
-    assert tuple(engine.choices) == ENGINES
+    assert tuple(engine.choices) == (*ENGINES, *ENGINE_ALIASES)
 
 
 def test_browsers_may_read_every_result_header():
@@ -108,3 +108,19 @@ def test_shared_values_are_defined_once_in_the_package():
     for header in RESULT_HEADERS:
         assert strings[header] == ["higgs_tts/delivery/openai.py"], header
     assert strings[higgs_tts.__version__] == ["higgs_tts/__init__.py"]
+
+
+def test_the_generate_path_has_one_name_and_reference_stays_accepted():
+    from higgs_tts.synthesis.generator import GENERATORS, generator_kind
+
+    assert Settings(engine="reference").engine == Settings(engine="generate").engine == "generate"
+    assert set(GENERATORS) == set(ENGINES) - {"auto"}
+    for name in ("generate", "reference", "fast"):
+        assert build_parser().parse_args(["speak", "--text", "x", "--engine", name]).engine == name
+    import torch
+
+    assert generator_kind(Settings(engine="reference"), torch.device("cpu")) == "generate"
+    assert generator_kind(Settings(engine="auto"), torch.device("cpu")) == "generate"
+    assert generator_kind(Settings(engine="auto"), torch.device("cuda")) == "fast"
+    with pytest.raises(ValueError, match="engine must be one of auto, fast, generate"):
+        Settings(engine="batched")

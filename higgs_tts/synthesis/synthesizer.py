@@ -169,7 +169,7 @@ class Synthesizer:
         self._stopping = threading.Event()  # set by stop_all(): every generation ends at its next step
 
     def generator_kind(self, loaded: LoadedModel) -> str:
-        """'batched' (our decode loop) or 'reference' (transformers' generate())."""
+        """'fast' (our engine) or 'generate' (transformers' generate())."""
         return generator_kind(self.settings, loaded.device)
 
     def generator(self, loaded: LoadedModel) -> Generator:
@@ -354,7 +354,7 @@ class Synthesizer:
 
     def _frames(self, run: _Run, request: SynthesisRequest) -> Iterator[torch.Tensor]:
         """Generate every chunk in order, with earlier chunks as context; yields new frames as they
-        are complete (per engine check with the fast engine, per chunk with the reference path)."""
+        are complete (per engine check with the fast engine, per chunk with the generate() path)."""
         started = time.perf_counter()
         with self.generator(run.loaded).admission():  # a busy engine says so before any work is done
             yield from self._chunks(run, request)

@@ -7,7 +7,7 @@ import torch
 from higgs_tts.core.checkpoint import ModelCache
 from higgs_tts.core.sampling import SamplingParams
 from higgs_tts.core.voices import VoiceError
-from higgs_tts.synthesis.generator import BatchedGenerator, ReferenceGenerator
+from higgs_tts.synthesis.generator import FastGenerator, TransformersGenerator
 from higgs_tts.synthesis.synthesizer import SynthesisRequest, Synthesizer
 
 HOP = 960
@@ -153,13 +153,13 @@ def test_prepare_loads_the_model_and_starts_the_fast_engine(settings):
     fast = Synthesizer(dc.replace(settings, engine="fast"), Cache())
     assert fast.loaded_model() is None
     fast.prepare()
-    assert fast.loaded_model() is not None and isinstance(fast._generator, BatchedGenerator)
+    assert fast.loaded_model() is not None and isinstance(fast._generator, FastGenerator)
     assert fast.engine_load() == (0, 0, 0)
     fast.unload()
     assert fast._generator is None
     reference = Synthesizer(dc.replace(settings, engine="reference"), Cache())
     reference.prepare()
-    assert reference.loaded_model() is not None and isinstance(reference._generator, ReferenceGenerator)
+    assert reference.loaded_model() is not None and isinstance(reference._generator, TransformersGenerator)
 
 
 def test_speaker_tags_are_counted_before_normalization(synthesizer):
