@@ -38,22 +38,14 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _speak(args: argparse.Namespace) -> int:
     from .core.audio import write_audio
-    from .core.sampling import SamplingParams
+    from .core.sampling import ChunkParams, SamplingParams
     from .synthesis.synthesizer import SynthesisRequest, Synthesizer
 
     text = args.text if args.text is not None else Path(args.text_file).read_text(encoding="utf-8")
-    request = SynthesisRequest(
-        text=text,
-        voices=args.voice,
-        scene=args.scene,
-        chunk_method=args.chunk_method,
-        chunk_max_word_num=args.chunk_max_word_num,
-        chunk_max_num_turns=args.chunk_max_num_turns,
-        generation_chunk_buffer_size=args.chunk_buffer_size,
-        ref_audio_in_system_message=args.voice_in_system,
-        sampling=SamplingParams.from_fields(args),
-        seed=args.seed,
-    )
+    request = SynthesisRequest(text=text, voices=args.voice, scene=args.scene, chunk_method=args.chunk_method,
+                               ref_audio_in_system_message=args.voice_in_system,
+                               sampling=SamplingParams.from_fields(args), seed=args.seed,
+                               **ChunkParams.values_from(args))
     synthesizer = Synthesizer(_settings(args))
     if args.print_prompt:
         sys.stdout.write(synthesizer.render_prompt(request) + "\n")
@@ -144,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, knob in (("--chunk-max-word-num", chunking["chunk_max_word_num"]),
                        ("--chunk-max-num-turns", chunking["chunk_max_num_turns"]),
                        ("--chunk-buffer-size", chunking["generation_chunk_buffer_size"])):
-        speak.add_argument(flag, type=knob.type, default=knob.default,
+        speak.add_argument(flag, dest=knob.name, type=knob.type, default=knob.default,
                            help=f"{knob.help} ({knob.rule()}; default {knob.default})")
     speak.add_argument("--seed", type=int, default=None, help=f"0 to {MAX_SEED} (default: random, logged)")
     for knob in sampling_knobs():  # one flag per sampling knob, with its default and meaning

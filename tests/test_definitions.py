@@ -18,8 +18,6 @@ from higgs_tts.settings import DEFAULT_MODEL, DEFAULT_TOKENIZER, ENGINE_ALIASES,
 from higgs_tts.synthesis.synthesizer import SynthesisRequest
 
 PACKAGE = REPO / "higgs_tts"
-CLI_FLAGS = {"chunk_max_word_num": "chunk_max_word_num", "chunk_max_num_turns": "chunk_max_num_turns",
-             "generation_chunk_buffer_size": "chunk_buffer_size"}  # knob -> argparse dest
 
 
 def bounds(model, name: str) -> dict:
@@ -33,7 +31,7 @@ def bounds(model, name: str) -> dict:
 @pytest.mark.parametrize("knob", chunk_knobs(), ids=lambda k: k.name)
 def test_chunk_knobs_have_one_default_and_one_set_of_bounds(knob):
     speak = build_parser().parse_args(["speak", "--text", "x"])
-    assert getattr(speak, CLI_FLAGS[knob.name]) == knob.default
+    assert getattr(speak, knob.name) == knob.default
     assert GenerateInput.model_fields[knob.name].default == knob.default
     assert bounds(GenerateInput, knob.name) == {k: v for k, v in (("ge", knob.ge), ("le", knob.le)) if v is not None}
     assert getattr(SynthesisRequest(text="x"), knob.name) == knob.default

@@ -96,6 +96,11 @@ class ChunkParams:
         for k in chunk_knobs():
             k.check(getattr(self, k.name))
 
+    @staticmethod
+    def values_from(source: object) -> dict:
+        """The same-named attributes of `source` (parsed CLI arguments, an API request), by knob name."""
+        return {k.name: getattr(source, k.name) for k in chunk_knobs()}
+
 
 def _knobs(cls: type) -> list[Knob]:
     types = {"float": float, "int": int, "int | None": int}
