@@ -9,9 +9,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .core.sampling import MAX_SEED, sampling_knobs
+from .core.sampling import MAX_SEED, chunk_knobs, sampling_knobs
 from .core.text import CHUNK_METHODS
-from .settings import Settings
+from .settings import ENGINE_ALIASES, ENGINES, Settings
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -19,8 +19,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer-path", help="codec folder or repo id (default: $TOKENIZER_PATH)")
     parser.add_argument("--voices-dir", help="voices folder (default: $VOICE_PROMPTS_PATH)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: automatic)")
-    parser.add_argument("--engine", choices=["auto", "fast", "reference"],
-                        help="decode loop: fast (ours), reference (transformers' generate()); "
+    parser.add_argument("--engine", choices=(*ENGINES, *ENGINE_ALIASES),
+                        help="decode loop: fast (ours), generate (transformers' generate(); also 'reference'); "
                              "default $ENGINE or auto = fast on CUDA")
 
 
@@ -39,22 +39,14 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _speak(args: argparse.Namespace) -> int:
     from .core.audio import write_audio
-    from .core.sampling import SamplingParams
+    from .core.sampling import ChunkParams, SamplingParams
     from .synthesis.synthesizer import SynthesisRequest, Synthesizer
 
     text = args.text if args.text is not None else Path(args.text_file).read_text(encoding="utf-8")
-    request = SynthesisRequest(
-        text=text,
-        voices=args.voice,
-        scene=args.scene,
-        chunk_method=args.chunk_method,
-        chunk_max_word_num=args.chunk_max_word_num,
-        chunk_max_num_turns=args.chunk_max_num_turns,
-        generation_chunk_buffer_size=args.chunk_buffer_size,
-        ref_audio_in_system_message=args.voice_in_system,
-        sampling=SamplingParams.from_fields(args),
-        seed=args.seed,
-    )
+    request = SynthesisRequest(text=text, voices=args.voice, scene=args.scene, chunk_method=args.chunk_method,
+                               ref_audio_in_system_message=args.voice_in_system,
+                               sampling=SamplingParams.from_fields(args), seed=args.seed,
+                               **ChunkParams.values_from(args))
     synthesizer = Synthesizer(_settings(args))
     if args.print_prompt:
         sys.stdout.write(synthesizer.render_prompt(request) + "\n")
@@ -152,10 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     speak.add_argument("--voice-in-system", action="store_true",
                        help="put reference voices in the system block instead of as examples")
     speak.add_argument("--chunk-method", choices=CHUNK_METHODS, default=None)
-    speak.add_argument("--chunk-max-word-num", type=int, default=200)
-    speak.add_argument("--chunk-max-num-turns", type=int, default=1)
-    speak.add_argument("--chunk-buffer-size", type=int, default=None,
-                       help="earlier chunks kept as context (default: all)")
+    chunking = {k.name: k for k in chunk_knobs()}  # flags named as before: --chunk-buffer-size
+    for flag, knob in (("--chunk-max-word-num", chunking["chunk_max_word_num"]),
+                       ("--chunk-max-num-turns", chunking["chunk_max_num_turns"]),
+                       ("--chunk-buffer-size", chunking["generation_chunk_buffer_size"])):
+        speak.add_argument(flag, dest=knob.name, type=knob.type, default=knob.default,
+                           help=f"{knob.help} ({knob.rule()}; default {knob.default})")
     speak.add_argument("--seed", type=int, default=None, help=f"0 to {MAX_SEED} (default: random, logged)")
     for knob in sampling_knobs():  # one flag per sampling knob, with its default and meaning
         speak.add_argument("--" + knob.name.replace("_", "-"), type=knob.type, default=knob.default,

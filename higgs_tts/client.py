@@ -308,7 +308,7 @@ class _WebSocket:
 
 
 class LiveSpeech:
-    """Text in as it is written, speech out phrase by phrase (`higgs-tts serve`, README "Live speech").
+    """Text in as it is written, speech out phrase by phrase (`higgs-tts serve`, docs/api.md, "Live speech").
 
         with LiveSpeech("http://127.0.0.1:8000", api_key=None, voice="belinda") as live:
             for event in live.speak(llm_tokens()):     # sends the pieces, then close

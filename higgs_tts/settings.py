@@ -8,8 +8,11 @@ from pathlib import Path
 
 DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
 DEFAULT_TOKENIZER = "bosonai/higgs-audio-v2-tokenizer"
+DEFAULT_REVISION = "main"  # of either repo, unless MODEL_REVISION / TOKENIZER_REVISION say otherwise
 DEFAULT_VOICE_PROMPTS = "voice_prompts"
-ENGINES = ("auto", "fast", "reference")
+# The decode paths: "fast", our engine (engine/); "generate", transformers' generate(); "auto", fast on CUDA.
+ENGINES = ("auto", "fast", "generate")
+ENGINE_ALIASES = {"reference": "generate"}  # earlier names, still accepted
 # A repo id is looked for here before the Hugging Face cache (core/sources.py): the network volume's
 # copies (scripts/setup-network-volume.sh), then RunPod's cached models (an HF cache, endpoint's "Model").
 MODELS_DIR = Path("/runpod-volume/models")
@@ -76,14 +79,14 @@ class Settings:
 
     model_path: str = DEFAULT_MODEL
     tokenizer_path: str = DEFAULT_TOKENIZER
-    model_revision: str | None = None
-    tokenizer_revision: str | None = None
+    model_revision: str = DEFAULT_REVISION
+    tokenizer_revision: str = DEFAULT_REVISION
     models_dir: Path | None = MODELS_DIR  # NAME folders for repo ids (None: not looked for)
     runpod_model_cache: Path | None = RUNPOD_MODEL_CACHE  # RunPod's cached models (None: not looked for)
     voice_prompts_path: Path = field(default_factory=lambda: Path(DEFAULT_VOICE_PROMPTS))
     device: str | None = None
     dtype: str | None = None
-    engine: str = "auto"  # "fast" (our decode loop), "reference" (transformers' generate()), "auto"
+    engine: str = "auto"  # one of ENGINES (or an alias, stored under its name in ENGINES)
     voice_cache_dir: Path | None = None  # codes of reference voices; None keeps them in memory only
     voice_cache_max_bytes: int = 512 * 2**20  # the on-disk cache's size; least recently used files go first
     # Continuous batching (fast engine): sequences decoded together, positions per sequence (prompt
@@ -99,8 +102,9 @@ class Settings:
     max_context_frames: int = 8192
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
+        if self.engine not in (*ENGINES, *ENGINE_ALIASES):
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {self.engine!r}")
+        object.__setattr__(self, "engine", ENGINE_ALIASES.get(self.engine, self.engine))
         for name in ("engine_slots", "engine_max_len", "engine_queue", "max_context_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1; got {getattr(self, name)}")
@@ -110,23 +114,23 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         return cls(
-            model_path=_optional("MODEL_PATH") or DEFAULT_MODEL,
-            tokenizer_path=_optional("TOKENIZER_PATH") or DEFAULT_TOKENIZER,
-            model_revision=_optional("MODEL_REVISION"),
-            tokenizer_revision=_optional("TOKENIZER_REVISION"),
+            model_path=_optional("MODEL_PATH") or cls.model_path,
+            tokenizer_path=_optional("TOKENIZER_PATH") or cls.tokenizer_path,
+            model_revision=_optional("MODEL_REVISION") or cls.model_revision,
+            tokenizer_revision=_optional("TOKENIZER_REVISION") or cls.tokenizer_revision,
             models_dir=_folder("MODELS_DIR", MODELS_DIR),
             runpod_model_cache=_folder("RUNPOD_MODEL_CACHE", RUNPOD_MODEL_CACHE),
             voice_prompts_path=Path(_optional("VOICE_PROMPTS_PATH") or DEFAULT_VOICE_PROMPTS),
             device=_optional("DEVICE"),
             dtype=_optional("DTYPE"),
-            engine=_optional("ENGINE") or "auto",
+            engine=_optional("ENGINE") or cls.engine,
             voice_cache_dir=_voice_cache_dir(),
-            voice_cache_max_bytes=_number("VOICE_CACHE_MAX_BYTES", 512 * 2**20),
-            engine_slots=_number("ENGINE_SLOTS", 8),
-            engine_max_len=_number("ENGINE_MAX_LEN", 4096),
-            engine_queue=_number("ENGINE_QUEUE", 32),
-            prefix_cache_max_bytes=_number("PREFIX_CACHE_MAX_BYTES", 2**30),
-            max_context_frames=_number("MAX_CONTEXT_FRAMES", 8192),
+            voice_cache_max_bytes=_number("VOICE_CACHE_MAX_BYTES", cls.voice_cache_max_bytes),
+            engine_slots=_number("ENGINE_SLOTS", cls.engine_slots),
+            engine_max_len=_number("ENGINE_MAX_LEN", cls.engine_max_len),
+            engine_queue=_number("ENGINE_QUEUE", cls.engine_queue),
+            prefix_cache_max_bytes=_number("PREFIX_CACHE_MAX_BYTES", cls.prefix_cache_max_bytes),
+            max_context_frames=_number("MAX_CONTEXT_FRAMES", cls.max_context_frames),
         )
 
 
@@ -157,22 +161,22 @@ class ServiceSettings:
     @classmethod
     def from_env(cls) -> ServiceSettings:
         return cls(
-            max_transcript_chars=_number("MAX_TRANSCRIPT_CHARS", 20_000),
-            max_reference_bytes=_number("MAX_REFERENCE_BYTES", 10 * 1024 * 1024),
-            max_reference_seconds=_number("MAX_REFERENCE_SECONDS", 60.0, float),
-            max_inline_audio_bytes=_number("MAX_INLINE_AUDIO_BYTES", 14 * 1024 * 1024),
-            max_chunks=_number("MAX_CHUNKS", 200),
-            max_total_frames=_number("MAX_TOTAL_FRAMES", 250_000),
-            presign_seconds=_number("S3_PRESIGN_SECONDS", 3600),
+            max_transcript_chars=_number("MAX_TRANSCRIPT_CHARS", cls.max_transcript_chars),
+            max_reference_bytes=_number("MAX_REFERENCE_BYTES", cls.max_reference_bytes),
+            max_reference_seconds=_number("MAX_REFERENCE_SECONDS", cls.max_reference_seconds, float),
+            max_inline_audio_bytes=_number("MAX_INLINE_AUDIO_BYTES", cls.max_inline_audio_bytes),
+            max_chunks=_number("MAX_CHUNKS", cls.max_chunks),
+            max_total_frames=_number("MAX_TOTAL_FRAMES", cls.max_total_frames),
+            presign_seconds=_number("S3_PRESIGN_SECONDS", cls.presign_seconds),
             default_bucket=_optional("S3_BUCKET"),
-            idle_cleanup_seconds=_number("IDLE_CLEANUP_SECONDS", 300.0, float),
+            idle_cleanup_seconds=_number("IDLE_CLEANUP_SECONDS", cls.idle_cleanup_seconds, float),
             unload_after_idle=_flag("UNLOAD_AFTER_IDLE"),
-            max_concurrency=_number("MAX_CONCURRENCY", 1),
+            max_concurrency=_number("MAX_CONCURRENCY", cls.max_concurrency),
             s3_endpoint_url=_optional("AWS_ENDPOINT_URL"),
-            s3_region=_optional("AWS_DEFAULT_REGION") or "us-east-1",
+            s3_region=_optional("AWS_DEFAULT_REGION") or cls.s3_region,
             ref_audio_url_allowlist=_hosts("REF_AUDIO_URL_ALLOWLIST"),
-            ref_audio_url_timeout=_number("REF_AUDIO_URL_TIMEOUT", 20.0, float),
-            live_max_buffered_chars=_number("LIVE_MAX_BUFFERED_CHARS", 4000),
+            ref_audio_url_timeout=_number("REF_AUDIO_URL_TIMEOUT", cls.ref_audio_url_timeout, float),
+            live_max_buffered_chars=_number("LIVE_MAX_BUFFERED_CHARS", cls.live_max_buffered_chars),
         )
 
 
@@ -202,17 +206,17 @@ class ServerSettings:
     def from_env(cls) -> ServerSettings:
         return cls(
             api_key=_optional("API_KEY"),
-            max_request_bytes=_number("MAX_REQUEST_BYTES", 20 * 1024 * 1024),
-            log_level=_optional("UVICORN_LOG_LEVEL") or "info",
-            preload_model=_flag("PRELOAD_MODEL", True),
+            max_request_bytes=_number("MAX_REQUEST_BYTES", cls.max_request_bytes),
+            log_level=_optional("UVICORN_LOG_LEVEL") or cls.log_level,
+            preload_model=_flag("PRELOAD_MODEL", cls.preload_model),
             streaming=_flag("STREAMING"),
             webhook_allowlist=_hosts("WEBHOOK_ALLOWLIST"),
             health_port=_number("PORT_HEALTH", None),
             voice_aliases_path=Path(p) if (p := _optional("VOICE_ALIASES_PATH")) else None,
             cors_origins=tuple(o.strip() for o in (_optional("CORS_ORIGINS") or "").split(",") if o.strip()),
-            live_idle_seconds=_number("LIVE_IDLE_SECONDS", 60.0, float),
-            live_max_messages_per_second=_number("LIVE_MAX_MESSAGES_PER_SECOND", 200),
-            live_max_sessions=_number("LIVE_MAX_SESSIONS", 64),
-            wyoming_uri=_optional("WYOMING_URI") or WYOMING_URI,
-            wyoming_languages=_list("WYOMING_LANGUAGES") or WYOMING_LANGUAGES,
+            live_idle_seconds=_number("LIVE_IDLE_SECONDS", cls.live_idle_seconds, float),
+            live_max_messages_per_second=_number("LIVE_MAX_MESSAGES_PER_SECOND", cls.live_max_messages_per_second),
+            live_max_sessions=_number("LIVE_MAX_SESSIONS", cls.live_max_sessions),
+            wyoming_uri=_optional("WYOMING_URI") or cls.wyoming_uri,
+            wyoming_languages=_list("WYOMING_LANGUAGES") or cls.wyoming_languages,
         )

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# On any CUDA host (docs/engine.md, "Checking the engine on a GPU"): the kit that
-# scripts/gpu-wheels.sh put in .gpu/ installed with no registry, then the stages, each under its
-# own `timeout`, none stopping the run, the whole within GPU_CHECK_SECONDS (default 470 s).
-# Files in $OUT (at most 8): log.txt (the tee in the documented command), results.jsonl,
+# On any CUDA host (docs/engine.md, "Checking the engine on a GPU"): the stages, each under its
+# own `timeout`, none stopping the run, the whole within GPU_CHECK_SECONDS (default 470 s), with
+# PYTHON (default python3) holding the project's dependencies. A host that reaches no package
+# registry gets what it lacks from .gpu/ (scripts/gpu-wheels.sh), installed here with no registry.
+# Files in $OUT (at most 8): log.txt (the tee in the docs' command), results.jsonl,
 # anatomy.json, bench.json, bench.log, tests.txt, profile.txt. The summary table is printed last.
 #
 #   1 env     GPU, driver, clocks, versions (carried transformers shadows the system one?), SDPA kernels
@@ -27,11 +28,14 @@ rm -f "$OUT/results.jsonl"
 SITE=${GPU_SITE:-/tmp/site}
 PYTHON=${PYTHON:-python3}
 
-if ! "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$SITE" .gpu/whl/*.whl; then
-  echo "gpu-check: installing .gpu/whl failed (run scripts/gpu-wheels.sh here first, and carry .gpu)" >&2
+if [ -d .gpu/whl ]; then  # the kit from scripts/gpu-wheels.sh, with the tests' voices
+  if ! "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$SITE" .gpu/whl/*.whl; then
+    echo "gpu-check: installing .gpu/whl failed (run scripts/gpu-wheels.sh again)" >&2
+  fi
+  export HIGGS_SHARED_DIR="$PWD/.gpu"
 fi
-export PYTHONPATH="$SITE:$PWD" HIGGS_SHARED_DIR="$PWD/.gpu" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+export PYTHONPATH="$SITE:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 export TOKENIZERS_PARALLELISM=false
 if "$PYTHON" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
   cuda=1 device=cuda

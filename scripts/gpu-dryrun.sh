@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU run rehearsed HERE, on CPU: a Python 3.12 environment holding only the lent machine's
-# relevant packages at its versions (KINDS.md: torch 2.11.0, transformers 5.17, numpy 2.5.2, ...),
-# then scripts/gpu-check.sh exactly as the lent machine runs it (the kit from scripts/gpu-wheels.sh
+# The GPU run rehearsed HERE, on CPU: a Python 3.12 environment holding only an offline GPU
+# host's relevant packages at its versions (torch 2.11.0, transformers 5.17, numpy 2.5.2, ...),
+# then scripts/gpu-check.sh exactly as such a host runs it (the kit from scripts/gpu-wheels.sh
 # installed with --no-index into /tmp/site, no registry). Every stage runs; GPU-only parts say
 # "skipped: no CUDA". The environment is kept outside the repository (GPU_DRYRUN_DIR, default
 # ~/.cache/higgs-tts-gpu-dryrun: nothing in it travels or is linted) and reused.
@@ -16,7 +16,7 @@ PY312="${PY312:-python3.12}"
 "$PY312" -V >/dev/null 2>&1 || PY312=$(find /root/.pyenv/versions -path '*3.12*/bin/python3.12' 2>/dev/null | sort | tail -1)
 HERE="${GPU_DRYRUN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/higgs-tts-gpu-dryrun}"
 VENV="$HERE/venv"
-# The lent machine's versions besides torch 2.11.0 and torchaudio 2.11.0 (KINDS.md, "pip list").
+# The offline GPU host's versions besides torch 2.11.0 and torchaudio 2.11.0.
 LENT=(transformers==5.17.0 numpy==2.5.2 safetensors==0.8.0 tokenizers==0.23.2
       huggingface_hub==1.33.0 regex jinja2 pyyaml pytest typer tqdm)
 
@@ -45,7 +45,7 @@ if [ ! -f "$VENV/.ready" ]; then
   # Nothing below depends on torch, so pip never resolves (downloads) torch's CUDA wheels again.
   "$VENV/bin/pip" install --quiet "${LENT[@]}"
   "$VENV/bin/pip" install --quiet --no-deps accelerate==1.15.0 psutil  # it requires torch: no resolving
-  # Pulled in here (by typer) but absent from the lent image (KINDS.md): nothing may rely on them.
+  # Pulled in here (by typer) but absent from that host's image: nothing may rely on them.
   "$VENV/bin/pip" uninstall --quiet --yes pydantic pydantic-core annotated-types typing-inspection
   touch "$VENV/.ready"
 fi
@@ -54,5 +54,5 @@ fi
 export OUT="${OUT:-$HERE/out}"
 rm -rf "$OUT" /tmp/site
 mkdir -p "$OUT"
-# python3 is the 3.12 environment's, as it is the image's python on the lent machine.
+# python3 is the 3.12 environment's, as it is the image's python on that host.
 PATH="$VENV/bin:$PATH" bash scripts/gpu-check.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run HERE, before a GPU lease: fills .gpu/ (ignored by git) with what the lent machine lacks, so
-# that scripts/gpu-check.sh runs there with no registry.
+# For a GPU host that reaches no package registry, run on a machine that does: fills .gpu/ (ignored
+# by git) with what such a host lacks, so that scripts/gpu-check.sh runs there with no registry.
 #
 #   .gpu/whl/*.whl        cp312 manylinux wheels, at requirements.runpod's versions:
 #                         transformers (the machine has 5.17; we need 5.23), regex (transformers
@@ -8,12 +8,12 @@
 #                         langid (built here with `pip wheel`: it is an sdist)
 #   .gpu/voice_prompts/   the test voices (tests find them through HIGGS_SHARED_DIR=.gpu)
 #
-# What the lent machine already has, and we use as it is there (KINDS.md): torch 2.11.0+cu130,
+# What such a host is expected to have already, and we use as it is there: torch 2.11.0+cu130,
 # torchaudio, numpy, safetensors, tokenizers, huggingface_hub, typer, tqdm, pyyaml, jinja2,
 # pytest. Not carried: jieba (~19 MB of dictionary; only Chinese text chunking imports it, and no
 # GPU stage does) and the serving stack (pydantic, fastapi, av, boto3, runpod: no GPU stage
 # imports it). The total is printed; it must stay under 40 MiB (the working tree and carried
-# paths travel in 64 MiB in all).
+# paths stay within 64 MiB to copy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +28,7 @@ pin() {  # the exact requirement line requirements.runpod has for a package
 
 rm -rf "$KIT/whl" "$KIT/voice_prompts"
 mkdir -p "$KIT/whl"
-# Binary wheels for the lent machine's interpreter (CPython 3.12, x86-64 Linux), whatever runs here.
+# Binary wheels for the GPU host's interpreter (CPython 3.12, x86-64 Linux), whatever runs here.
 "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --implementation cp --python-version 3.12 \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d "$KIT/whl" "$(pin transformers)" "$(pin regex)" "$(pin soundfile)" "$(pin cffi)" "$(pin pycparser)"

@@ -37,7 +37,7 @@ TOP1_MIN = 0.90  # teacher-forced top-1 agreement of our step with transformers'
 REL_ERR_MAX = 0.05  # median relative error of our step's logits against transformers' forward
 BIG = 64 if CUDA else 4  # the large batch of the timing stage (a CPU run only checks the code path)
 REPEATS = 50 if CUDA else 3
-WIDTH = 240  # characters per summary line (40 of them fit the device tool's 12,000-character tail)
+WIDTH = 240  # characters per summary line (40 of them fit a 12,000-character log tail)
 
 
 def record(stage: str, name: str, value, status: str = "info") -> None:
@@ -240,7 +240,7 @@ def _graphs_on_off(loaded, rows: int) -> None:
 def _teacher_forced(loaded) -> None:
     """transformers' generate() (greedy, its raw logits kept), then our eager step fed the same
     columns: top-1 agreement per (step, codebook) and the relative error of the logits."""
-    from higgs_tts.core.reference import generation_config_for
+    from higgs_tts.core.generate import generation_config_for
     from higgs_tts.core.sampling import SamplingParams
     from higgs_tts.engine.model_runner import ModelRunner
 

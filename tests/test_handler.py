@@ -22,6 +22,8 @@ from conftest import REPO, make_bucket
 
 from higgs_tts.client import HiggsTTSClient, HiggsTTSError
 
+pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
+
 
 def runsync(worker, job_input, timeout=300):
     reply = httpx.post(worker["url"] + "/runsync", json={"input": job_input}, timeout=timeout)

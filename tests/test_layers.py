@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
 
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 

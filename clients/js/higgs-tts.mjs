@@ -404,7 +404,7 @@ export class NodeWebSocket {
 }
 
 /**
- * Text in as it is written, speech out phrase by phrase (`higgs-tts serve`, README "Live speech").
+ * Text in as it is written, speech out phrase by phrase (`higgs-tts serve`, docs/api.md, "Live speech").
  *
  *   const live = await LiveSpeech.open("http://127.0.0.1:8000", { apiKey, voice: "belinda" });
  *   for await (const event of live.speak(llmTokens())) {   // sends the pieces, then close

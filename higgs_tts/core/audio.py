@@ -202,6 +202,9 @@ def write_audio(path: str | Path, samples: np.ndarray, sample_rate: int = SAMPLE
     sf.write(path, samples, sample_rate, subtype=subtype)
 
 
+MIN_SPEED, MAX_SPEED = 0.25, 4.0  # the playback speeds a request may ask time_stretch for
+
+
 def time_stretch(samples: np.ndarray, rate: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Play `rate` times faster (2.0 = half the duration) without changing the pitch (phase vocoder)."""
     if rate == 1.0 or len(samples) == 0:

@@ -1,7 +1,7 @@
-"""Every sampling knob, defined once: its type, default, bounds and meaning.
+"""Every sampling and chunking knob, defined once: its type, default, bounds and meaning.
 
-The API schema (`service/schema.py`), the command line and both decode loops read these
-definitions, so a new knob is one field here plus the code that implements it.
+The API schema (`service/schema.py`), the command line, the synthesizer's request and both decode
+loops read these definitions, so a new knob is one field here plus the code that implements it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def knob(default, *, help: str, ge: float | None = None, gt: float | None = None
 class Knob:
     name: str
     type: type  # int or float
-    default: float
+    default: float | None  # None: the knob is optional (null allowed)
     ge: float | None
     gt: float | None
     le: float | None
@@ -36,9 +36,12 @@ class Knob:
             return f"{kind} from {self.ge:g} to {self.le:g}"
         low = f">= {self.ge:g}" if self.ge is not None else f"> {self.gt:g}" if self.gt is not None else None
         high = f"<= {self.le:g}" if self.le is not None else None
-        return f"{kind} {' and '.join(b for b in (low, high) if b)}"
+        rule = f"{kind} {' and '.join(b for b in (low, high) if b)}"
+        return rule + " or null" if self.default is None else rule
 
     def check(self, value: object) -> None:
+        if value is None and self.default is None:
+            return
         typed = isinstance(value, int) if self.type is int else isinstance(value, int | float)
         if isinstance(value, bool) or not typed:
             raise ValueError(f"{self.name} must be {self.rule()}; got {value!r}")
@@ -54,7 +57,7 @@ class SamplingParams:
     """Per-chunk sampling settings, with the reference pipeline's defaults."""
 
     temperature: float = knob(0.8, ge=0.0, le=2.0,
-                              help="below 0.001 = greedy (RAS still redraws repeats; see README)")
+                              help="below 0.001 = greedy (RAS still redraws repeats; see docs/api.md)")
     top_k: int = knob(50, ge=0, help="keep the k most likely codes; 0 disables")
     top_p: float = knob(0.95, gt=0.0, le=1.0, help="nucleus sampling; 1 disables")
     max_new_tokens: int = knob(2048, ge=1, le=8192, help="audio frames per chunk; 25 = 1 s")
@@ -79,11 +82,40 @@ class SamplingParams:
         return self.ras_win_len > 0 and self.ras_win_max_num_repeat > 0
 
 
-def sampling_knobs() -> list[Knob]:
-    """The knobs of SamplingParams, in field order."""
-    types = {"float": float, "int": int}
+@dataclass(frozen=True)
+class ChunkParams:
+    """How a long text is cut into generation chunks (core/text.py chunk_text), and how much of the
+    earlier chunks each chunk's prompt keeps."""
+
+    chunk_max_word_num: int = knob(200, ge=1, le=10_000, help="words a chunk may have (word, sentence)")
+    chunk_max_num_turns: int = knob(1, ge=1, le=1000, help="speaker turns a chunk may have (speaker)")
+    generation_chunk_buffer_size: int | None = knob(None, ge=0, le=1000,
+                                                    help="earlier chunks kept as context; null: all")
+
+    def __post_init__(self) -> None:
+        for k in chunk_knobs():
+            k.check(getattr(self, k.name))
+
+    @staticmethod
+    def values_from(source: object) -> dict:
+        """The same-named attributes of `source` (parsed CLI arguments, an API request), by knob name."""
+        return {k.name: getattr(source, k.name) for k in chunk_knobs()}
+
+
+def _knobs(cls: type) -> list[Knob]:
+    types = {"float": float, "int": int, "int | None": int}
     return [
         Knob(f.name, types[f.type] if isinstance(f.type, str) else f.type, f.default, f.metadata["ge"],
              f.metadata["gt"], f.metadata["le"], f.metadata["help"])
-        for f in dataclasses.fields(SamplingParams)
+        for f in dataclasses.fields(cls)
     ]
+
+
+def sampling_knobs() -> list[Knob]:
+    """The knobs of SamplingParams, in field order."""
+    return _knobs(SamplingParams)
+
+
+def chunk_knobs() -> list[Knob]:
+    """The knobs of ChunkParams, in field order."""
+    return _knobs(ChunkParams)

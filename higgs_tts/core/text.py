@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterable
 from functools import lru_cache
 
+from .sampling import ChunkParams
+
 CHUNK_METHODS = ("speaker", "word", "sentence")  # or None: the whole text as one chunk
 # Speech runs about 10 frames (0.4 s) a word; a chunk of max_new_tokens / WORD_FRAMES words leaves
 # twice that room, so slow or long words are not cut (2048 frames: chunks of 102 words).
@@ -134,7 +136,7 @@ def words_per_chunk(max_new_tokens: int) -> int:
     return max(1, max_new_tokens // WORD_FRAMES)
 
 
-def chunk_by_speaker(text: str, max_num_turns: int = 1) -> list[str]:
+def chunk_by_speaker(text: str, max_num_turns: int = ChunkParams.chunk_max_num_turns) -> list[str]:
     """A new chunk at each line starting with a speaker tag; merge `max_num_turns` turns."""
     turns: list[str] = []
     current = ""
@@ -153,7 +155,7 @@ def chunk_by_speaker(text: str, max_num_turns: int = 1) -> list[str]:
     return turns
 
 
-def chunk_by_word(text: str, max_word_num: int = 200) -> list[str]:
+def chunk_by_word(text: str, max_word_num: int = ChunkParams.chunk_max_word_num) -> list[str]:
     """Every `max_word_num` words per paragraph; Chinese is split into words by jieba."""
     language = detect_language(text)
     chunks: list[str] = []
@@ -190,7 +192,7 @@ def split_sentences(text: str) -> list[tuple[str, bool]]:
     return sentences
 
 
-def chunk_by_sentence(text: str, max_word_num: int = 200) -> list[str]:
+def chunk_by_sentence(text: str, max_word_num: int = ChunkParams.chunk_max_word_num) -> list[str]:
     """Chunks of at most `max_word_num` words that end on sentence boundaries.
 
     Sentences are packed greedily; a sentence longer than the limit on its own is split by words.
@@ -226,8 +228,8 @@ def chunk_by_sentence(text: str, max_word_num: int = 200) -> list[str]:
 def chunk_text(
     text: str,
     method: str | None = None,
-    max_word_num: int = 200,
-    max_num_turns: int = 1,
+    max_word_num: int = ChunkParams.chunk_max_word_num,
+    max_num_turns: int = ChunkParams.chunk_max_num_turns,
 ) -> list[str]:
     """Split normalized text into generation chunks with the given method."""
     if method is None:

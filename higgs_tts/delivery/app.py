@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
 
+from .. import __version__
 from ..service.speech import SpeechService
 from ..settings import ServerSettings
 from . import jobs, live, openai, operations, playground, shutdown, voices
@@ -34,7 +35,7 @@ def create_app(service: SpeechService | None = None, server: ServerSettings | No
     service = service or SpeechService()
     server = server or ServerSettings()
     metrics = Metrics(service.synthesizer.engine_load)
-    app = FastAPI(title="Higgs Audio V2 TTS", version="0.1.0")
+    app = FastAPI(title="Higgs Audio V2 TTS", version=__version__)
     app.state.server = server  # for routes that need the process's settings (WEBHOOK_ALLOWLIST)
     app.state.service = service
     if server.api_key:
@@ -42,8 +43,7 @@ def create_app(service: SpeechService | None = None, server: ServerSettings | No
     app.add_middleware(BodyLimit, max_bytes=server.max_request_bytes)
     if server.cors_origins:  # outermost: preflights are answered before the key is asked for
         app.add_middleware(CORSMiddleware, allow_origins=list(server.cors_origins), allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["X-Audio-Duration", "X-Seed", "X-Generation-Time",
-                                                                "X-Text-Chunks", "X-Chunks-Cut"])
+                           allow_headers=["*"], expose_headers=list(openai.RESULT_HEADERS))
     app.include_router(operations.router(service, metrics))
     aliases = VoiceAliases.load(server.voice_aliases_path)
     app.include_router(openai.router(service, metrics, aliases))

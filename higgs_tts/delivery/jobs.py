@@ -254,31 +254,25 @@ def router(service: SpeechService, metrics: Metrics) -> APIRouter:
         metrics.observe(route, started, 404, code="not_found")
         return openai_error(404, f"no job {job_id!r}", "not_found", "job_id")
 
+    def answer(route: str, job_id: str, look_up):
+        """`look_up(job_id)`'s reply, or the 404 that says why there is none; counted under `route`."""
+        started = time.perf_counter()
+        reply = look_up(job_id)
+        if reply is None:
+            return not_found(route, started, job_id)
+        metrics.observe(route, started, 200)
+        return reply
+
     @api.api_route("/status/{job_id}", methods=["GET", "POST"])
     def status(job_id: str):
-        started = time.perf_counter()
-        job = jobs.get(job_id)
-        if job is None:
-            return not_found("status", started, job_id)
-        metrics.observe("status", started, 200)
-        return job
+        return answer("status", job_id, jobs.get)
 
     @api.post("/cancel/{job_id}")
     def cancel(job_id: str):
-        started = time.perf_counter()
-        reply = jobs.cancel(job_id)
-        if reply is None:
-            return not_found("cancel", started, job_id)
-        metrics.observe("cancel", started, 200)
-        return reply
+        return answer("cancel", job_id, jobs.cancel)
 
     @api.api_route("/stream/{job_id}", methods=["GET", "POST"])
     def stream(job_id: str):
-        started = time.perf_counter()
-        reply = jobs.read_stream(job_id)
-        if reply is None:
-            return not_found("stream", started, job_id)
-        metrics.observe("stream", started, 200)
-        return reply
+        return answer("stream", job_id, jobs.read_stream)
 
     return api

@@ -1,6 +1,6 @@
 """Live speech for voice agents: `WS /v1/audio/speech/stream`, text in as it is written, audio out.
 
-JSON text frames (README, "Live speech"):
+JSON text frames (docs/api.md, "Live speech"):
     in:  {"type": "config", ...}  first: voice, response_format, instructions, the generation fields
          {"type": "text", "text": "..."}   {"type": "flush"}   {"type": "cancel"}   {"type": "close"}
     out: {"type": "ready", ...}  {"type": "audio", "seq", "audio" (base64), "start_seconds", "segment"}

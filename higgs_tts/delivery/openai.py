@@ -11,22 +11,22 @@ import uuid
 from typing import Literal
 
 import anyio
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from ..core.audio import SAMPLE_RATE
+from ..core.audio import MAX_SPEED, MIN_SPEED, SAMPLE_RATE
 from ..core.sampling import SamplingParams
 from ..core.text import speaker_tags, word_count, words_per_chunk
 from ..service import formats
 from ..service.audit import AuditRecord
-from ..service.errors import STATUS
+from ..service.errors import Failure
+from ..service.events import Audio
 from ..service.schema import GenerateInput, OutputFormat, parse_input
 from ..service.speech import SpeechService
 from .aliases import VoiceAliases
 from .disconnect import CancellingStream, run_while_connected
-from .metrics import Metrics
+from .metrics import Metrics, Outcome
 from .middleware import failure_response, in_request_names, openai_error
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def model_label(model: str) -> str:
 # The job fields /v1/audio/speech spells OpenAI's way, and those that belong to RunPod jobs only.
 OPENAI_NAMES = {"transcript": "input", "ref_audio": "voice", "output_format": "response_format"}
 JOB_ONLY = {"action", "s3_bucket", "s3_key", "stream"}
-# Fields that known clients add: accepted, and ignored but for `stream` (README, "HTTP server").
+# Fields that known clients add: accepted, and ignored but for `stream` (docs/api.md, "HTTP server").
 CLIENT_EXTRAS = {
     "stream": "Kokoro-FastAPI's; false: the whole file when it is done (lengths in its header)",
     "backend": "LibreChat's (for LocalAI); ignored",
@@ -59,7 +59,7 @@ class _OpenAIFields(BaseModel):
     input: str = Field(description="the text to speak (long texts are chunked by sentences)")
     voice: str | None = Field(None, description="a library voice, OpenAI's name (alias) or several: 'a,b'")
     response_format: OutputFormat = "mp3"
-    speed: float = Field(1.0, ge=0.25, le=4.0)
+    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     instructions: str | None = Field(None, description="the scene prompt")
     stream_format: Literal["audio", "sse"] = "audio"
     stream: bool | None = Field(None, description=CLIENT_EXTRAS["stream"])
@@ -135,36 +135,27 @@ def router(service: SpeechService, metrics: Metrics, aliases: VoiceAliases | Non
         _chunk_long_input(raw, body.model_fields_set)
         streamable = body.speed == 1.0 and body.stream is not False and formats.streams(body.response_format)
         audit = AuditRecord(job_id=f"http-{uuid.uuid4().hex[:12]}", raw=raw)
+        outcome = Outcome(metrics, audit, "speech", started, model_label(body.model))
         cancel = threading.Event()  # set when the client disconnects: generation stops at its next step
         try:
             request_input = parse_input(raw)
             if streamable:  # audio goes out while it is generated
                 items = await anyio.to_thread.run_sync(service.open_stream, request_input, cancel)
                 first = await run_while_connected(request, cancel, _next_item, items)
-                return _streaming_reply(items, first, body, started, audit, metrics, cancel)
+                return _streaming_reply(items, first, body, outcome, cancel)
             rendered = await run_while_connected(request, cancel, service.render, request_input, cancel)
         except Exception as exc:  # every failure becomes an error body, never a traceback
             failure = in_request_names(service.describe_failure(exc, audit.job_id), names)
-            audit.fail(failure.code)
-            audit.emit(time.perf_counter() - started)
-            metrics.observe("speech", started, failure.status, model_label(body.model), failure.code)
+            outcome.failed(failure)
+            outcome.emit()
             return failure_response(failure)
 
         result = rendered.result
         ready = time.perf_counter() - started
-        metrics.first_audio.observe(ready)
-        metrics.record(result)
-        audit.status = "ok"
-        audit.facts.update(audio_duration=round(result.duration_seconds, 3), delivery="http")
-        audit.emit(ready)
-        metrics.observe("speech", started, 200, model_label(body.model))
-        headers = {
-            "X-Audio-Duration": f"{result.duration_seconds:.3f}",
-            "X-Seed": str(result.seed),
-            "X-Generation-Time": f"{result.generation_seconds:.3f}",
-            "X-Text-Chunks": str(len(result.chunks)),
-            "X-Chunks-Cut": str(len(result.cut_chunks)),  # chunks that max_new_tokens ended early
-        }
+        outcome.first_audio()
+        outcome.ok(result, "http")
+        outcome.emit(ready)
+        headers = result_headers(result)
         if body.stream_format == "sse":
             events = _sse(formats.pieces(rendered.data, 48 * 1024), len(body.input), lambda: result.num_frames)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
@@ -172,6 +163,21 @@ def router(service: SpeechService, metrics: Metrics, aliases: VoiceAliases | Non
                                  headers=headers)
 
     return api
+
+
+# What a whole (not streamed) speech response says about its audio, beside the body; browsers are
+# allowed to read them (delivery/app.py's CORS expose_headers).
+RESULT_HEADERS = {
+    "X-Audio-Duration": lambda r: f"{r.duration_seconds:.3f}",
+    "X-Seed": lambda r: str(r.seed),
+    "X-Generation-Time": lambda r: f"{r.generation_seconds:.3f}",
+    "X-Text-Chunks": lambda r: str(len(r.chunks)),
+    "X-Chunks-Cut": lambda r: str(len(r.cut_chunks)),  # chunks that max_new_tokens ended early
+}
+
+
+def result_headers(result) -> dict[str, str]:
+    return {name: value(result) for name, value in RESULT_HEADERS.items()}
 
 
 def _chunk_long_input(raw: dict, given: set[str]) -> None:
@@ -191,12 +197,8 @@ def _next_item(items):
     return next(items)
 
 
-def _streaming_reply(items, first, body: SpeechRequest, started: float, audit, metrics: Metrics,
-                     cancel: threading.Event):
+def _streaming_reply(items, first, body: SpeechRequest, outcome: Outcome, cancel: threading.Event):
     """Chunked audio in the response format (or SSE deltas of it) from a running synthesis."""
-
-    def observe(status: int, code: str | None = None) -> None:
-        metrics.observe("speech", started, status, model_label(body.model), code)
     frames = [0]  # audio frames generated, known once the result arrives
 
     def audio_bytes():
@@ -204,35 +206,30 @@ def _streaming_reply(items, first, body: SpeechRequest, started: float, audit, m
         encoder = formats.StreamEncoder(body.response_format, SAMPLE_RATE)
         try:
             while True:
-                if isinstance(item, np.ndarray):
+                if isinstance(item, Audio):
                     if item is first:
-                        metrics.first_audio.observe(time.perf_counter() - started)
-                    if data := encoder.push(item):
+                        outcome.first_audio()
+                    if data := encoder.push(item.samples):
                         yield data
                 else:
                     if data := encoder.finish():
                         yield data
-                    frames[0] = item.num_frames
-                    metrics.record(item)
-                    audit.status = "ok"
-                    audit.facts.update(audio_duration=round(item.duration_seconds, 3), delivery="http-stream")
-                    observe(200)
+                    frames[0] = item.result.num_frames
+                    outcome.ok(item.result, "http-stream")
                     return
                 item = next(items)
         except StopIteration:
             return
         except GeneratorExit:  # closed mid-stream: the client went away between two chunks
-            audit.fail("cancelled")
-            observe(STATUS["cancelled"], "cancelled")
+            outcome.failed(Failure("the client went away", "cancelled"))
             raise
         except Exception as exc:  # headers are gone: log, and end the stream early
-            failure = SpeechService.describe_failure(exc, audit.job_id)
-            audit.fail(failure.code)
-            observe(failure.status, failure.code)  # 409 cancelled: the client went away
-            log.warning("stream %s ended early: %s", audit.job_id, failure.message)
+            failure = SpeechService.describe_failure(exc, outcome.audit.job_id)
+            outcome.failed(failure)  # 409 cancelled: the client went away
+            log.warning("stream %s ended early: %s", outcome.audit.job_id, failure.message)
         finally:
             encoder.close()
-            audit.emit(time.perf_counter() - started)
+            outcome.emit()
             items.close()
 
     if body.stream_format == "sse":

@@ -15,10 +15,9 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..core.audio import SAMPLE_RATE
 from ..service import formats
+from ..service.events import Audio
 from ..service.maintenance import IdleCleaner
 from ..service.speech import Progress, SpeechService
 
@@ -71,18 +70,18 @@ def stream_items(service: SpeechService, raw: object, job_id: str = "local",
     events = service.stream(raw, job_id, s3_config, cancel)
     try:
         for event in events:
-            if isinstance(event, np.ndarray):
-                for piece in formats.pieces(event, int(STREAM_ITEM_SECONDS * SAMPLE_RATE)):
+            if isinstance(event, Audio):
+                for piece in formats.pieces(event.samples, int(STREAM_ITEM_SECONDS * SAMPLE_RATE)):
                     yield {"type": "audio", "seq": seq,
                            "audio_base64": base64.b64encode(formats.to_pcm16(piece)).decode("ascii"),
                            "format": "pcm", "sample_rate": SAMPLE_RATE, "num_samples": len(piece),
                            "start_seconds": round(sent / SAMPLE_RATE, 3)}
                     seq, sent = seq + 1, sent + len(piece)
-            elif event.get("success"):
+            elif event.response.get("success"):
                 yield {"success": True, "type": "final", "seq": seq, "audio_items": seq,
-                       **{k: v for k, v in event.items() if k != "success"}}
+                       **{k: v for k, v in event.response.items() if k != "success"}}
             else:
-                yield {**event, "type": "error", "seq": seq}
+                yield {**event.response, "type": "error", "seq": seq}
     finally:
         events.close()
 

@@ -39,7 +39,7 @@ POOL_ID = re.compile(r"^[A-Z][A-Z0-9_]*$")
 # torch 2.11's PyPI build is for CUDA 13.0: hosts need a driver that supports it (r580+). v2's
 # `gpu.minCudaVersion` admits that version and every newer one, as RunPod advises; `allowedCudaVersions`
 # would match an exact list (13.1+ hosts excluded), and the two are exclusive. An image built with
-# TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 (README, build args) runs on CUDA 12.8+ hosts
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 (docs/deploy.md, build args) runs on CUDA 12.8+ hosts
 # (driver r570+): deploy it with --min-cuda-version 12.8.
 MIN_CUDA_VERSION = "13.0"
 CUDA_VERSIONS = ("11.8", "12.0", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6", "12.7", "12.8", "12.9", "13.0")

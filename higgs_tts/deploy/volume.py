@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.checkpoint import CheckpointError, layout
+from ..settings import DEFAULT_MODEL, DEFAULT_REVISION, DEFAULT_TOKENIZER
 
 log = logging.getLogger("higgs_tts.volume")
 
-MODEL_REPO = "bosonai/higgs-audio-v2-generation-3B-base"
-TOKENIZER_REPO = "bosonai/higgs-audio-v2-tokenizer"
+MODEL_REPO, TOKENIZER_REPO = DEFAULT_MODEL, DEFAULT_TOKENIZER  # settings.py's, the ones the worker loads
 RECORD = ".higgs-tts.json"
 
 # The public example voices (Apache-2.0) at a pinned commit of boson-ai/higgs-audio, with the
@@ -396,9 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--volume-dir", default=os.environ.get("VOLUME_DIR") or None,
                         help="default: the mounted network volume (/runpod-volume or /workspace)")
     parser.add_argument("--model-repo", default=os.environ.get("MODEL_REPO", MODEL_REPO))
-    parser.add_argument("--model-revision", default=os.environ.get("MODEL_REVISION", "main"))
+    parser.add_argument("--model-revision", default=os.environ.get("MODEL_REVISION", DEFAULT_REVISION))
     parser.add_argument("--tokenizer-repo", default=os.environ.get("TOKENIZER_REPO", TOKENIZER_REPO))
-    parser.add_argument("--tokenizer-revision", default=os.environ.get("TOKENIZER_REVISION", "main"))
+    parser.add_argument("--tokenizer-revision", default=os.environ.get("TOKENIZER_REVISION", DEFAULT_REVISION))
     parser.add_argument("--voices-source", default=os.environ.get("VOICES_SOURCE") or None,
                         help="a local folder with the example voices instead of downloading them")
     parser.add_argument("--upload", action="store_true",

@@ -29,7 +29,8 @@ import numpy as np
 
 from ..core.audio import SAMPLE_RATE
 from ..core.streaming import StreamingDecoder
-from ..core.text import cut_phrases, normalize_transcript, speakable, words_per_chunk
+from ..core.text import cut_phrases, words_per_chunk
+from ..synthesis.plan import has_speech
 from .errors import InputError, as_job_error, describe_failure
 from .formats import StreamEncoder
 from .schema import check_text, parse_input
@@ -87,7 +88,7 @@ class LiveSession:
         self.max_buffered_chars = service.service.live_max_buffered_chars
         self.max_words = words_per_chunk(request.max_new_tokens)
         try:
-            self.live = service.synthesizer.live(service._synthesis_request(request))
+            self.live = service.synthesizer.live(service.plan(request).synthesis)
         except Exception as exc:
             raise as_job_error(exc) from None
         self.format = request.output_format
@@ -117,7 +118,7 @@ class LiveSession:
     def ready(self) -> dict:
         """What the `ready` event tells the client."""
         return {"type": "ready", "response_format": self.format, "sample_rate": self.live.sample_rate,
-                "seed": self.live.seed, "voices": self.live.run.voice_names,
+                "seed": self.live.seed, "voices": self.live.voice_names,
                 "max_buffered_chars": self.max_buffered_chars, "max_phrase_words": self.max_words}
 
     # -- from the client -------------------------------------------------------------------------
@@ -154,7 +155,7 @@ class LiveSession:
 
     def _queue(self, phrase: str) -> None:
         phrase = phrase.strip()
-        if not speakable(normalize_transcript(phrase)):
+        if not has_speech(phrase):
             return  # punctuation alone says nothing
         if self._first_phrase_at is None:
             self._first_phrase_at = time.perf_counter()

@@ -14,7 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from ..core.sampling import MAX_SEED, sampling_knobs
+from ..core.audio import MAX_SPEED, MIN_SPEED
+from ..core.sampling import MAX_SEED, chunk_knobs, sampling_knobs
 from ..core.text import CHUNK_METHODS
 from ..core.voices import NAME_PATTERN
 from .errors import InputError
@@ -66,32 +67,30 @@ class _Input(BaseModel):
 
 
 def sampling_fields() -> dict:
-    """Pydantic fields for every knob of core.sampling, with its default and bounds."""
-    return {k.name: (k.type, Field(k.default, ge=k.ge, gt=k.gt, le=k.le, description=k.help))
-            for k in sampling_knobs()}
+    """Pydantic fields for every knob of core.sampling (sampling and chunking), with its default and bounds."""
+    return {k.name: (k.type if k.default is not None else k.type | None,
+                     Field(k.default, ge=k.ge, gt=k.gt, le=k.le, description=k.help))
+            for k in (*sampling_knobs(), *chunk_knobs())}
 
 
 class _GenerateFields(_Input):
-    """Generation fields besides the sampling knobs (those come from core.sampling)."""
+    """Generation fields besides the sampling and chunking knobs (those come from core.sampling)."""
 
     action: Literal["generate"] = "generate"
     transcript: str
     ref_audio: str | None = None
     scene_prompt: str | None = None
     chunk_method: ChunkMethod | None = None
-    chunk_max_word_num: int = Field(200, ge=1, le=10_000)
-    chunk_max_num_turns: int = Field(1, ge=1, le=1000)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     s3_bucket: str | None = None
     s3_key: str | None = None
     # Extensions.
     output_format: OutputFormat = "wav"
-    generation_chunk_buffer_size: int | None = Field(None, ge=0, le=1000)
     ref_audio_in_system_message: bool = False
     ref_audio_base64: str | None = None
     ref_audio_url: str | None = Field(None, max_length=4096)  # fetched: https, public addresses (service/fetch.py)
     ref_audio_transcript: str | None = Field(None, max_length=5000)
-    speed: float = Field(1.0, ge=0.25, le=4.0)  # playback speed, pitch kept
+    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)  # playback speed, pitch kept
     stream: bool = False  # RunPod /stream: audio items while generating (a streaming worker only)
 
     @field_validator("transcript")

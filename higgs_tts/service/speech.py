@@ -20,21 +20,31 @@ import numpy as np
 
 from ..core.audio import duration_seconds, time_stretch
 from ..core.checkpoint import probe
-from ..core.sampling import SamplingParams
+from ..core.sampling import ChunkParams, SamplingParams
 from ..core.sources import sources
-from ..core.text import normalize_transcript, speakable
 from ..core.voices import Voice, VoiceError, VoiceExists
 from ..settings import ServiceSettings, Settings
+from ..synthesis.plan import NothingToSpeak, Plan
 from ..synthesis.synthesizer import Progress, ReferenceClip, SynthesisRequest, SynthesisResult, Synthesizer
 from . import formats
 from .audit import AuditRecord
 from .budget import Work, check_inline, check_work
 from .errors import Failure, InputError, JobError, as_job_error, describe_failure, storage_failure
+from .events import Done, Final, JobEvent, SynthesisEvent, typed
 from .references import fetched_reference, reference_audio
 from .schema import AddVoiceInput, GenerateInput, parse_input
 from .storage import S3Storage, S3Target, StorageError, generated_key
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """A generation job, checked and planned once (no work done): what synthesis gets, its plan, its work."""
+
+    synthesis: SynthesisRequest
+    plan: Plan
+    work: Work
 
 
 @dataclass(frozen=True)
@@ -201,19 +211,15 @@ class SpeechService:
 
     # -- generation ----------------------------------------------------------------------------
 
-    def _synthesis_request(self, request: GenerateInput) -> SynthesisRequest:
-        return self._planned(request)[0]
-
-    def _planned(self, request: GenerateInput) -> tuple[SynthesisRequest, Work]:
-        """The synthesis request and its work, every input and the work budget checked (no work done)."""
+    def plan(self, request: GenerateInput) -> PlannedJob:
+        """The job's synthesis request, plan and work, every input and the work budget checked (no work
+        done). Made once per job: everything after reads it."""
         if len(request.transcript) > self.service.max_transcript_chars:
             raise InputError(
                 f"transcript: {len(request.transcript)} characters is above the limit of "
                 f"{self.service.max_transcript_chars}; split the text or raise MAX_TRANSCRIPT_CHARS",
                 "transcript", "too_long",
             )
-        if not speakable(normalize_transcript(request.transcript)):
-            raise InputError("transcript: has nothing to speak after normalization", "transcript")
         if request.ref_audio_transcript and not (request.ref_audio_base64 or request.ref_audio_url):
             raise InputError("ref_audio_transcript: needs ref_audio_base64 or ref_audio_url", "ref_audio_transcript")
         if request.ref_audio_base64 and request.ref_audio_url:
@@ -227,28 +233,23 @@ class SpeechService:
                                       self.service.max_reference_bytes, self.service.max_reference_seconds,
                                       self.service.ref_audio_url_timeout)
             reference = ReferenceClip(audio=audio, transcript=request.ref_audio_transcript)
-        self.synthesizer.voices.resolve(request.ref_audio)  # unknown names fail before any work
         synthesis = SynthesisRequest(
-            text=request.transcript,
-            voices=request.ref_audio,
-            scene=request.scene_prompt,
-            chunk_method=request.chunk_method,
-            chunk_max_word_num=request.chunk_max_word_num,
-            chunk_max_num_turns=request.chunk_max_num_turns,
-            generation_chunk_buffer_size=request.generation_chunk_buffer_size,
-            ref_audio_in_system_message=request.ref_audio_in_system_message,
-            sampling=SamplingParams.from_fields(request),
-            seed=request.seed,
-            reference=reference,
+            text=request.transcript, voices=request.ref_audio, scene=request.scene_prompt,
+            chunk_method=request.chunk_method, ref_audio_in_system_message=request.ref_audio_in_system_message,
+            sampling=SamplingParams.from_fields(request), seed=request.seed, reference=reference,
+            **ChunkParams.values_from(request),
         )
-        work = check_work(self.synthesizer.chunks(synthesis), request.max_new_tokens, request.chunk_method,
-                          self.service)
-        return synthesis, work
+        try:
+            plan = self.synthesizer.plan(synthesis)  # unknown voices fail here, before any work
+        except NothingToSpeak:
+            raise InputError("transcript: has nothing to speak after normalization", "transcript") from None
+        work = check_work(list(plan.chunks), request.max_new_tokens, request.chunk_method, self.service)
+        return PlannedJob(synthesis, plan, work)
 
-    def _synthesize(self, request: SynthesisRequest, cancel: threading.Event | None = None,
+    def _synthesize(self, job: PlannedJob, cancel: threading.Event | None = None,
                     progress: Progress | None = None) -> SynthesisResult:
         try:
-            return self.synthesizer.synthesize(request, cancel, progress)
+            return self.synthesizer.synthesize(job.synthesis, cancel, progress, plan=job.plan)
         except Exception as exc:
             raise as_job_error(exc) from None
 
@@ -258,25 +259,26 @@ class SpeechService:
         bucket = request.s3_bucket or self.service.default_bucket
         return S3Target(bucket=bucket) if bucket else None
 
-    def open_stream(self, request: GenerateInput, cancel: threading.Event | None = None) -> Iterator:
-        """Audio chunks while generating, then the SynthesisResult (see Synthesizer.stream).
+    def open_stream(self, request: GenerateInput, cancel: threading.Event | None = None) -> Iterator[SynthesisEvent]:
+        """Audio events while generating, then Done with the SynthesisResult (see Synthesizer.stream).
 
         Every input check runs here, before the first chunk, so a bad request fails before any
         bytes are sent. Setting `cancel` (the listener is gone) ends generation at its next step.
         """
-        return self._streamed(self.synthesizer.stream(self._synthesis_request(request), cancel=cancel))
+        job = self.plan(request)
+        return self._streamed(self.synthesizer.stream(job.synthesis, cancel=cancel, plan=job.plan))
 
     @staticmethod
-    def _streamed(stream: Iterator) -> Iterator:
+    def _streamed(stream: Iterator) -> Iterator[SynthesisEvent]:
         try:
-            yield from stream
+            yield from typed(stream)
         except Exception as exc:
             raise as_job_error(exc) from None
 
     def render(self, request: GenerateInput, cancel: threading.Event | None = None,
-               progress: Progress | None = None, planned: SynthesisRequest | None = None) -> RenderedAudio:
+               progress: Progress | None = None, job: PlannedJob | None = None) -> RenderedAudio:
         """Synthesize and encode, without delivery (the HTTP server streams the bytes itself)."""
-        result = self._synthesize(planned or self._synthesis_request(request), cancel, progress)
+        result = self._synthesize(job or self.plan(request), cancel, progress)
         if request.speed != 1.0:
             result = dataclasses.replace(result, audio=time_stretch(result.audio, request.speed, result.sample_rate))
         data = formats.encode(result.audio, result.sample_rate, request.output_format)
@@ -285,10 +287,10 @@ class SpeechService:
     def generate(self, request: GenerateInput, s3_config: dict | None = None, started: float | None = None,
                  cancel: threading.Event | None = None, progress: Progress | None = None) -> dict:
         started = started if started is not None else time.perf_counter()
-        synthesis, work = self._planned(request)
+        job = self.plan(request)
         if self._s3_target(request, s3_config) is None:  # a result that cannot fit inline fails before any work
-            check_inline(work, request.output_format, request.speed, self.service.max_inline_audio_bytes)
-        rendered = self.render(request, cancel, progress, synthesis)
+            check_inline(job.work, request.output_format, request.speed, self.service.max_inline_audio_bytes)
+        rendered = self.render(request, cancel, progress, job)
         first_audio = time.perf_counter() - started  # a whole response: the audio is ready all at once
         response: dict = {"success": True}
         upload_seconds = self._deliver(response, request, rendered.data, rendered.content_type, s3_config,
@@ -370,10 +372,10 @@ class SpeechService:
     # -- streamed jobs ---------------------------------------------------------------------------
 
     def stream(self, raw: object, job_id: str = "local", s3_config: dict | None = None,
-               cancel: threading.Event | None = None) -> Iterator:
-        """A `stream: true` job: audio chunks (float32 arrays) while generating, then the final
-        response (with the S3 URL when uploading) or, on a failure, the failure response. The
-        transport decides how each goes on the wire (RunPod items: `delivery/runpod.py`)."""
+               cancel: threading.Event | None = None) -> Iterator[JobEvent]:
+        """A `stream: true` job: Audio while generating, then Final with the response (with the S3
+        URL when uploading) or, on a failure, the failure response. The transport decides how each
+        goes on the wire (RunPod items: `delivery/runpod.py`)."""
         started = time.perf_counter()
         audit = AuditRecord(job_id=job_id, raw=raw)
         items: Iterator | None = None
@@ -385,11 +387,11 @@ class SpeechService:
                 raise InputError("speed: must be 1.0 when stream is true (speed changes need the whole clip)",
                                  "speed")
             items = self.open_stream(request, cancel)
-            for item in items:
-                if not isinstance(item, np.ndarray):
-                    result = item
+            for event in items:
+                if isinstance(event, Done):
+                    result = event.result
                     break
-                yield item
+                yield event
             first_audio = result.first_audio_seconds if result.first_audio_seconds is not None else 0.0
             response: dict = {"success": True}
             upload_seconds = 0.0
@@ -400,11 +402,11 @@ class SpeechService:
             response.update(self._result_fields(request, result, started, upload_seconds, first_audio))
             audit.succeed(response)
             audit.facts["delivery"] = "stream" + ("+s3" if "audio_url" in response else "")
-            yield response
+            yield Final(response)
         except Exception as exc:
             failure = describe_failure(exc, job_id)
             audit.fail(failure.code)
-            yield failure.response()
+            yield Final(failure.response())
         finally:
             if items is not None:
                 items.close()

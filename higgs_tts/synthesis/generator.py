@@ -1,7 +1,9 @@
 """The two ways to turn a prompt into audio columns, behind one protocol.
 
-    reference:  transformers' own generate(), one request at a time (the ground truth; CPU default)
-    batched:    our decode loop (engine/), requests decoded together by the scheduler (CUDA default)
+    generate:  transformers' own generate(), one request at a time (the ground truth; CPU default)
+    fast:      our engine (engine/), requests decoded together by the scheduler (CUDA default)
+
+The kinds are ENGINE's values (settings.ENGINES), "auto" resolved.
 
 The service above sees only this module: admission (EngineBusy when full), load, freeing memory.
 """
@@ -18,7 +20,7 @@ from typing import Protocol
 
 import torch
 
-from ..core.reference import generate_reference
+from ..core.generate import transformers_generate
 from ..core.sampling import SamplingParams
 from ..engine.engine import Engine, EngineRequest
 from ..engine.graphs import free_cached_memory
@@ -27,9 +29,9 @@ from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
-GENERATORS = ("reference", "batched")
+GENERATORS = ("generate", "fast")
 
-__all__ = ["GENERATORS", "BatchedGenerator", "EngineBusy", "Generator", "ReferenceGenerator", "free_memory",
+__all__ = ["GENERATORS", "EngineBusy", "FastGenerator", "Generator", "TransformersGenerator", "free_memory",
            "make_generator"]
 
 
@@ -48,7 +50,9 @@ class Generator(Protocol):
     def close(self) -> None: ...
 
 
-class ReferenceGenerator:
+class TransformersGenerator:
+    """transformers' generate(), one prompt at a time."""
+
     def __init__(self, model) -> None:
         self.model = model
         self._lock = threading.Lock()  # generate() calls run one at a time
@@ -61,7 +65,7 @@ class ReferenceGenerator:
         with self._lock:
             self._running = 1
             try:
-                yield generate_reference(self.model, inputs, params, seed, stop)
+                yield transformers_generate(self.model, inputs, params, seed, stop)
             finally:
                 self._running = 0
 
@@ -72,8 +76,8 @@ class ReferenceGenerator:
         pass
 
 
-class BatchedGenerator:
-    """The continuously batched scheduler; a prompt too long for its cache runs alone, eagerly."""
+class FastGenerator:
+    """Our engine: the continuously batched scheduler; a prompt too long for its cache runs alone, eagerly."""
 
     def __init__(self, model, slots: int, max_len: int, queue: int, prefix_cache_bytes: int = 0) -> None:
         self.model = model
@@ -108,17 +112,17 @@ class BatchedGenerator:
 
 
 def generator_kind(settings: Settings, device: torch.device) -> str:
-    """'batched' or 'reference': the ENGINE setting, with 'auto' meaning batched on CUDA."""
+    """'fast' or 'generate': the ENGINE setting, with 'auto' meaning fast on CUDA."""
     if settings.engine == "auto":
-        return "batched" if device.type == "cuda" else "reference"
-    return "batched" if settings.engine == "fast" else "reference"
+        return "fast" if device.type == "cuda" else "generate"
+    return settings.engine
 
 
 def make_generator(settings: Settings, model) -> Generator:
-    if generator_kind(settings, model.device) == "reference":
-        return ReferenceGenerator(model)
-    return BatchedGenerator(model, settings.engine_slots, settings.engine_max_len, settings.engine_queue,
-                            settings.prefix_cache_max_bytes)
+    if generator_kind(settings, model.device) == "generate":
+        return TransformersGenerator(model)
+    return FastGenerator(model, settings.engine_slots, settings.engine_max_len, settings.engine_queue,
+                         settings.prefix_cache_max_bytes)
 
 
 def free_memory() -> None:

@@ -6,7 +6,6 @@ earlier chunks as context; all codes are decoded once at the end so there are no
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import secrets
 import threading
@@ -20,15 +19,17 @@ import torch
 
 from ..core.checkpoint import LoadedModel, ModelCache, load_processor
 from ..core.codes import generated_frames, stream_ended
-from ..core.encoding import ENCODING, encode_clip
-from ..core.prompt import DEFAULT_SCENE, Prompt, PromptRenderer, PromptVoice, build_prompt
-from ..core.sampling import MAX_SEED, SamplingParams
+from ..core.prompt import PromptRenderer, PromptVoice
+from ..core.sampling import MAX_SEED, ChunkParams, SamplingParams
 from ..core.streaming import StreamingDecoder
-from ..core.text import CHUNK_METHODS, chunk_text, normalize_transcript, speakable
+from ..core.text import CHUNK_METHODS
 from ..core.voice_cache import VoiceCodeCache
-from ..core.voices import Voice, VoiceLibrary
+from ..core.voices import VoiceLibrary
 from ..settings import Settings
 from .generator import Generator, generator_kind, make_generator
+from .live import LiveSynthesis
+from .plan import Plan, make_plan
+from .prompts import VoicePrompts, chunk_prompt
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,10 @@ class SynthesisRequest:
     voices: str | list[str] | None = None  # "belinda,chadwick" = SPEAKER0, SPEAKER1
     scene: str | None = None  # None: the default scene; "": no scene
     chunk_method: str | None = None
-    chunk_max_word_num: int = 200
-    chunk_max_num_turns: int = 1
-    generation_chunk_buffer_size: int | None = None  # None keeps every earlier chunk
+    # core.sampling.ChunkParams' knobs, flat (their defaults and bounds are written there)
+    chunk_max_word_num: int = ChunkParams.chunk_max_word_num
+    chunk_max_num_turns: int = ChunkParams.chunk_max_num_turns
+    generation_chunk_buffer_size: int | None = ChunkParams.generation_chunk_buffer_size  # None: every chunk
     ref_audio_in_system_message: bool = False
     sampling: SamplingParams = field(default_factory=SamplingParams)
     seed: int | None = None  # None: a random seed, reported in the result
@@ -67,13 +69,7 @@ class SynthesisRequest:
             raise ValueError(
                 f"chunk_method must be null or one of {', '.join(CHUNK_METHODS)}; got {self.chunk_method!r}"
             )
-        if not (isinstance(self.chunk_max_word_num, int) and self.chunk_max_word_num >= 1):
-            raise ValueError(f"chunk_max_word_num must be an integer >= 1; got {self.chunk_max_word_num!r}")
-        if not (isinstance(self.chunk_max_num_turns, int) and self.chunk_max_num_turns >= 1):
-            raise ValueError(f"chunk_max_num_turns must be an integer >= 1; got {self.chunk_max_num_turns!r}")
-        buffer = self.generation_chunk_buffer_size
-        if buffer is not None and not (isinstance(buffer, int) and buffer >= 0):
-            raise ValueError(f"generation_chunk_buffer_size must be an integer >= 0 or null; got {buffer!r}")
+        ChunkParams(self.chunk_max_word_num, self.chunk_max_num_turns, self.generation_chunk_buffer_size)
         if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED):
             raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}; got {self.seed!r}")
 
@@ -119,17 +115,16 @@ class _Stop:
 
 
 @dataclass
-class _Run:
-    """One synthesis in progress: its plan, and the frames generated so far."""
+class Run:
+    """One synthesis in progress: its request and plan (made once), and the frames generated so far."""
 
+    request: SynthesisRequest
+    plan: Plan
     loaded: LoadedModel
-    text: str
-    chunks: list[str]
-    voices: list[Voice]
-    scene: str
     seed: int
-    voice_names: list[str]
     model_load_seconds: float
+    renderer: PromptRenderer
+    prompt_voices: list[PromptVoice] | None = None  # encoded when generation starts
     generation_seconds: float = 0.0
     first_audio_seconds: float | None = None
     history: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # (chunk text, its frames)
@@ -143,42 +138,45 @@ class _Run:
         return torch.cat([f for _, f in self.history])
 
     def result(self, audio: np.ndarray, decode_seconds: float) -> SynthesisResult:
-        codes = self.codes()
+        codes, plan = self.codes(), self.plan
         return SynthesisResult(
             audio=audio, codes=codes, sample_rate=self.loaded.sample_rate, num_frames=int(codes.shape[0]),
-            text=self.text, chunks=self.chunks, seed=self.seed, voices=self.voice_names,
+            text=plan.text, chunks=list(plan.chunks), seed=self.seed, voices=list(plan.voice_names),
             model_load_seconds=self.model_load_seconds, generation_seconds=self.generation_seconds,
             decode_seconds=decode_seconds, first_audio_seconds=self.first_audio_seconds,
             # a clip sent with the request (after the named voices) is always cloned
-            voice_kinds=[v.kind for v in self.voices] + ["clone"] * (len(self.voice_names) - len(self.voices)),
+            voice_kinds=[v.kind for v in plan.voices] + ["clone"] * (len(plan.voice_names) - len(plan.voices)),
             cut_chunks=tuple(self.cut_chunks),
         )
 
 
 class Synthesizer:
-    """Owns the loaded model, the voice library and the voice-code cache.
+    """Holds the loaded model and its generator, and runs syntheses: a request is planned once
+    (plan.py), its voices become prompt voices (prompts.py), its chunks are generated in order with
+    the earlier ones as context, and its codes decoded once (or streamed). Live phrases: live.py.
 
     Requests may come from many threads at once: with the fast engine their chunks are decoded
-    together by the scheduler; the reference path takes them one at a time.
+    together by the scheduler; the generate() path takes them one at a time.
     """
 
     def __init__(self, settings: Settings | None = None, models: ModelCache | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.voices = VoiceLibrary(self.settings.voice_prompts_path)
         self._models = models or ModelCache()
-        self._voice_codes = VoiceCodeCache(self.settings.voice_cache_dir,
-                                           max_bytes=self.settings.voice_cache_max_bytes)
+        self.prompts = VoicePrompts(lambda: self.model()[0], VoiceCodeCache(
+            self.settings.voice_cache_dir, max_bytes=self.settings.voice_cache_max_bytes))
         self._generator_lock = threading.Lock()
         # One reference encoding at a time: its peak (the codec's activations over the whole clip,
         # ~6 MB per second of audio with the tiny checkpoint on a CPU) is then paid once, not once per
         # concurrent request; the codes are cached, so a voice is encoded once anyway.
-        self._encoding_lock = threading.Lock()
         self._generator: Generator | None = None
         self._generator_model = None  # the model the generator was made for
         self._stopping = threading.Event()  # set by stop_all(): every generation ends at its next step
 
+    # -- the model and its generator ------------------------------------------------------------
+
     def generator_kind(self, loaded: LoadedModel) -> str:
-        """'batched' (our decode loop) or 'reference' (transformers' generate())."""
+        """'fast' (our engine) or 'generate' (transformers' generate())."""
         return generator_kind(self.settings, loaded.device)
 
     def generator(self, loaded: LoadedModel) -> Generator:
@@ -224,76 +222,25 @@ class Synthesizer:
             self._close_generator()
             return self._models.unload()
 
-    # -- prompts -----------------------------------------------------------------------------
+    # -- plans and prompts -----------------------------------------------------------------------
 
-    def _plan(self, request: SynthesisRequest) -> tuple[str, list[str], list[Voice], str]:
-        text = normalize_transcript(request.text)
-        if not speakable(text):
-            raise ValueError("text has nothing to speak after normalization")
-        chunks = chunk_text(text, request.chunk_method, request.chunk_max_word_num, request.chunk_max_num_turns)
-        voices = self.voices.resolve(request.voices)
-        scene = DEFAULT_SCENE if request.scene is None else request.scene
-        return text, chunks, voices, scene
-
-    def chunks(self, request: SynthesisRequest) -> list[str]:
-        """The request's generation chunks, as synthesis will make them (for sizing its work)."""
-        return self._plan(request)[1]
-
-    def _prompt(self, request, text, chunk, voices: list[PromptVoice], scene, history) -> Prompt:
-        return build_prompt(
-            chunk,
-            transcript=request.text,  # upstream counts speaker tags before normalization
-            voices=voices,
-            scene=scene,
-            voices_in_system=request.ref_audio_in_system_message,
-            history=history,
-        )
+    def plan(self, request: SynthesisRequest) -> Plan:
+        """The request's plan (chunks, voices, scene): made once, read by everything after."""
+        return make_plan(request, self.voices)
 
     def render_prompt(self, request: SynthesisRequest) -> str:
         """The first chunk's rendered prompt (audio as placeholders), without loading the model."""
-        text, chunks, voices, scene = self._plan(request)
-        prompt_voices = [
-            PromptVoice(description=v.description, transcript=v.transcript, is_clone=v.kind == "clone")
-            for v in voices
-        ]
-        prompt = self._prompt(request, text, chunks[0], prompt_voices, scene, [])
+        plan = self.plan(request)
+        prompt = chunk_prompt(request, plan, plan.chunks[0], VoicePrompts.described(plan), [])
         return PromptRenderer(load_processor(self.settings)).render(prompt)
 
-    # -- audio -------------------------------------------------------------------------------
-
-    @torch.inference_mode()
     def encode_reference(self, samples: np.ndarray) -> torch.Tensor:
         """Codec frames `[T, num_codebooks]` (on CPU) of 24 kHz mono reference audio, cached by content."""
-        loaded, _ = self.model()
-        key = VoiceCodeCache.key(samples, f"{loaded.codec_fingerprint}:{ENCODING}")
-        cached = self._voice_codes.get(key)
-        if cached is not None:
-            return cached
-        with self._encoding_lock:
-            if (cached := self._voice_codes.get(key)) is not None:  # encoded while this one waited
-                return cached
-            features = loaded.processor.feature_extractor(
-                samples, sampling_rate=loaded.sample_rate, return_tensors="pt"
-            )
-            codes = encode_clip(loaded.codec, features["input_values"].to(loaded.device))  # padded as upstream
-            frames = codes[0].transpose(0, 1).long().cpu()
-            self._voice_codes.put(key, frames)
-        return frames
+        return self.prompts.encode(samples)
 
     def forget_reference(self, samples: np.ndarray) -> int:
         """Drop every cached code of this reference audio (memory and disk); returns files removed."""
-        return self._voice_codes.forget(samples)
-
-    def _prompt_voice(self, voice: Voice) -> PromptVoice:
-        if voice.kind != "clone":
-            return PromptVoice(description=voice.description)
-        frames = self.encode_reference(voice.load_audio())
-        return PromptVoice(description=voice.description, transcript=voice.transcript, frames=frames, is_clone=True)
-
-    def _reference_voice(self, clip: ReferenceClip) -> PromptVoice:
-        frames = self.encode_reference(clip.audio)
-        transcript = (clip.transcript or "").strip() or None
-        return PromptVoice(description=clip.name, transcript=transcript, frames=frames, is_clone=True)
+        return self.prompts.forget(samples)
 
     @torch.inference_mode()
     def decode(self, frames: torch.Tensor) -> np.ndarray:
@@ -308,19 +255,19 @@ class Synthesizer:
     # -- synthesis ---------------------------------------------------------------------------
 
     def synthesize(self, request: SynthesisRequest, cancel: threading.Event | None = None,
-                   progress: Progress | None = None) -> SynthesisResult:
+                   progress: Progress | None = None, plan: Plan | None = None) -> SynthesisResult:
         """The whole clip. Setting `cancel` stops generation within one engine burst (Cancelled);
-        `progress` is called after each chunk."""
-        run = self._start(request, cancel)
+        `progress` is called after each chunk. `plan`: the request's, when the caller has made it."""
+        run = self.start(request, cancel, plan)
         run.progress = progress
-        for _ in self._frames(run, request):
+        for _ in self._frames(run):
             pass
         started = time.perf_counter()
         audio = self.decode(run.codes())
         return run.result(audio, time.perf_counter() - started)
 
     def stream(self, request: SynthesisRequest, decoder_options: dict | None = None,
-               cancel: threading.Event | None = None) -> Iterator:
+               cancel: threading.Event | None = None, plan: Plan | None = None) -> Iterator:
         """Audio chunks (float32 arrays) while generating, then the SynthesisResult as the last item.
         Setting `cancel` (e.g. from another thread when the listener is gone) ends it with Cancelled.
 
@@ -328,13 +275,13 @@ class Synthesizer:
         within its stated tolerance. The result's `audio` is their concatenation.
         """
         started = time.perf_counter()
-        run = self._start(request, cancel)
+        run = self.start(request, cancel, plan)
         decoder = StreamingDecoder(self.decode, hop=run.loaded.hop_length, **(decoder_options or {}))
         decode_seconds = 0.0
 
         def decoded() -> Iterator[np.ndarray]:
             nonlocal decode_seconds
-            for frames in chain(self._frames(run, request), [None]):  # None: generation has ended
+            for frames in chain(self._frames(run), [None]):  # None: generation has ended
                 mark = time.perf_counter()
                 ready = decoder.push(frames) if frames is not None else [decoder.finish()]
                 decode_seconds += time.perf_counter() - mark
@@ -349,58 +296,66 @@ class Synthesizer:
         audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
         yield run.result(audio, decode_seconds)
 
-    def _start(self, request: SynthesisRequest, cancel: threading.Event | None = None) -> _Run:
+    def live(self, request: SynthesisRequest) -> LiveSynthesis:
+        """Phrases that arrive one at a time (a live session), spoken in one voice: see LiveSynthesis.
+        `request.text` is only a placeholder; its voices, scene, sampling and seed hold for every phrase."""
+        return LiveSynthesis(self, request)
+
+    def start(self, request: SynthesisRequest, cancel: threading.Event | None = None,
+              plan: Plan | None = None) -> Run:
+        """A run of the request: the model loaded, the plan made (unless given), the seed chosen."""
         # Time spent getting the model: its loading, or waiting for a load already under way.
         started = time.perf_counter()
         loaded, _ = self.model()
         model_load_seconds = time.perf_counter() - started
-        text, chunks, voices, scene = self._plan(request)
-        log.info("synthesizing %d chars in %d chunk(s) with %d voice(s)", len(text), len(chunks), len(voices))
-        return _Run(
-            loaded=loaded, text=text, chunks=chunks, voices=voices, scene=scene,
+        plan = plan or self.plan(request)
+        log.info("synthesizing %d chars in %d chunk(s) with %d voice(s)", len(plan.text), len(plan.chunks),
+                 len(plan.voices))
+        return Run(
+            request=request, plan=plan, loaded=loaded, renderer=PromptRenderer(loaded.processor),
             seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
-            voice_names=[v.name for v in voices] + ([request.reference.name] if request.reference else []),
             model_load_seconds=model_load_seconds if model_load_seconds >= 0.001 else 0.0,
             stop=_Stop(cancel, self._stopping),
         )
 
-    def _frames(self, run: _Run, request: SynthesisRequest) -> Iterator[torch.Tensor]:
+    def encode_voices(self, run: Run) -> None:
+        """The run's voices as prompt voices (clones encoded, once a run)."""
+        if run.prompt_voices is None:
+            run.prompt_voices = self.prompts.voices(run.plan, run.request.reference)
+
+    def _frames(self, run: Run) -> Iterator[torch.Tensor]:
         """Generate every chunk in order, with earlier chunks as context; yields new frames as they
-        are complete (per engine check with the fast engine, per chunk with the reference path)."""
+        are complete (per engine check with the fast engine, per chunk with the generate() path)."""
         started = time.perf_counter()
-        with self.generator(run.loaded).admission():  # a busy engine says so before any work is done
-            yield from self._chunks(run, request)
+        loaded = run.loaded
+        with self.generator(loaded).admission():  # a busy engine says so before any work is done
+            self.encode_voices(run)
+            for chunk in run.plan.chunks:
+                yield from self.chunk_frames(run, chunk)
+                if run.progress is not None:
+                    done = sum(f.shape[0] for _, f in run.history)
+                    run.progress(len(run.history), len(run.plan.chunks),
+                                 done * loaded.hop_length / loaded.sample_rate)
         run.generation_seconds = time.perf_counter() - started
 
-    def _chunks(self, run: _Run, request: SynthesisRequest) -> Iterator[torch.Tensor]:
-        loaded = run.loaded
-        renderer = PromptRenderer(loaded.processor)
-        generator = self.generator(loaded)
-        prompt_voices = [self._prompt_voice(v) for v in run.voices]
-        if request.reference is not None:
-            prompt_voices.append(self._reference_voice(request.reference))
-        for chunk in run.chunks:
-            yield from self._chunk(run, request, chunk, renderer, generator, prompt_voices)
-            if run.progress is not None:
-                done = sum(f.shape[0] for _, f in run.history)
-                run.progress(len(run.history), len(run.chunks), done * loaded.hop_length / loaded.sample_rate)
-
-    def _chunk(self, run: _Run, request: SynthesisRequest, chunk: str, renderer: PromptRenderer,
-               generator: Generator, prompt_voices: list[PromptVoice]) -> Iterator[torch.Tensor]:
+    def chunk_frames(self, run: Run, chunk: str, request: SynthesisRequest | None = None) -> Iterator[torch.Tensor]:
         """One chunk's new frames as they are complete, with the earlier chunks as context; once it
-        has ended (not when closed early) it joins `run.history`."""
+        has ended (not when closed early) it joins `run.history`. `request`: the run's, unless a live
+        phrase brings its own text."""
+        request = request or run.request
         loaded = run.loaded
-        stop = run.stop  # _start() gives every run the caller's event and the shutdown event
+        stop = run.stop  # start() gives every run the caller's event and the shutdown event
         if stop.is_set():
             raise Cancelled("the request was cancelled")
+        self.encode_voices(run)
         buffer = request.generation_chunk_buffer_size
         context = run.history if buffer is None else run.history[-buffer:] if buffer else []
         context = _newest_within(context, self.settings.max_context_frames)
-        prompt = self._prompt(request, run.text, chunk, prompt_voices, run.scene, context)
-        inputs = renderer.inputs(prompt, loaded.device)
+        prompt = chunk_prompt(request, run.plan, chunk, run.prompt_voices, context)
+        inputs = run.renderer.inputs(prompt, loaded.device)
         columns: list[torch.Tensor] = []
         frames = torch.zeros((0, loaded.model.config.num_codebooks), dtype=torch.long)
-        for piece in generator.generate(inputs, request.sampling, run.seed, stop):
+        for piece in self.generator(loaded).generate(inputs, request.sampling, run.seed, stop):
             if stop.is_set():  # leaving the loop closes the generation: its slot is free
                 raise Cancelled("the request was cancelled")
             columns.append(piece.cpu())
@@ -410,60 +365,10 @@ class Synthesizer:
         if columns and not stream_ended(torch.cat(columns)):  # max_new_tokens came first: cut
             run.cut_chunks.append(len(run.history))
             log.warning("chunk %d of %d reached max_new_tokens (%d) before its end; its speech is cut",
-                        len(run.history) + 1, max(len(run.chunks), len(run.history) + 1),
+                        len(run.history) + 1, max(len(run.plan.chunks), len(run.history) + 1),
                         request.sampling.max_new_tokens)
         run.history.append((chunk, frames))
 
-    def live(self, request: SynthesisRequest) -> LiveSynthesis:
-        """Phrases that arrive one at a time (a live session), spoken in one voice: see LiveSynthesis.
-        `request.text` is only a placeholder; its voices, scene, sampling and seed hold for every phrase."""
-        return LiveSynthesis(self, request)
-
-
-class LiveSynthesis:
-    """Phrases generated one after another, each with the earlier ones as context, exactly as the
-    chunks of one long text are (same prompt, same seed): the voice stays the same, and the frames
-    equal those of one request chunked into the same phrases.
-
-        phrase(text) -> Iterator[frames [n, K]]   one phrase; closing it early frees its engine slot
-                                                  at the next burst and leaves it out of the context
-    """
-
-    def __init__(self, synthesizer: Synthesizer, request: SynthesisRequest) -> None:
-        self._synthesizer, self.request = synthesizer, request
-        run = synthesizer._start(request)
-        run.chunks = []
-        self.run = run
-        self.renderer = PromptRenderer(run.loaded.processor)
-        self.prompt_voices = [synthesizer._prompt_voice(v) for v in run.voices]
-        if request.reference is not None:
-            self.prompt_voices.append(synthesizer._reference_voice(request.reference))
-
-    @property
-    def seed(self) -> int:
-        return self.run.seed
-
-    @property
-    def hop(self) -> int:
-        return self.run.loaded.hop_length
-
-    @property
-    def sample_rate(self) -> int:
-        return self.run.loaded.sample_rate
-
-    def decode(self, frames: torch.Tensor) -> np.ndarray:
-        return self._synthesizer.decode(frames)
-
-    def phrase(self, text: str) -> Iterator[torch.Tensor]:
-        """The new frames of one phrase (any text; normalized here) as they are generated."""
-        chunk = normalize_transcript(text)
-        if not speakable(chunk):
-            raise ValueError("text has nothing to speak after normalization")
-        request = dataclasses.replace(self.request, text=text)  # speaker tags are counted in the phrase
-        generator = self._synthesizer.generator(self.run.loaded)
-        with generator.admission():  # per phrase: an idle session holds no place in the engine
-            yield from self._synthesizer._chunk(self.run, request, chunk, self.renderer, generator,
-                                                self.prompt_voices)
 
 def _newest_within(history: list[tuple[str, torch.Tensor]], max_frames: int) -> list[tuple[str, torch.Tensor]]:
     """The newest chunks of `history` whose frames add up to at most `max_frames` (MAX_CONTEXT_FRAMES)."""

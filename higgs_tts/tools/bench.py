@@ -1,4 +1,4 @@
-"""`higgs-tts bench`: what the engine achieves on this machine, next to the reference path.
+"""`higgs-tts bench`: what the engine achieves on this machine, next to transformers' generate().
 
 Figures: decode frames/s and x-real-time per batch size, time to first audio frame, prefill time
 of a cloned-voice prompt, codec decode time per minute of audio, transformers' generate() in the
@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.audio import FRAMES_PER_SECOND
 from ..core.checkpoint import LoadedModel
+from ..core.generate import transformers_generate
 from ..core.prompt import PromptRenderer, PromptVoice, build_prompt
-from ..core.reference import generate_reference
 from ..core.sampling import SamplingParams
 from ..engine.batch import bucket_length
 from ..engine.engine import Engine, EngineRequest
 from ..engine.scheduler import Scheduler
 
-FRAMES_PER_SECOND = 25.0
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the forest."
 
 
@@ -252,10 +252,10 @@ def run(loaded: LoadedModel, batch_sizes: list[int], steps: int, reference_steps
     result.codec_decode_s_per_min = time.perf_counter() - started
 
     reference = SamplingParams(temperature=0.8, max_new_tokens=reference_steps)
-    generate_reference(model, plain, SamplingParams(temperature=0.8, max_new_tokens=4), 0)  # warm-up
+    transformers_generate(model, plain, SamplingParams(temperature=0.8, max_new_tokens=4), 0)  # warm-up
     _sync(device)
     started = time.perf_counter()
-    columns = generate_reference(model, plain, reference, 0)
+    columns = transformers_generate(model, plain, reference, 0)
     _sync(device)
     result.reference_frames_per_s = columns.shape[0] / (time.perf_counter() - started)
     if result.batches and result.reference_frames_per_s:

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO, running_server
 
 NODE = shutil.which("node")
-pytestmark = pytest.mark.skipif(NODE is None, reason="node is not on PATH")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(NODE is None, reason="node is not on PATH")]
 JS = REPO / "clients" / "js"
 
 

@@ -16,6 +16,8 @@ from conftest import REPO, make_bucket, running_server
 from higgs_tts import client as client_module
 from higgs_tts.client import HiggsTTSClient, HiggsTTSError, generate_audio
 
+pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
+
 QUICK = {"max_new_tokens": 40, "seed": 5}
 QUICK_FLAGS = ["--max-new-tokens", "40", "--seed", "5"]
 

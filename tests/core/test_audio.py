@@ -76,6 +76,7 @@ print(f"{outcome}|{grown:.0f}")
 """
 
 
+@pytest.mark.slow  # a subprocess
 @pytest.mark.parametrize(("rate", "channels", "seconds", "fmt", "expect"), [
     (24001, 1, 1.0, "WAV", "decoded"),  # a rate coprime with 24 kHz: once 40 s and +9.5 GB
     (47999, 1, 1.0, "WAV", "decoded"),
@@ -170,6 +171,7 @@ print(f"{outcome}|{seconds:.3f}|{grown:.0f}")
 """
 
 
+@pytest.mark.slow  # a subprocess
 @pytest.mark.parametrize("kind", ["webm", "m4a", "opus"])
 def test_a_compressed_audio_bomb_is_refused_with_bounded_memory(kind, tmp_path):
     import subprocess

@@ -13,6 +13,8 @@ from conftest import running_server
 
 from higgs_tts.client import HiggsTTSClient, HiggsTTSError
 
+pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
+
 KEY = "test-key-123"
 
 

@@ -17,6 +17,8 @@ import httpx
 import pytest
 from conftest import REPO, free_port, running_server, wait_for_http
 
+pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
+
 # 60 one-word chunks at 4000 frames: 240,000 frames, minutes of work for the tiny model on a CPU.
 LONG_JOB = {"transcript": " ".join(["word"] * 60), "chunk_method": "word", "chunk_max_word_num": 1,
             "max_new_tokens": 4000, "seed": 1}

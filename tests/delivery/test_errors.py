@@ -53,7 +53,8 @@ def test_run_is_bounded_and_says_busy(client, service, monkeypatch):
 
     monkeypatch.setattr(jobs, "MAX_PENDING_JOBS", 2)
     service.synthesizer.model()  # loaded before the jobs, so the first one is generating when it is cancelled
-    slow = {"input": {"transcript": "A slow job to hold the queue.", "max_new_tokens": 400, "seed": 1}}
+    # 2048 steps: still running when the 3rd and 4th arrive on a loaded machine (400 sometimes ended first)
+    slow = {"input": {"transcript": "A slow job to hold the queue.", "max_new_tokens": 2048, "seed": 1}}
     replies = [client.post("/run", json=slow) for _ in range(4)]
     assert [r.status_code for r in replies[:2]] == [200, 200]
     for reply in replies[2:]:

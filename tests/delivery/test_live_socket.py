@@ -13,6 +13,8 @@ from conftest import engine_load, running_server, wait_until
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
+
 KEY = "live-secret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 IDLE = 4

@@ -8,6 +8,8 @@ import httpx
 import pytest
 from conftest import engine_load, running_server, wait_until
 
+pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
+
 FAST = {"ENGINE": "fast", "DEVICE": "cpu"}
 
 

@@ -139,6 +139,7 @@ def test_several_voices(client):
     assert reply.status_code == 200, reply.text
 
 
+@pytest.mark.slow  # over 10 s on two cores
 def test_long_input_is_chunked_by_sentences(client):
     text = " ".join(f"Sentence number {i} is here." for i in range(40))  # 40 sentences of 5 words
     limit = words_per_chunk(200)  # words that 200 frames can speak

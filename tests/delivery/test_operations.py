@@ -8,6 +8,7 @@ import sys
 import time
 
 import httpx
+import pytest
 from conftest import REPO, free_port, wait_for_http
 from fastapi.testclient import TestClient
 
@@ -35,6 +36,7 @@ def test_ping_is_unhealthy_when_the_model_cannot_load(settings, tmp_path):
     assert "does not exist" in reply.json()["error"]
 
 
+@pytest.mark.slow  # a subprocess
 def test_serve_answers_ping_on_port_health_and_becomes_ready(tiny_checkpoint, voice_prompts):
     model_dir, codec_dir = tiny_checkpoint
     port, health = free_port(), free_port()

@@ -12,6 +12,8 @@ from higgs_tts.delivery.app import create_app
 from higgs_tts.delivery.playground import ASSETS, STATIC
 from higgs_tts.settings import ServerSettings
 
+pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
+
 KEY = "playground-key"
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 # The flags for a closed network: nothing the browser does on its own reaches out.

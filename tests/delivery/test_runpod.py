@@ -43,6 +43,7 @@ def test_stream_sends_audio_items_then_the_final_response(service, monkeypatch):
     assert np.abs(streamed / 32767.0 - whole).max() < 2e-4  # the decoder's stated 1e-4, plus rounding
 
 
+@pytest.mark.slow  # a subprocess
 def test_stream_uploads_the_whole_clip_when_a_bucket_is_set(service, s3_env):
     make_bucket(s3_env, "stream-out")
     items = list(stream_items(service, {"transcript": "Stream and keep.", "stream": True, "s3_bucket": "stream-out",

@@ -10,6 +10,8 @@ import httpx
 import pytest
 from conftest import encode_recording, running_server
 
+pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
+
 KEY = "voices-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 

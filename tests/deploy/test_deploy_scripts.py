@@ -6,13 +6,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_bucket
+from conftest import REPO, make_bucket, tool
 
 from higgs_tts.deploy.runpod import (
     CUDA_VERSIONS,
@@ -24,11 +23,9 @@ from higgs_tts.deploy.runpod import (
     endpoint_url,
 )
 
+pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
+
 SCRIPTS = REPO / "scripts"
-
-
-def tool(name: str) -> str | None:
-    return shutil.which(name) or next((str(p) for p in [Path(sys.executable).parent / name] if p.exists()), None)
 
 
 def test_shellcheck_passes_on_every_script():

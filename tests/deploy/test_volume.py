@@ -12,6 +12,8 @@ from conftest import REPO, make_bucket
 
 from higgs_tts.deploy.volume import MODEL_REPO, TOKENIZER_REPO, SetupError, VolumeLayout, check_space
 
+pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
+
 SCRIPT = REPO / "scripts" / "setup-network-volume.sh"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -9,8 +9,8 @@ import torch
 from conftest import assert_codes_agree
 
 from higgs_tts.core.checkpoint import ModelCache, load_model
+from higgs_tts.core.generate import transformers_generate
 from higgs_tts.core.prompt import PromptRenderer, PromptVoice, build_prompt
-from higgs_tts.core.reference import generate_reference
 from higgs_tts.core.sampling import SamplingParams
 from higgs_tts.engine.engine import Engine, EngineRequest
 from higgs_tts.synthesis.synthesizer import SynthesisRequest, Synthesizer
@@ -60,7 +60,7 @@ def prompts(voice_frames):
 @pytest.mark.parametrize("case", ["no_voice", "cloned", "two_voices", "in_system"])
 def test_greedy_codes_equal_the_reference(engine, loaded, renderer, voice_frames, case):
     inputs = renderer.inputs(prompts(voice_frames)[case])
-    reference = generate_reference(loaded.model, inputs, GREEDY, seed=0)
+    reference = transformers_generate(loaded.model, inputs, GREEDY, seed=0)
     fast = engine.generate([EngineRequest(inputs, GREEDY, seed=0)])[0]
     assert reference.shape[0] > 9
     assert_codes_agree(fast, reference, loaded.device)
@@ -74,7 +74,7 @@ def test_batch_of_different_prompts_equals_each_alone(engine, loaded, renderer, 
     params = [GREEDY, dataclasses.replace(GREEDY, max_new_tokens=20), GREEDY]
     batch = engine.generate([EngineRequest(i, p, 0) for i, p in zip(inputs, params, strict=True)])
     for got, i, p in zip(batch, inputs, params, strict=True):
-        assert_codes_agree(got, generate_reference(loaded.model, i, p, seed=0), loaded.device)
+        assert_codes_agree(got, transformers_generate(loaded.model, i, p, seed=0), loaded.device)
     assert batch[1].shape[0] <= 20
 
 
@@ -84,7 +84,7 @@ def test_padded_batch_of_three_runs_as_four_and_equals_each_alone(loaded, render
     inputs = [renderer.inputs(cases[c]) for c in ("cloned", "no_voice", "in_system")]
     batch = padded.generate([EngineRequest(i, GREEDY, 0) for i in inputs])
     for got, i in zip(batch, inputs, strict=True):
-        assert_codes_agree(got, generate_reference(loaded.model, i, GREEDY, seed=0), loaded.device)
+        assert_codes_agree(got, transformers_generate(loaded.model, i, GREEDY, seed=0), loaded.device)
     assert [capacity for capacity, _ in padded._schedulers] == [4]
 
 

@@ -19,6 +19,8 @@ from schemathesis.generation.modes import GenerationMode
 
 from higgs_tts.service.errors import STATUS
 
+pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
+
 CASES_PER_OPERATION = 25  # per mode: schema-valid cases, then invalid ones
 CASES: dict[str, int] = {}
 

@@ -17,6 +17,8 @@ from higgs_tts.service.formats import FORMATS
 from higgs_tts.service.schema import ACTIONS, GenerateInput, parse_input
 from higgs_tts.service.speech import SpeechService
 
+pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
+
 FIELDS = sorted(set(GenerateInput.model_fields) | {"action", "voice_name", "overwrite", "description"})
 HOSTILE_TEXT = ["\ud800", "<|eot_id|>", "<|AUDIO_OUT|>", "\x00", "\u200b\u200b", "[SPEAKER0]", "a " * 50,
                 "Hello there.", "  ", "é中文", "[laugh]", "\n\n", "<|audio_out_bos|> hi"]

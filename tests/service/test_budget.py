@@ -4,7 +4,9 @@ before any work (the model is not even loaded)."""
 import dataclasses
 
 from higgs_tts.core.checkpoint import ModelCache
-from higgs_tts.service.budget import Work
+from higgs_tts.core.sampling import SamplingParams
+from higgs_tts.core.text import chunk_text, words_per_chunk
+from higgs_tts.service.budget import Work, check_work
 from higgs_tts.service.speech import SpeechService
 from higgs_tts.settings import ServiceSettings
 from higgs_tts.synthesis.synthesizer import Synthesizer
@@ -73,8 +75,14 @@ def test_expected_size_is_bounded_by_max_new_tokens_and_scales_with_speed():
 
 
 def test_default_limits_let_the_longest_default_chunked_text_through():
-    # 20,000 characters of ordinary English (about 3,500 words) chunked as the OpenAI route does
-    # (102 words at max_new_tokens 2048) stays within both limits.
+    # The longest transcript the defaults accept (MAX_TRANSCRIPT_CHARS of ordinary English), chunked as the
+    # OpenAI route chunks a long input (sentences of at most words_per_chunk(max_new_tokens) words), passes
+    # both limits: check_work raises InputError otherwise.
     limits = ServiceSettings()
-    chunks = -(-3_500 // 102)
-    assert chunks <= limits.max_chunks and chunks * 2048 <= limits.max_total_frames
+    sentence = "The quick brown fox jumps over the lazy dog beside the quiet river bank. "
+    text = (sentence * (limits.max_transcript_chars // len(sentence) + 1))[: limits.max_transcript_chars]
+    max_new_tokens = SamplingParams.max_new_tokens
+    chunks = chunk_text(text, "sentence", max_word_num=words_per_chunk(max_new_tokens))
+    work = check_work(chunks, max_new_tokens, "sentence", limits)
+    assert work.chunks == len(chunks) > 1
+    assert work.max_frames == len(chunks) * max_new_tokens <= limits.max_total_frames

@@ -139,6 +139,7 @@ def test_public_addresses_pass():
     assert blocked_range(ipaddress.ip_address("2606:4700::1111")) is None
 
 
+@pytest.mark.slow  # a subprocess
 def test_an_s3_presigned_url_is_fetched(s3_server):
     make_bucket(s3_server, "voices-in")
     client = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"], region_name="us-east-1",

@@ -127,6 +127,7 @@ def test_the_pcm_is_sixteen_bit_samples(service):
     assert len(audio) == round(events[-1]["duration_seconds"] * 24000) and np.abs(audio).max() > 0
 
 
+@pytest.mark.slow  # over 10 s on two cores
 def test_a_reader_that_falls_behind_stalls_the_session_and_loses_nothing(service):
     from higgs_tts.service.live import EVENT_QUEUE
 

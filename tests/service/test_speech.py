@@ -241,11 +241,11 @@ class OutOfMemoryOnce(Synthesizer):
 
     raised = False
 
-    def synthesize(self, request, cancel=None, progress=None):
+    def synthesize(self, request, cancel=None, progress=None, plan=None):
         if not self.raised:
             self.raised = True
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return super().synthesize(request, cancel, progress)
+        return super().synthesize(request, cancel, progress, plan)
 
 
 def test_out_of_memory_fails_the_job_and_the_worker_goes_on(service):
@@ -257,7 +257,7 @@ def test_out_of_memory_fails_the_job_and_the_worker_goes_on(service):
 
 
 class OutOfMemoryStream(Synthesizer):
-    def stream(self, request, decoder_options=None, cancel=None):
+    def stream(self, request, decoder_options=None, cancel=None, plan=None):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         yield  # a generator, like the real one
 

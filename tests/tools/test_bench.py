@@ -5,7 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
 
 
 def bench_env(tiny_checkpoint, settings) -> dict:
@@ -36,7 +39,11 @@ def test_bench_json_has_every_figure(tiny_checkpoint, settings):
                 "clone_prefill_ms", "codec_decode_s_per_min", "reference_frames_per_s", "roofline_fraction"):
         assert result[key] > 0, key
     assert result["clone_prompt_tokens"] > 250  # a 10 s reference clip is 259 audio positions
-    assert result["stream_first_audio_ms"] > 0 and result["stream_underruns"] >= 0
+    assert result["stream_first_audio_ms"] > 0
+    # An underrun is a chunk that arrived after its playback deadline: there are some exactly when the
+    # smallest margin is negative.
+    assert isinstance(result["stream_underruns"], int)
+    assert (result["stream_underruns"] > 0) == (result["stream_min_slack_s"] < -1e-6)
     assert [c["streams"] for c in result["concurrency"]] == [1, 3]
     for c in result["concurrency"]:
         assert c["audio_seconds_per_s"] > 0 and c["x_real_time_per_stream"] > 0 and c["time_to_first_audio_ms"] > 0

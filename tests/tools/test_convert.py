@@ -25,6 +25,8 @@ from higgs_tts.cli import main
 from higgs_tts.core.checkpoint import load_model
 from higgs_tts.tools.convert import native_codec_config, native_model_config, native_model_key
 
+pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
+
 REPO = Path(__file__).resolve().parents[2]
 
 # The legacy release's config.json (bosonai/higgs-audio-v2-generation-3B-base @ 10840182), the fields that matter.

@@ -1,4 +1,4 @@
-"""The reference generation path: transformers' own `generate()` for one prompt.
+"""The `generate` path (ENGINE=generate): transformers' own `generate()` for one prompt.
 
 It is the ground truth the fast engine is checked against, and the path used where the fast
 engine is not available.
@@ -47,8 +47,8 @@ class _StopWhenSet(StoppingCriteria):
 
 
 @torch.inference_mode()
-def generate_reference(model, inputs: dict[str, torch.Tensor], params: SamplingParams, seed: int,
-                       stop: threading.Event | None = None) -> torch.Tensor:
+def transformers_generate(model, inputs: dict[str, torch.Tensor], params: SamplingParams, seed: int,
+                          stop: threading.Event | None = None) -> torch.Tensor:
     """Generate one chunk; returns the generated columns `[L, num_codebooks]` (delayed, BOS first).
     Setting `stop` ends it within one step (the columns so far come back).
 

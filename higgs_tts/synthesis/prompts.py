@@ -1,0 +1,82 @@
+"""Voices as a prompt needs them, and the prompt of one chunk.
+
+    VoicePrompts.encode(samples)        a clip's codec frames [T, K] (cached by content: memory, disk)
+    VoicePrompts.voices(plan, clip)     every voice of a plan as a PromptVoice (clones encoded)
+    chunk_prompt(...)                   the Prompt of one chunk, with its voices, scene and context
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ..core.checkpoint import LoadedModel
+from ..core.encoding import ENCODING, encode_clip
+from ..core.prompt import Prompt, PromptVoice, build_prompt
+from ..core.voice_cache import VoiceCodeCache
+from ..core.voices import Voice
+from .plan import Plan
+
+
+class VoicePrompts:
+    def __init__(self, model: Callable[[], LoadedModel], cache: VoiceCodeCache) -> None:
+        self._model, self._cache = model, cache
+        self._encoding = threading.Lock()
+
+    @torch.inference_mode()
+    def encode(self, samples: np.ndarray) -> torch.Tensor:
+        """Codec frames `[T, num_codebooks]` (on CPU) of 24 kHz mono reference audio, cached by content."""
+        loaded = self._model()
+        key = VoiceCodeCache.key(samples, f"{loaded.codec_fingerprint}:{ENCODING}")
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        with self._encoding:  # one reference at a time: a long clip's encode is the memory peak
+            if (cached := self._cache.get(key)) is not None:  # encoded while this one waited
+                return cached
+            features = loaded.processor.feature_extractor(samples, sampling_rate=loaded.sample_rate,
+                                                          return_tensors="pt")
+            codes = encode_clip(loaded.codec, features["input_values"].to(loaded.device))  # padded as upstream
+            frames = codes[0].transpose(0, 1).long().cpu()
+            self._cache.put(key, frames)
+        return frames
+
+    def forget(self, samples: np.ndarray) -> int:
+        """Drop every cached code of this reference audio (memory and disk); returns files removed."""
+        return self._cache.forget(samples)
+
+    def voice(self, voice: Voice) -> PromptVoice:
+        if voice.kind != "clone":
+            return PromptVoice(description=voice.description)
+        frames = self.encode(voice.load_audio())
+        return PromptVoice(description=voice.description, transcript=voice.transcript, frames=frames, is_clone=True)
+
+    def voices(self, plan: Plan, clip=None) -> list[PromptVoice]:
+        """The plan's voices, then `clip` (a ReferenceClip sent with the request), clones encoded."""
+        voices = [self.voice(v) for v in plan.voices]
+        if clip is not None:
+            transcript = (clip.transcript or "").strip() or None
+            voices.append(PromptVoice(description=clip.name, transcript=transcript, frames=self.encode(clip.audio),
+                                      is_clone=True))
+        return voices
+
+    @staticmethod
+    def described(plan: Plan) -> list[PromptVoice]:
+        """The plan's voices without audio (a prompt shown with placeholders; nothing encoded)."""
+        return [PromptVoice(description=v.description, transcript=v.transcript, is_clone=v.kind == "clone")
+                for v in plan.voices]
+
+
+def chunk_prompt(request, plan: Plan, chunk: str, voices: list[PromptVoice],
+                 history: list[tuple[str, torch.Tensor]]) -> Prompt:
+    return build_prompt(
+        chunk,
+        transcript=request.text,  # upstream counts speaker tags before normalization
+        voices=voices,
+        scene=plan.scene,
+        voices_in_system=request.ref_audio_in_system_message,
+        history=history,
+    )
