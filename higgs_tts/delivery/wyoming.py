@@ -25,7 +25,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-import numpy as np
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
@@ -35,6 +34,7 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 
 from ..core.audio import SAMPLE_RATE
 from ..service.errors import Failure, InputError
+from ..service.events import Audio
 from ..service.formats import EMPTY_CLIP_SECONDS, to_pcm16
 from ..service.live import LiveSession
 from ..service.speech import SpeechService
@@ -132,12 +132,14 @@ class SpeechHandler(AsyncEventHandler):
                 # shielded: cancelled (shutdown), the thread still runs until it is told to stop below
                 if (item := await asyncio.shield(step)) is _END:
                     break
-                if isinstance(item, np.ndarray):
+                if isinstance(item, Audio):
                     if not started:
                         await self._audio_start()
                         started = True
-                    await self._chunk(to_pcm16(item))
-                elif item.get("success"):
+                    await self._chunk(to_pcm16(item.samples))
+                    continue
+                item = item.response  # Final: the job's documented response
+                if item.get("success"):
                     if not started:  # the model ended at once: a short silence, so the client has audio
                         await self._audio_start()
                         started = True

@@ -6,7 +6,7 @@ import torch
 
 from higgs_tts.core.checkpoint import load_processor
 from higgs_tts.core.codes import STREAM_BOS, STREAM_EOS, delay_frames, generated_frames, undelay
-from higgs_tts.engine.sampler import DelayPattern
+from higgs_tts.engine.sampler import forced_codes
 
 
 def test_delay_pattern_shape_and_corners():
@@ -59,15 +59,18 @@ ENDS = json.loads((Path(__file__).parent / "data" / "upstream_stream_ends.json")
 def our_stream(wishes):
     """The columns our decode loops produce when the model's logits favour `wishes[t]` at step t + 1:
     the engine's own delay-pattern forcing, greedy, until the all-EOS column or the wishes run out."""
-    pattern = DelayPattern(1, 8, torch.device("cpu"))
+    codebooks, ending, ended_steps = torch.arange(8), torch.tensor([False]), torch.tensor([0])
     columns = []
     for step in range(len(wishes) + 1):
         logits = torch.full((1, 8, 1026), -10.0)
         if step:
             logits[0, torch.arange(8), torch.tensor(wishes[step - 1])] = 10.0
-        column = pattern.apply(logits, torch.tensor([step])).argmax(dim=-1)
+        ended_steps += ending.long()  # as the engine's step does, before it samples
+        forced = forced_codes(torch.tensor([step]), ended_steps, codebooks)
+        column = torch.where(forced >= 0, forced, logits.argmax(dim=-1))
         columns.append(column[0])
-        if bool(pattern.observe(column)[0]):
+        ending |= (column == STREAM_EOS).any(dim=1)
+        if bool((column == STREAM_EOS).all()):
             break
     return torch.stack(columns)
 

@@ -12,6 +12,8 @@ from conftest import full_disk, running_server, running_worker
 
 from higgs_tts.service.errors import STATUS
 
+pytestmark = pytest.mark.slow  # subprocesses, or over 10 s: not in scripts/test.sh --fast
+
 TRANSCRIPT = "Maintaining your ability to learn."
 
 

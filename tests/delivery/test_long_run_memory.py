@@ -14,6 +14,8 @@ import httpx
 import pytest
 from conftest import REPO, free_port, wait_for_http
 
+pytestmark = pytest.mark.slow  # subprocesses, or over 10 s: not in scripts/test.sh --fast
+
 MB = 2**20
 WARM_ROUNDS, ROUNDS = 4, 8
 MAX_GROWTH_PER_ROUND = 3 * MB  # on average over ROUNDS: what /run results kept and the allocator's reuse add

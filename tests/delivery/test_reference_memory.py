@@ -19,6 +19,8 @@ import pytest
 import soundfile as sf
 from conftest import REPO, free_port, wait_for_http
 
+pytestmark = pytest.mark.slow  # subprocesses, or over 10 s: not in scripts/test.sh --fast
+
 MB = 2**20
 
 

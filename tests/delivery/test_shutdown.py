@@ -9,9 +9,12 @@ import sys
 import threading
 
 import httpx
+import pytest
 from conftest import REPO, free_port, running_worker, wait_for_http, wait_until
 
 from higgs_tts.delivery.shutdown import EXIT_SECONDS
+
+pytestmark = pytest.mark.slow  # subprocesses: not in scripts/test.sh --fast
 
 # 60 one-word chunks at 4000 frames: minutes of work for the tiny model on a CPU.
 LONG_JOB = {"transcript": " ".join(["word"] * 60), "chunk_method": "word", "chunk_max_word_num": 1,

@@ -29,6 +29,8 @@ from wyoming.tts import (
 
 from tests.conftest import REPO, free_port
 
+pytestmark = pytest.mark.slow  # subprocesses, or over 10 s: not in scripts/test.sh --fast
+
 READ_SECONDS = 300  # one event's wait, at most (the tiny model on a busy CPU)
 
 

@@ -19,6 +19,8 @@ import soundfile as sf
 from higgs_tts.settings import DEFAULT_MODEL, DEFAULT_TOKENIZER
 from tests.conftest import REPO, free_port, hf_cache_layout, wait_for_http
 
+pytestmark = pytest.mark.slow  # subprocesses, or over 10 s: not in scripts/test.sh --fast
+
 
 @pytest.fixture(scope="module")
 def cached_env(tiny_checkpoint, voice_prompts, tmp_path_factory):

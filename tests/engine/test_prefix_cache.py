@@ -13,6 +13,8 @@ from higgs_tts.core.sampling import SamplingParams
 from higgs_tts.engine.engine import Engine, EngineRequest
 from higgs_tts.engine.prefix_cache import BLOCK, PrefixCache, prompt_blocks
 
+pytestmark = pytest.mark.slow  # subprocesses, or over 10 s: not in scripts/test.sh --fast
+
 GREEDY = SamplingParams(temperature=0.0, ras_win_len=0, max_new_tokens=48)
 SAMPLED = SamplingParams(temperature=1.0, top_k=50, top_p=0.95, max_new_tokens=48)
 

@@ -48,6 +48,7 @@ def figures(settings):
     return bench.anatomy(loaded, layers=28, batch_sizes=(1, 4))
 
 
+@pytest.mark.slow  # 28 layers, counted operator by operator: about a minute on two cores
 def test_the_decode_step_meets_its_structural_targets(figures):
     print(json.dumps({k: v for k, v in figures.items() if "by_op" not in k}))
     assert figures["layers"] == 28
@@ -68,10 +69,11 @@ def test_the_decode_step_meets_its_structural_targets(figures):
     text_tokens = len(figures["text"].split()) * 2
     assert figures["prefill_tokens_cached_voice"] <= 64 + text_tokens
     assert figures["prefill_kernels_cached_voice"] <= figures["prefill_kernels"]
-    assert figures["first_audio_frames"] >= 1
+    assert 1 <= figures["first_audio_frames"] <= 16  # the streaming decoder's first piece: 8 frames + 8 of context
     assert set(figures["host_ms_per_step"]) == {"b1", "b4"}
 
 
+@pytest.mark.slow  # a subprocess
 def test_bench_anatomy_json_from_the_command_line(tiny_checkpoint, settings):
     from tools.test_bench import bench_env
 
