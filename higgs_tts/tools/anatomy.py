@@ -77,7 +77,7 @@ def _to_host(args, kwargs) -> bool:
 class _Kernels(TorchDispatchMode):
     def __init__(self, owner: Anatomy) -> None:
         super().__init__()
-        self.owner = owner
+        self.owner = owner  # the counts live there, shared with the function mode
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -108,8 +108,7 @@ class _Calls(TorchFunctionMode):
         self.owner = owner
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        owner = self.owner
+        owner, kwargs = self.owner, kwargs or {}
         if func in FUSED and not owner._inside_fused:
             owner.kernels += 1
             owner.by_op[getattr(func, "__name__", str(func))] += 1
