@@ -59,6 +59,7 @@ class Burst:
     owners: dict[int, Sequence]  # slot -> the sequence that occupied it when the burst was launched
     host: torch.Tensor  # [rows, steps_per_sync * K + 2] long: columns, then count, then done
     ready: torch.cuda.Event | None  # recorded after the copy; None on a CPU (the copy is done)
+    columns: torch.Tensor  # [rows, steps_per_sync, K]: a view of `host`, read by each sequence's reader
 
 
 class Batch:
@@ -255,15 +256,17 @@ class Batch:
         if self.device.type == "cuda":
             ready = torch.cuda.Event(blocking=True)  # the host sleeps on it rather than spinning a core
             ready.record(torch.cuda.current_stream(self.device))
-        return Burst(rows, dict(self.sequences), host, ready)
+        columns = host[:, :self.steps_per_sync * self.num_codebooks].view(rows, self.steps_per_sync, -1)
+        return Burst(rows, dict(self.sequences), host, ready, columns)
 
-    def collect(self, burst: Burst) -> list[tuple[int, Sequence, torch.Tensor, bool]]:
-        """Per sequence the burst ran: (slot, sequence, its new columns, whether it ended). Ended and
-        cancelled sequences are released here, so their slots are free for the next admission."""
+    def collect(self, burst: Burst) -> list[tuple[int, Sequence, int, bool]]:
+        """Per sequence the burst ran: (slot, sequence, how many new columns it has in
+        `burst.columns[slot]`, whether it ended). Ended and cancelled sequences are released here,
+        so their slots are free for the next admission. No tensor is touched per row: each reader
+        slices its own columns on its own thread."""
         if burst.ready is not None:
             burst.ready.synchronize()  # the burst's one host sync
         S, K = self.steps_per_sync, self.num_codebooks
-        columns = burst.host[:, :S * K].view(burst.rows, S, K)  # a copy of its own: pieces are views of it
         counts, done = burst.host[:, S * K].tolist(), burst.host[:, S * K + 1].tolist()
         taken = []
         for slot, sequence in burst.owners.items():
@@ -272,10 +275,9 @@ class Batch:
             count = counts[slot]
             sequence.generated += count
             ended = done[slot] == 1 or sequence.cancelled.is_set()
-            new = columns[slot, :count]
             if ended:
                 self.release(slot)
-            taken.append((slot, sequence, new, ended))
+            taken.append((slot, sequence, count, ended))
         return taken
 
 

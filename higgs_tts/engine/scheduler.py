@@ -115,7 +115,7 @@ class Scheduler:
         if self._in_flight is not None and self._can_admit():
             # Hand the running burst out before a prefill, which would keep every stream waiting.
             burst, self._in_flight = self._in_flight, None
-            self._postprocess(self.batch.collect(burst))
+            self._postprocess(burst, self.batch.collect(burst))
         self.admit()
         self.run()
 
@@ -145,7 +145,7 @@ class Scheduler:
             if self.pipelined:  # hand out the previous burst while this one runs
                 launched, self._in_flight = self._in_flight, launched
             if launched is not None:
-                self._postprocess(self.batch.collect(launched))
+                self._postprocess(launched, self.batch.collect(launched))
         except Exception as exc:  # the step failed for the whole batch: every running request fails
             if _is_device_error(exc):
                 raise
@@ -172,7 +172,7 @@ class Scheduler:
         `step()` itself and stops early)."""
         if self._in_flight is not None:
             burst, self._in_flight = self._in_flight, None
-            self._postprocess(self.batch.collect(burst))
+            self._postprocess(burst, self.batch.collect(burst))
         for slot, sequence in list(self.batch.sequences.items()):
             if sequence.cancelled.is_set():
                 self.batch.release(slot).finish()
@@ -182,9 +182,9 @@ class Scheduler:
                 sequence.finish()
 
     @staticmethod
-    def _postprocess(taken: list[tuple[int, Sequence, torch.Tensor, bool]]) -> None:
-        for _, sequence, columns, ended in taken:
-            sequence.deliver(columns)
+    def _postprocess(burst: Burst, taken: list[tuple[int, Sequence, int, bool]]) -> None:
+        for slot, sequence, count, ended in taken:
+            sequence.deliver(burst.columns, slot, count)
             if ended:
                 sequence.finish()
 

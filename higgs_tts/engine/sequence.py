@@ -48,9 +48,10 @@ class Sequence:
     def cancel(self) -> None:
         self.cancelled.set()
 
-    def deliver(self, columns: torch.Tensor) -> None:
-        if columns.shape[0]:
-            self._outbox.put(columns)
+    def deliver(self, block: torch.Tensor, row: int, count: int) -> None:
+        """`count` new columns in row `row` of a burst's `[rows, steps, K]` block (sliced by the reader)."""
+        if count:
+            self._outbox.put((block, row, count))
 
     def finish(self, error: BaseException | None = None) -> None:
         self.finished = True
@@ -68,7 +69,8 @@ class Sequence:
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            block, row, count = item
+            yield block[row, :count]
 
     def pieces(self) -> Iterator[torch.Tensor]:
         """The generated columns `[n, K]` as they come; raises the engine's error if it failed.
@@ -77,6 +79,7 @@ class Sequence:
             while (item := self._outbox.get()) is not _END:
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                block, row, count = item
+                yield block[row, :count]
         finally:
             self.cancel()
