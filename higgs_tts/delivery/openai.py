@@ -21,7 +21,7 @@ from ..core.text import speaker_tags, word_count, words_per_chunk
 from ..service import formats
 from ..service.audit import AuditRecord
 from ..service.errors import Failure
-from ..service.events import Audio
+from ..service.events import Audio, ChunkEnd, Done
 from ..service.schema import GenerateInput, OutputFormat, parse_input
 from ..service.speech import SpeechService
 from .aliases import VoiceAliases
@@ -193,8 +193,10 @@ def _chunk_long_input(raw: dict, given: set[str]) -> None:
 
 
 def _next_item(items):
-    """The first item, so that failures before any audio still become error replies."""
-    return next(items)
+    """The first audio (or the end), so that failures before any audio still become error replies."""
+    while isinstance(item := next(items), ChunkEnd):
+        pass
+    return item
 
 
 def _streaming_reply(items, first, body: SpeechRequest, outcome: Outcome, cancel: threading.Event):
@@ -206,17 +208,20 @@ def _streaming_reply(items, first, body: SpeechRequest, outcome: Outcome, cancel
         encoder = formats.StreamEncoder(body.response_format, SAMPLE_RATE)
         try:
             while True:
-                if isinstance(item, Audio):
-                    if item is first:
-                        outcome.first_audio()
-                    if data := encoder.push(item.samples):
-                        yield data
-                else:
-                    if data := encoder.finish():
-                        yield data
-                    frames[0] = item.result.num_frames
-                    outcome.ok(item.result, "http-stream")
-                    return
+                match item:
+                    case Audio(samples):
+                        if item is first:
+                            outcome.first_audio()
+                        if data := encoder.push(samples):
+                            yield data
+                    case ChunkEnd():
+                        pass
+                    case Done(result):
+                        if data := encoder.finish():
+                            yield data
+                        frames[0] = result.num_frames
+                        outcome.ok(result, "http-stream")
+                        return
                 item = next(items)
         except StopIteration:
             return

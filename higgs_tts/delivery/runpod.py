@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..core.audio import SAMPLE_RATE
 from ..service import formats
-from ..service.events import Audio
+from ..service.events import Audio, ChunkEnd, Final
 from ..service.maintenance import IdleCleaner
 from ..service.speech import Progress, SpeechService
 
@@ -70,18 +70,21 @@ def stream_items(service: SpeechService, raw: object, job_id: str = "local",
     events = service.stream(raw, job_id, s3_config, cancel)
     try:
         for event in events:
-            if isinstance(event, Audio):
-                for piece in formats.pieces(event.samples, int(STREAM_ITEM_SECONDS * SAMPLE_RATE)):
-                    yield {"type": "audio", "seq": seq,
-                           "audio_base64": base64.b64encode(formats.to_pcm16(piece)).decode("ascii"),
-                           "format": "pcm", "sample_rate": SAMPLE_RATE, "num_samples": len(piece),
-                           "start_seconds": round(sent / SAMPLE_RATE, 3)}
-                    seq, sent = seq + 1, sent + len(piece)
-            elif event.response.get("success"):
-                yield {"success": True, "type": "final", "seq": seq, "audio_items": seq,
-                       **{k: v for k, v in event.response.items() if k != "success"}}
-            else:
-                yield {**event.response, "type": "error", "seq": seq}
+            match event:
+                case Audio(samples):
+                    for piece in formats.pieces(samples, int(STREAM_ITEM_SECONDS * SAMPLE_RATE)):
+                        yield {"type": "audio", "seq": seq,
+                               "audio_base64": base64.b64encode(formats.to_pcm16(piece)).decode("ascii"),
+                               "format": "pcm", "sample_rate": SAMPLE_RATE, "num_samples": len(piece),
+                               "start_seconds": round(sent / SAMPLE_RATE, 3)}
+                        seq, sent = seq + 1, sent + len(piece)
+                case ChunkEnd():
+                    pass  # the items carry audio and the final response only
+                case Final(response) if response.get("success"):
+                    yield {"success": True, "type": "final", "seq": seq, "audio_items": seq,
+                           **{k: v for k, v in response.items() if k != "success"}}
+                case Final(response):
+                    yield {**response, "type": "error", "seq": seq}
     finally:
         events.close()
 

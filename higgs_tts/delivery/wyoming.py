@@ -25,7 +25,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-import numpy as np
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
@@ -35,6 +34,7 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 
 from ..core.audio import SAMPLE_RATE
 from ..service.errors import Failure, InputError
+from ..service.events import Audio, ChunkEnd, Final
 from ..service.formats import EMPTY_CLIP_SECONDS, to_pcm16
 from ..service.live import LiveSession
 from ..service.speech import SpeechService
@@ -132,22 +132,25 @@ class SpeechHandler(AsyncEventHandler):
                 # shielded: cancelled (shutdown), the thread still runs until it is told to stop below
                 if (item := await asyncio.shield(step)) is _END:
                     break
-                if isinstance(item, np.ndarray):
-                    if not started:
-                        await self._audio_start()
-                        started = True
-                    await self._chunk(to_pcm16(item))
-                elif item.get("success"):
-                    if not started:  # the model ended at once: a short silence, so the client has audio
-                        await self._audio_start()
-                        started = True
-                        await self._chunk(bytes(round(EMPTY_CLIP_SECONDS * SAMPLE_RATE) * WIDTH))
-                    await self.write_event(AudioStop().event())
-                else:
-                    if started:
+                match item:
+                    case Audio(samples):
+                        if not started:
+                            await self._audio_start()
+                            started = True
+                        await self._chunk(to_pcm16(samples))
+                    case ChunkEnd():
+                        pass
+                    case Final(response) if response.get("success"):
+                        if not started:  # the model ended at once: a short silence, so the client has audio
+                            await self._audio_start()
+                            started = True
+                            await self._chunk(bytes(round(EMPTY_CLIP_SECONDS * SAMPLE_RATE) * WIDTH))
                         await self.write_event(AudioStop().event())
-                    failure = Failure(item["error"], item["error_code"], item.get("error_field"))
-                    await self.write_event(error_event(failure))
+                    case Final(response):
+                        if started:
+                            await self.write_event(AudioStop().event())
+                        failure = Failure(response["error"], response["error_code"], response.get("error_field"))
+                        await self.write_event(error_event(failure))
         finally:
             if step is not None and not step.done():  # cancelled mid-piece: stop the generation, then close
                 self.cancel.set()

@@ -30,7 +30,7 @@ from . import formats
 from .audit import AuditRecord
 from .budget import Work, check_inline, check_work
 from .errors import Failure, InputError, JobError, as_job_error, describe_failure, storage_failure
-from .events import Done, Final, JobEvent, SynthesisEvent, typed
+from .events import Audio, ChunkEnd, Done, Final, JobEvent, SynthesisEvent
 from .references import fetched_reference, reference_audio
 from .schema import AddVoiceInput, GenerateInput, parse_input
 from .storage import S3Storage, S3Target, StorageError, generated_key
@@ -260,7 +260,7 @@ class SpeechService:
         return S3Target(bucket=bucket) if bucket else None
 
     def open_stream(self, request: GenerateInput, cancel: threading.Event | None = None) -> Iterator[SynthesisEvent]:
-        """Audio events while generating, then Done with the SynthesisResult (see Synthesizer.stream).
+        """Synthesizer.stream's events: Audio and ChunkEnd while generating, then Done with the result.
 
         Every input check runs here, before the first chunk, so a bad request fails before any
         bytes are sent. Setting `cancel` (the listener is gone) ends generation at its next step.
@@ -269,9 +269,9 @@ class SpeechService:
         return self._streamed(self.synthesizer.stream(job.synthesis, cancel=cancel, plan=job.plan))
 
     @staticmethod
-    def _streamed(stream: Iterator) -> Iterator[SynthesisEvent]:
+    def _streamed(stream: Iterator[SynthesisEvent]) -> Iterator[SynthesisEvent]:
         try:
-            yield from typed(stream)
+            yield from stream
         except Exception as exc:
             raise as_job_error(exc) from None
 
@@ -373,7 +373,7 @@ class SpeechService:
 
     def stream(self, raw: object, job_id: str = "local", s3_config: dict | None = None,
                cancel: threading.Event | None = None) -> Iterator[JobEvent]:
-        """A `stream: true` job: Audio while generating, then Final with the response (with the S3
+        """A `stream: true` job: Audio and ChunkEnd while generating, then Final with the response (with the S3
         URL when uploading) or, on a failure, the failure response. The transport decides how each
         goes on the wire (RunPod items: `delivery/runpod.py`)."""
         started = time.perf_counter()
@@ -388,10 +388,11 @@ class SpeechService:
                                  "speed")
             items = self.open_stream(request, cancel)
             for event in items:
-                if isinstance(event, Done):
-                    result = event.result
-                    break
-                yield event
+                match event:
+                    case Audio() | ChunkEnd():
+                        yield event
+                    case Done(result):
+                        break
             first_audio = result.first_audio_seconds if result.first_audio_seconds is not None else 0.0
             response: dict = {"success": True}
             upload_seconds = 0.0

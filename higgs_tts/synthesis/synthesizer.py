@@ -26,6 +26,7 @@ from ..core.text import CHUNK_METHODS
 from ..core.voice_cache import VoiceCodeCache
 from ..core.voices import VoiceLibrary
 from ..settings import Settings
+from .events import Audio, ChunkEnd, Done, SynthesisEvent
 from .generator import Generator, generator_kind, make_generator
 from .live import LiveSynthesis
 from .plan import Plan, make_plan
@@ -267,34 +268,35 @@ class Synthesizer:
         return run.result(audio, time.perf_counter() - started)
 
     def stream(self, request: SynthesisRequest, decoder_options: dict | None = None,
-               cancel: threading.Event | None = None, plan: Plan | None = None) -> Iterator:
-        """Audio chunks (float32 arrays) while generating, then the SynthesisResult as the last item.
-        Setting `cancel` (e.g. from another thread when the listener is gone) ends it with Cancelled.
+               cancel: threading.Event | None = None, plan: Plan | None = None) -> Iterator[SynthesisEvent]:
+        """Typed events while generating (events.py): Audio pieces, a ChunkEnd after each text
+        chunk's generation, and Done with the SynthesisResult last. Setting `cancel` (e.g. from
+        another thread when the listener is gone) ends it with Cancelled.
 
-        The chunks come from a StreamingDecoder: together they equal one decode of all codes
+        The pieces come from a StreamingDecoder: together they equal one decode of all codes
         within its stated tolerance. The result's `audio` is their concatenation.
         """
         started = time.perf_counter()
         run = self.start(request, cancel, plan)
+        ended: list[ChunkEnd] = []  # told by _frames after each chunk, handed out before the next frames
+        run.progress = lambda done, total, seconds: ended.append(ChunkEnd(done, total, seconds))
         decoder = StreamingDecoder(self.decode, hop=run.loaded.hop_length, **(decoder_options or {}))
         decode_seconds = 0.0
-
-        def decoded() -> Iterator[np.ndarray]:
-            nonlocal decode_seconds
-            for frames in chain(self._frames(run), [None]):  # None: generation has ended
-                mark = time.perf_counter()
-                ready = decoder.push(frames) if frames is not None else [decoder.finish()]
-                decode_seconds += time.perf_counter() - mark
-                yield from (piece for piece in ready if len(piece))
-
         pieces: list[np.ndarray] = []
-        for piece in decoded():
-            if not pieces:
-                run.first_audio_seconds = time.perf_counter() - started
-            pieces.append(piece)
-            yield piece
+        for frames in chain(self._frames(run), [None]):  # None: generation has ended
+            yield from ended
+            ended.clear()
+            mark = time.perf_counter()
+            ready = decoder.push(frames) if frames is not None else [decoder.finish()]
+            decode_seconds += time.perf_counter() - mark
+            for piece in ready:
+                if len(piece):
+                    if not pieces:
+                        run.first_audio_seconds = time.perf_counter() - started
+                    pieces.append(piece)
+                    yield Audio(piece)
         audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-        yield run.result(audio, decode_seconds)
+        yield Done(run.result(audio, decode_seconds))
 
     def live(self, request: SynthesisRequest) -> LiveSynthesis:
         """Phrases that arrive one at a time (a live session), spoken in one voice: see LiveSynthesis.
