@@ -11,12 +11,10 @@ surface (the service's jobs, RunPod stream items, chunked HTTP, SSE, Wyoming) ma
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .synthesizer import SynthesisResult
+from .request import SynthesisResult
 
 
 @dataclass(frozen=True)
