@@ -145,9 +145,7 @@ def router(service: SpeechService, metrics: Metrics, server: ServerSettings,
                 session.abort()  # gone or done: the worker stops, the engine slot is freed at the next burst
             code, done = ended["code"], ended.get("done")
             if done:
-                outcome.note(**{k: done[k] for k in ("segments", "text_chars", "first_audio_seconds") if k in done},
-                             audio_duration=done["duration_seconds"])
-                outcome.succeeded({})
+                outcome.spoke(done)
             elif code is None:  # the client went away: a normal end for the socket, `cancelled` in the audit
                 outcome.left()
             else:

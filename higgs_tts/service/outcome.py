@@ -6,6 +6,7 @@ makes one Outcome per request, tells it what happened, and ends it with `emit()`
     first_audio(seconds=None)   time to its first audio (metrics)
     ok(result, delivery)        audio made: the result's metrics and facts, status 200
     succeeded(response)         a job's documented response: the audit's facts from it, status 200
+    spoke(done)                 a live session's `done` event: its counts in the audit, status 200
     failed(failure, status)     a Failure: its code in the audit, its status (or `status`) in the metrics
     left()                      the client closed the request before its end: `cancelled` in the
                                 audit, a normal end (200) in the metrics (a live session the client closes)
@@ -56,6 +57,12 @@ class Outcome:
         if self.audit is not None:
             self.audit.succeed(response)
         self.status, self.code = 200, None
+
+    def spoke(self, done: dict) -> None:
+        """A live session ended with its `done` event (service/live.py): its counts, status 200."""
+        self.note(**{k: done[k] for k in ("segments", "text_chars", "first_audio_seconds") if k in done},
+                  audio_duration=done["duration_seconds"])
+        self.succeeded({})
 
     def failed(self, failure: Failure, status: int | None = None) -> None:
         if self.audit is not None:
