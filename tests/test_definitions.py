@@ -122,3 +122,53 @@ def test_the_generate_path_has_one_name_and_reference_stays_accepted():
     assert generator_kind(Settings(engine="auto"), torch.device("cuda")) == "fast"
     with pytest.raises(ValueError, match="engine must be one of auto, fast, generate"):
         Settings(engine="batched")
+
+
+# The audit record's writers and the metrics' writers: a surface tells its request's Outcome what
+# happened, and service/outcome.py alone writes them (the record and the metrics define them).
+AUDIT_WRITERS = {"succeed", "fail", "emit", "facts", "status", "error_code"}
+METRIC_WRITERS = {"observe", "record", "first_audio", "requests", "errors", "duration", "real_time_factor",
+                  "audio_seconds"}
+
+
+def receiver(node: ast.Attribute) -> str | None:
+    """`audit` for audit.fail / outcome.audit.fail, `metrics` for self.metrics.observe, else None."""
+    value = node.value
+    name = value.id if isinstance(value, ast.Name) else value.attr if isinstance(value, ast.Attribute) else None
+    return name if name in ("audit", "metrics") else None
+
+
+def test_audit_lines_and_request_metrics_are_written_by_the_outcome_only():
+    writers: dict[str, set[str]] = {"audit": set(), "metrics": set()}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and (kind := receiver(node)):
+                if node.attr in (AUDIT_WRITERS if kind == "audit" else METRIC_WRITERS):
+                    writers[kind].add(str(path.relative_to(REPO)))
+    assert writers == {"audit": {"higgs_tts/service/outcome.py"}, "metrics": {"higgs_tts/service/outcome.py"}}
+
+
+# The surfaces that read a synthesis or a streamed job, and the typed events they match on.
+STREAM_READERS = ("service/speech.py", "delivery/runpod.py", "delivery/openai.py", "delivery/wyoming.py")
+
+
+def test_the_stream_events_are_defined_once_and_every_surface_reads_them():
+    classes: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                classes.setdefault(node.name, []).append(str(path.relative_to(PACKAGE)))
+    for event in ("Audio", "ChunkEnd", "Done"):
+        assert classes[event] == ["synthesis/events.py"], event
+    assert classes["Final"] == ["service/events.py"]
+    for reader in STREAM_READERS:
+        tree = ast.parse((PACKAGE / reader).read_text(encoding="utf-8"))
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    and (node.module or "").endswith("events") for alias in node.names}
+        matched = {node.cls.id for node in ast.walk(tree) if isinstance(node, ast.MatchClass)
+                   and isinstance(node.cls, ast.Name)}
+        assert {"Audio", "ChunkEnd"} <= imported & matched, reader  # a match on the classes, not on arrays
+        tested = {leaf.attr for node in ast.walk(tree) if isinstance(node, ast.Call)
+                  and getattr(node.func, "id", None) == "isinstance" for leaf in ast.walk(node.args[1])
+                  if isinstance(leaf, ast.Attribute)}
+        assert "ndarray" not in tested, reader  # no surface tells audio from the result by its type

@@ -14,7 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from ..service.errors import STATUS
+from ..service.audit import AuditRecord
+from ..service.errors import describe_failure
+from ..service.outcome import Outcome
 from ..service.speech import SpeechService
 from .disconnect import run_while_connected
 from .metrics import Metrics
@@ -35,18 +37,6 @@ FINAL = ("COMPLETED", "FAILED", "CANCELLED")
 class RunRequest(BaseModel):
     input: dict
     webhook: str | None = None
-
-
-def reply_status(reply: dict) -> int:
-    """A finished job's reply as an HTTP status for the metrics: 200 when it completed, else the
-    status of its error code (400 for bad input, 503 when busy, ...), 409 when cancelled."""
-    if reply.get("status") == "COMPLETED":
-        return 200
-    if reply.get("status") == "CANCELLED":
-        return STATUS["cancelled"]
-    output = reply.get("output")
-    last = output[-1] if isinstance(output, list) and output else output
-    return STATUS.get(last.get("error_code"), 500) if isinstance(last, dict) else 500
 
 
 class Jobs:
@@ -100,32 +90,35 @@ class Jobs:
 
     def _run(self, job_id: str, job_input: dict, webhook: str | None = None,
              allowlist: tuple[str, ...] = ()) -> None:
-        started = time.perf_counter()
+        # audited and counted under "run" by the service when the job ends (a job cancelled while
+        # queued, or one that crashed here, is ended below)
+        outcome = Outcome(AuditRecord(job_id=job_id, raw=job_input), self.metrics, "run")
         cancel = self.cancels.get(job_id) or threading.Event()
         try:
             if cancel.is_set():
                 return
             self._set(job_id, status="IN_PROGRESS")
-            self._execute(job_id, job_input, cancel)
+            self._execute(job_id, job_input, cancel, outcome)
         except Exception as exc:  # never leave a job IN_PROGRESS forever
             log.exception("job %s crashed", job_id)
             self._set(job_id, status="FAILED", error=f"internal error ({type(exc).__name__})")
+            outcome.failed(describe_failure(exc, job_id))
         finally:
+            outcome.emit()  # once: a no-op when the service has ended it; untold, it was cancelled
             reply = self.get(job_id) or {"id": job_id, "status": "CANCELLED"}
-            if self.metrics is not None:
-                self.metrics.observe("run", started, reply_status(reply), code=_error_code(reply))
             if webhook is not None:
                 self.webhooks.send(webhook, reply, allowlist)
 
-    def _execute(self, job_id: str, job_input: dict, cancel: threading.Event) -> None:
+    def _execute(self, job_id: str, job_input: dict, cancel: threading.Event, outcome: Outcome) -> None:
         if not (isinstance(job_input, dict) and job_input.get("stream") is True):
-            reply = runpod_reply(job_id, self.service.handle(job_input, job_id, cancel=cancel))
+            reply = runpod_reply(job_id, self.service.handle(job_input, job_id, cancel=cancel, outcome=outcome))
             self._set(job_id, **(reply if not cancel.is_set() else {**reply, "status": "CANCELLED"}))
             return
         items: list[dict] = []  # read by /stream/{id} while they come
         with self.lock:
             self.streams[job_id] = [items, 0]
-        stream = stream_items(self.service, job_input, job_id, cancel=cancel)  # /cancel stops it mid-chunk
+        # /cancel stops it mid-chunk
+        stream = stream_items(self.service, job_input, job_id, cancel=cancel, outcome=outcome)
         for item in stream:
             if cancel.is_set():  # closing the stream gives the engine slot back
                 stream.close()
@@ -203,32 +196,30 @@ class Jobs:
 
 
 
-def _error_code(reply: dict) -> str | None:
-    if reply.get("status") == "CANCELLED":
-        return "cancelled"
-    output = reply.get("output")
-    last = output[-1] if isinstance(output, list) and output else output
-    return last.get("error_code") if isinstance(last, dict) else None
-
-
 def router(service: SpeechService, metrics: Metrics) -> APIRouter:
     api = APIRouter()
     jobs = Jobs(service, service.service.max_concurrency, metrics)
 
     @api.post("/runsync")
     async def runsync(job: RunRequest, request: Request):
-        started = time.perf_counter()
         job_id = f"sync-{uuid.uuid4()}"
-        cancel = threading.Event()  # set when the caller disconnects: the job stops at its next step
-        if job.input.get("stream") is True:  # every item at once, as RunPod's /runsync gives a stream job
-            output = await run_while_connected(
-                request, cancel, lambda: list(stream_items(service, job.input, job_id, cancel=cancel)))
-        else:
-            output = await run_while_connected(request, cancel, service.handle, job.input, job_id, None, cancel)
-        reply = runpod_reply(job_id, output)
         # The HTTP answer is 200 either way (RunPod's shape); the metrics count what the job did.
-        metrics.observe("runsync", started, reply_status(reply), code=_error_code(reply))
-        return reply
+        outcome = Outcome(AuditRecord(job_id=job_id, raw=job.input), metrics, "runsync")
+        cancel = threading.Event()  # set when the caller disconnects: the job stops at its next step
+        try:
+            if job.input.get("stream") is True:  # every item at once, as RunPod's /runsync gives a stream job
+                output = await run_while_connected(
+                    request, cancel, lambda: list(stream_items(service, job.input, job_id, cancel=cancel,
+                                                               outcome=outcome)))
+            else:
+                output = await run_while_connected(request, cancel, service.handle, job.input, job_id, None, cancel,
+                                                   None, outcome)
+        finally:
+            outcome.emit()  # a no-op when the service has ended it
+        return runpod_reply(job_id, output)
+
+    def count(route: str, started: float, status: int, code: str | None = None) -> None:
+        Outcome(metrics=metrics, endpoint=route, started=started).counted(status, code)  # not a job: no audit
 
     @api.post("/run")
     def run(job: RunRequest, request: Request):
@@ -238,20 +229,20 @@ def router(service: SpeechService, metrics: Metrics) -> APIRouter:
             try:
                 check_url(job.webhook, allowlist)
             except WebhookRefused as exc:
-                metrics.observe("run", started, 400, code="invalid_input")
+                count("run", started, 400, "invalid_input")
                 return openai_error(400, str(exc), "invalid_input", "webhook")
         job_id = jobs.submit(job.input, job.webhook, allowlist)
         if job_id is None:
-            metrics.observe("run", started, 503, code="busy")
+            count("run", started, 503, "busy")
             return openai_error(503, f"the server is busy: {MAX_PENDING_JOBS} jobs are queued or running; "
                                      "try again shortly", "busy")
         return {"id": job_id, "status": "IN_QUEUE"}  # counted under "run" when the job ends
 
     def not_found(route: str, started: float, job_id: str):
         if why := jobs.gone(job_id):
-            metrics.observe(route, started, 404, code="expired")
+            count(route, started, 404, "expired")
             return openai_error(404, f"job {job_id!r}: {why}", "expired", "job_id")
-        metrics.observe(route, started, 404, code="not_found")
+        count(route, started, 404, "not_found")
         return openai_error(404, f"no job {job_id!r}", "not_found", "job_id")
 
     def answer(route: str, job_id: str, look_up):
@@ -260,7 +251,7 @@ def router(service: SpeechService, metrics: Metrics) -> APIRouter:
         reply = look_up(job_id)
         if reply is None:
             return not_found(route, started, job_id)
-        metrics.observe(route, started, 200)
+        count(route, started, 200)
         return reply
 
     @api.api_route("/status/{job_id}", methods=["GET", "POST"])

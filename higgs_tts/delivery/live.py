@@ -26,8 +26,9 @@ import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from ..service.audit import AuditRecord
-from ..service.errors import STATUS, InputError
+from ..service.errors import STATUS, Failure, InputError
 from ..service.live import LiveSession
+from ..service.outcome import Outcome
 from ..service.speech import SpeechService
 from ..settings import ServerSettings
 from .aliases import VoiceAliases
@@ -93,17 +94,18 @@ def router(service: SpeechService, metrics: Metrics, server: ServerSettings,
 
     @api.websocket(PATH)
     async def speech_stream(websocket: WebSocket):
-        started = time.perf_counter()
+        # the session's audit line (once it is past the key and the session limit) and its count
+        outcome = Outcome(metrics=metrics, endpoint="speech_stream")
         await websocket.accept()
         lock = anyio.Lock()  # one frame at a time from the reader and the writer
-        outcome = {"code": None}
+        ended = {"code": None}  # the error code it ended with, or "done" with the done event
 
         async def send(frame: dict) -> None:
             async with lock:
                 await websocket.send_text(json.dumps(frame))
 
         async def fail(frame: dict, close_code: int = 1008) -> None:
-            outcome["code"] = frame["code"]
+            ended["code"] = frame["code"]
             try:
                 await send(frame)
                 await websocket.close(code=close_code, reason=frame["code"])
@@ -113,26 +115,26 @@ def router(service: SpeechService, metrics: Metrics, server: ServerSettings,
         if server.api_key and not websocket_authorized(websocket, server.api_key):
             await fail(error_frame("invalid_api_key", "missing or wrong API key (send Authorization: Bearer <key> "
                                    "or ?api_key=<key>)"))
-            metrics.observe("speech_stream", started, 401, code="invalid_api_key")
+            outcome.counted(401, "invalid_api_key")
             return
         if open_sessions[0] >= server.live_max_sessions:
             await fail(error_frame("busy", f"at most {server.live_max_sessions} live sessions at once "
                                    "(LIVE_MAX_SESSIONS); try again shortly"), close_code=1013)
-            metrics.observe("speech_stream", started, STATUS["busy"], code="busy")
+            outcome.counted(STATUS["busy"], "busy")
             return
         open_sessions[0] += 1
         session: LiveSession | None = None
-        audit = AuditRecord(job_id=f"live-{uuid.uuid4().hex[:12]}", action="live")
+        outcome.audit = AuditRecord(job_id=f"live-{uuid.uuid4().hex[:12]}", action="live")
         try:
             session = await _configure(websocket, service, aliases, server, fail)
             if session is None:
                 return
             ready = session.ready()
-            audit.facts.update(output_format=ready["response_format"], voices=",".join(ready["voices"])[:200],
-                               delivery="websocket")
+            outcome.note(output_format=ready["response_format"], voices=",".join(ready["voices"])[:200],
+                         delivery="websocket")
             await send(ready)
             async with anyio.create_task_group() as tasks:
-                tasks.start_soon(_write, websocket, session, send, fail, tasks.cancel_scope, outcome, metrics, waiters)
+                tasks.start_soon(_write, websocket, session, send, fail, tasks.cancel_scope, ended, outcome, waiters)
                 await _read(websocket, session, server, send, fail)
                 tasks.cancel_scope.cancel()  # the client left or broke a limit (the writer's `done` cancels _read)
         except WebSocketDisconnect:
@@ -141,18 +143,14 @@ def router(service: SpeechService, metrics: Metrics, server: ServerSettings,
             open_sessions[0] -= 1
             if session is not None:
                 session.abort()  # gone or done: the worker stops, the engine slot is freed at the next burst
-            code = outcome["code"]
-            status = 200 if code in (None, "done") else SESSION_STATUS.get(code, STATUS.get(code, 500))
-            metrics.observe("speech_stream", started, status, code=None if status == 200 else code)
-            done = outcome.get("done") or {}
-            audit.facts.update({k: done[k] for k in ("segments", "text_chars", "first_audio_seconds") if k in done})
-            if "duration_seconds" in done:
-                audit.facts["audio_duration"] = done["duration_seconds"]
-            if status == 200:
-                audit.status = "ok" if done else "cancelled"  # without `done`: the client went away
+            code, done = ended["code"], ended.get("done")
+            if done:
+                outcome.spoke(done)
+            elif code is None:  # the client went away: a normal end for the socket, `cancelled` in the audit
+                outcome.left()
             else:
-                audit.fail(code)
-            audit.emit(time.perf_counter() - started)
+                outcome.failed(Failure(code, code), SESSION_STATUS.get(code, STATUS.get(code, 500)))
+            outcome.emit()
 
     return api
 
@@ -245,7 +243,7 @@ async def _read(websocket: WebSocket, session: LiveSession, server: ServerSettin
             await send(public_failure(exc))
 
 
-async def _write(websocket: WebSocket, session: LiveSession, send, fail, scope, outcome, metrics: Metrics,
+async def _write(websocket: WebSocket, session: LiveSession, send, fail, scope, ended: dict, outcome: Outcome,
                  waiters: anyio.CapacityLimiter) -> None:
     """Session events to the client; after `done` (or a fatal error) the socket is closed."""
     try:
@@ -260,9 +258,9 @@ async def _write(websocket: WebSocket, session: LiveSession, send, fail, scope, 
                 break
             await send(event)
             if event["type"] == "done":
-                outcome.update(code="done", done=event)
+                ended.update(code="done", done=event)
                 if event.get("first_audio_seconds") is not None:
-                    metrics.first_audio.observe(event["first_audio_seconds"])
+                    outcome.first_audio(event["first_audio_seconds"])
                 await websocket.close(code=1000)
                 break
     except (WebSocketDisconnect, RuntimeError):

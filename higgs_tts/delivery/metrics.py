@@ -1,9 +1,8 @@
-"""Prometheus metrics of the HTTP server."""
+"""Prometheus metrics of the HTTP server (written through service/outcome.py's Outcome, one per request)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -53,39 +52,6 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-@dataclass
-class Outcome:
-    """One request's metrics and audit line, recorded in one place.
-
-        first_audio()               time to its first audio
-        ok(result, delivery)        audio made: the result's metrics, the audit's facts, status 200
-        failed(failure)             a Failure: its code in the audit, its status in the metrics
-        emit(seconds=None)          the audit line, once, when the request is over
-    """
-
-    metrics: Metrics
-    audit: object  # service.audit.AuditRecord
-    endpoint: str
-    started: float
-    model: str = ""
-
-    def first_audio(self) -> None:
-        self.metrics.first_audio.observe(time.perf_counter() - self.started)
-
-    def ok(self, result, delivery: str) -> None:
-        self.metrics.record(result)
-        self.audit.status = "ok"
-        self.audit.facts.update(audio_duration=round(result.duration_seconds, 3), delivery=delivery)
-        self.metrics.observe(self.endpoint, self.started, 200, self.model)
-
-    def failed(self, failure) -> None:
-        self.audit.fail(failure.code)
-        self.metrics.observe(self.endpoint, self.started, failure.status, self.model, failure.code)
-
-    def emit(self, seconds: float | None = None) -> None:
-        self.audit.emit(time.perf_counter() - self.started if seconds is None else seconds)
 
 
 def _cuda_memory(kind: str) -> float:

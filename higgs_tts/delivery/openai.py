@@ -21,12 +21,13 @@ from ..core.text import speaker_tags, word_count, words_per_chunk
 from ..service import formats
 from ..service.audit import AuditRecord
 from ..service.errors import Failure
-from ..service.events import Audio
+from ..service.events import Audio, ChunkEnd, Done
+from ..service.outcome import Outcome
 from ..service.schema import GenerateInput, OutputFormat, parse_input
 from ..service.speech import SpeechService
 from .aliases import VoiceAliases
 from .disconnect import CancellingStream, run_while_connected
-from .metrics import Metrics, Outcome
+from .metrics import Metrics
 from .middleware import failure_response, in_request_names, openai_error
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def router(service: SpeechService, metrics: Metrics, aliases: VoiceAliases | Non
         except ValidationError as exc:
             error = exc.errors()[0]
             field = ".".join(str(p) for p in error["loc"]) or "body"
-            metrics.observe("speech", started, 400, code="invalid_input")
+            Outcome(metrics=metrics, endpoint="speech", started=started).counted(400, "invalid_input")
             return openai_error(400, f"{field}: {error['msg']}", "invalid_input", field)
         names = dict(OPENAI_NAMES)
         raw = {"transcript": body.input, "output_format": body.response_format, "speed": body.speed}
@@ -135,7 +136,7 @@ def router(service: SpeechService, metrics: Metrics, aliases: VoiceAliases | Non
         _chunk_long_input(raw, body.model_fields_set)
         streamable = body.speed == 1.0 and body.stream is not False and formats.streams(body.response_format)
         audit = AuditRecord(job_id=f"http-{uuid.uuid4().hex[:12]}", raw=raw)
-        outcome = Outcome(metrics, audit, "speech", started, model_label(body.model))
+        outcome = Outcome(audit, metrics, "speech", started, model_label(body.model))
         cancel = threading.Event()  # set when the client disconnects: generation stops at its next step
         try:
             request_input = parse_input(raw)
@@ -193,8 +194,10 @@ def _chunk_long_input(raw: dict, given: set[str]) -> None:
 
 
 def _next_item(items):
-    """The first item, so that failures before any audio still become error replies."""
-    return next(items)
+    """The first audio (or the end), so that failures before any audio still become error replies."""
+    while isinstance(item := next(items), ChunkEnd):
+        pass
+    return item
 
 
 def _streaming_reply(items, first, body: SpeechRequest, outcome: Outcome, cancel: threading.Event):
@@ -206,17 +209,20 @@ def _streaming_reply(items, first, body: SpeechRequest, outcome: Outcome, cancel
         encoder = formats.StreamEncoder(body.response_format, SAMPLE_RATE)
         try:
             while True:
-                if isinstance(item, Audio):
-                    if item is first:
-                        outcome.first_audio()
-                    if data := encoder.push(item.samples):
-                        yield data
-                else:
-                    if data := encoder.finish():
-                        yield data
-                    frames[0] = item.result.num_frames
-                    outcome.ok(item.result, "http-stream")
-                    return
+                match item:
+                    case Audio(samples):
+                        if item is first:
+                            outcome.first_audio()
+                        if data := encoder.push(samples):
+                            yield data
+                    case ChunkEnd():
+                        pass
+                    case Done(result):
+                        if data := encoder.finish():
+                            yield data
+                        frames[0] = result.num_frames
+                        outcome.ok(result, "http-stream")
+                        return
                 item = next(items)
         except StopIteration:
             return

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from ..core.audio import SAMPLE_RATE
 from ..service import formats
-from ..service.events import Audio
+from ..service.events import Audio, ChunkEnd, Final
 from ..service.maintenance import IdleCleaner
+from ..service.outcome import Outcome
 from ..service.speech import Progress, SpeechService
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def progress_payload(chunks_done: int, chunks_total: int, audio_seconds: float) 
 
 def stream_items(service: SpeechService, raw: object, job_id: str = "local",
                  s3_config: dict | None = None, progress: Progress | None = None,
-                 cancel: threading.Event | None = None) -> Iterator[dict]:
+                 cancel: threading.Event | None = None, outcome: Outcome | None = None) -> Iterator[dict]:
     """RunPod's streaming contract. A job with `stream: true` yields audio items while it is
     generated, then a final item with the usual response fields (and the S3 URL when uploading);
     a failure ends the stream with an error item. Any other job yields exactly its response.
@@ -61,27 +62,31 @@ def stream_items(service: SpeechService, raw: object, job_id: str = "local",
     Audio items: {"type": "audio", "seq", "audio_base64" (16-bit little-endian mono PCM),
     "format": "pcm", "sample_rate", "num_samples", "start_seconds"}, each at most
     STREAM_ITEM_SECONDS long. Every item is under RunPod's 1 MB (see `whole_items`). Setting
-    `cancel` ends generation at its next step.
+    `cancel` ends generation at its next step. The job's audit line (and metrics, when `outcome`
+    keeps them) are written by the service when it ends.
     """
     if not (isinstance(raw, dict) and raw.get("stream") is True):
-        yield from whole_items(service.handle(raw, job_id, s3_config, cancel, progress))
+        yield from whole_items(service.handle(raw, job_id, s3_config, cancel, progress, outcome))
         return
     seq = sent = 0
-    events = service.stream(raw, job_id, s3_config, cancel)
+    events = service.stream(raw, job_id, s3_config, cancel, outcome)
     try:
         for event in events:
-            if isinstance(event, Audio):
-                for piece in formats.pieces(event.samples, int(STREAM_ITEM_SECONDS * SAMPLE_RATE)):
-                    yield {"type": "audio", "seq": seq,
-                           "audio_base64": base64.b64encode(formats.to_pcm16(piece)).decode("ascii"),
-                           "format": "pcm", "sample_rate": SAMPLE_RATE, "num_samples": len(piece),
-                           "start_seconds": round(sent / SAMPLE_RATE, 3)}
-                    seq, sent = seq + 1, sent + len(piece)
-            elif event.response.get("success"):
-                yield {"success": True, "type": "final", "seq": seq, "audio_items": seq,
-                       **{k: v for k, v in event.response.items() if k != "success"}}
-            else:
-                yield {**event.response, "type": "error", "seq": seq}
+            match event:
+                case Audio(samples):
+                    for piece in formats.pieces(samples, int(STREAM_ITEM_SECONDS * SAMPLE_RATE)):
+                        yield {"type": "audio", "seq": seq,
+                               "audio_base64": base64.b64encode(formats.to_pcm16(piece)).decode("ascii"),
+                               "format": "pcm", "sample_rate": SAMPLE_RATE, "num_samples": len(piece),
+                               "start_seconds": round(sent / SAMPLE_RATE, 3)}
+                        seq, sent = seq + 1, sent + len(piece)
+                case ChunkEnd():
+                    pass  # the items carry audio and the final response only
+                case Final(response) if response.get("success"):
+                    yield {"success": True, "type": "final", "seq": seq, "audio_items": seq,
+                           **{k: v for k, v in response.items() if k != "success"}}
+                case Final(response):
+                    yield {**response, "type": "error", "seq": seq}
     finally:
         events.close()
 

@@ -21,6 +21,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse
 
 from ..service.errors import STATUS
+from ..service.outcome import Outcome
 from ..service.speech import SpeechService
 from .metrics import Metrics
 from .middleware import openai_error
@@ -31,13 +32,13 @@ PARAMS = {"voice_name": "name", "ref_audio_base64": "file", "ref_audio_transcrip
 
 def _reply(response: dict, started: float, metrics: Metrics, status: int = 200, body: dict | None = None):
     if response.get("success"):
-        metrics.observe("voices", started, status)
+        Outcome(metrics=metrics, endpoint="voices", started=started).counted(status)  # audited by the action
         return JSONResponse(status_code=status, content=body if body is not None else response)
     code, field = response.get("error_code", "internal_error"), response.get("error_field")
     message, param = response.get("error", "failed"), PARAMS.get(field, field)
     if field and param != field and message.startswith(field):
         message = param + message[len(field):]
-    metrics.observe("voices", started, STATUS.get(code, 500), code=code)
+    Outcome(metrics=metrics, endpoint="voices", started=started).counted(STATUS.get(code, 500), code)
     return openai_error(STATUS.get(code, 500), message, code, param)
 
 

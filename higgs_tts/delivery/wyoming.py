@@ -33,10 +33,12 @@ from wyoming.server import AsyncEventHandler, AsyncServer
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
 
 from ..core.audio import SAMPLE_RATE
+from ..service.audit import AuditRecord
 from ..service.errors import Failure, InputError
-from ..service.events import Audio
+from ..service.events import Audio, ChunkEnd, Final
 from ..service.formats import EMPTY_CLIP_SECONDS, to_pcm16
 from ..service.live import LiveSession
+from ..service.outcome import Outcome
 from ..service.speech import SpeechService
 from ..settings import ServerSettings
 from .middleware import in_request_names
@@ -132,24 +134,25 @@ class SpeechHandler(AsyncEventHandler):
                 # shielded: cancelled (shutdown), the thread still runs until it is told to stop below
                 if (item := await asyncio.shield(step)) is _END:
                     break
-                if isinstance(item, Audio):
-                    if not started:
-                        await self._audio_start()
-                        started = True
-                    await self._chunk(to_pcm16(item.samples))
-                    continue
-                item = item.response  # Final: the job's documented response
-                if item.get("success"):
-                    if not started:  # the model ended at once: a short silence, so the client has audio
-                        await self._audio_start()
-                        started = True
-                        await self._chunk(bytes(round(EMPTY_CLIP_SECONDS * SAMPLE_RATE) * WIDTH))
-                    await self.write_event(AudioStop().event())
-                else:
-                    if started:
+                match item:
+                    case Audio(samples):
+                        if not started:
+                            await self._audio_start()
+                            started = True
+                        await self._chunk(to_pcm16(samples))
+                    case ChunkEnd():
+                        pass
+                    case Final(response) if response.get("success"):
+                        if not started:  # the model ended at once: a short silence, so the client has audio
+                            await self._audio_start()
+                            started = True
+                            await self._chunk(bytes(round(EMPTY_CLIP_SECONDS * SAMPLE_RATE) * WIDTH))
                         await self.write_event(AudioStop().event())
-                    failure = Failure(item["error"], item["error_code"], item.get("error_field"))
-                    await self.write_event(error_event(failure))
+                    case Final(response):
+                        if started:
+                            await self.write_event(AudioStop().event())
+                        failure = Failure(response["error"], response["error_code"], response.get("error_field"))
+                        await self.write_event(error_event(failure))
         finally:
             if step is not None and not step.done():  # cancelled mid-piece: stop the generation, then close
                 self.cancel.set()
@@ -169,8 +172,15 @@ class SpeechHandler(AsyncEventHandler):
             raise InputError("synthesize-start: a streamed request is already open (send synthesize-stop)", "type")
         self.streaming = True
         config = {"output_format": "pcm", **_voice_field(request.voice)}
-        self.session = await asyncio.to_thread(LiveSession, self.service, config)  # may load the model
-        self.pump = asyncio.create_task(self._pump(self.session))
+        outcome = Outcome(AuditRecord(job_id=f"wyoming-{uuid.uuid4().hex[:12]}", raw=config, action="live"))
+        try:
+            self.session = await asyncio.to_thread(LiveSession, self.service, config)  # may load the model
+        except Exception as exc:  # refused: audited here, the client is told by handle_event
+            outcome.failed(SpeechService.describe_failure(exc, "wyoming"))
+            outcome.emit()
+            raise
+        outcome.note(delivery="wyoming")
+        self.pump = asyncio.create_task(self._pump(self.session, outcome))
 
     async def _stop(self) -> None:
         if not self.streaming:
@@ -183,14 +193,17 @@ class SpeechHandler(AsyncEventHandler):
         session.close()
         await pump  # to the session's end; it sends SynthesizeStopped
 
-    async def _pump(self, session: LiveSession) -> None:
-        """Session events as Wyoming events: each sentence its own AudioStart ... AudioStop."""
+    async def _pump(self, session: LiveSession, outcome: Outcome) -> None:
+        """Session events as Wyoming events: each sentence its own AudioStart ... AudioStop. The
+        session's audit line is written when it ends (`cancelled` when the client left first)."""
         try:
-            await self._forward(session)
+            await self._forward(session, outcome)
         except ConnectionError:  # the client is gone; disconnect() aborts the session
             pass
+        finally:
+            outcome.emit()
 
-    async def _forward(self, session: LiveSession) -> None:
+    async def _forward(self, session: LiveSession, outcome: Outcome) -> None:
         open_audio = False
         while True:
             event = await asyncio.to_thread(session.next_event, POLL_SECONDS)
@@ -207,7 +220,11 @@ class SpeechHandler(AsyncEventHandler):
                 await self.write_event(AudioStop().event())
                 open_audio = False
             if kind == "error":  # the session ended early
-                await self.write_event(error_event(Failure(event["message"], event["code"], event.get("param"))))
+                failure = Failure(event["message"], event["code"], event.get("param"))
+                outcome.failed(failure)
+                await self.write_event(error_event(failure))
+            if kind == "done":
+                outcome.spoke(event)
             if kind in ("done", "error"):
                 await self.write_event(SynthesizeStopped().event())
                 return

@@ -1,29 +1,17 @@
-"""What a streamed synthesis yields, typed: every surface (RunPod stream items, chunked HTTP, SSE)
-matches on these instead of testing for arrays.
+"""What a streamed job yields, typed: the synthesis events (synthesis/events.py) and, last, Final.
 
     Audio(samples)      a piece of the clip, float32 mono at 24 kHz, in order
-    Done(result)        generation ended: the SynthesisResult (its audio is the pieces joined)
+    ChunkEnd(...)       a text chunk's generation has ended (chunks done, in all, audio seconds)
     Final(response)     a streamed job ended: its documented response, success or failure
+
+Every transport (RunPod stream items, Wyoming) matches on these instead of testing for arrays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
-
-from ..synthesis.synthesizer import SynthesisResult
-
-
-@dataclass(frozen=True)
-class Audio:
-    samples: np.ndarray
-
-
-@dataclass(frozen=True)
-class Done:
-    result: SynthesisResult
+from ..synthesis.events import Audio, ChunkEnd, Done, SynthesisEvent
 
 
 @dataclass(frozen=True)
@@ -31,11 +19,6 @@ class Final:
     response: dict
 
 
-SynthesisEvent = Audio | Done
-JobEvent = Audio | Final
+JobEvent = Audio | ChunkEnd | Final
 
-
-def typed(items: Iterator) -> Iterator[SynthesisEvent]:
-    """Synthesizer.stream's items (arrays, then the result) as events."""
-    for item in items:
-        yield Done(item) if isinstance(item, SynthesisResult) else Audio(item)
+__all__ = ["Audio", "ChunkEnd", "Done", "Final", "JobEvent", "SynthesisEvent"]

@@ -30,7 +30,8 @@ from . import formats
 from .audit import AuditRecord
 from .budget import Work, check_inline, check_work
 from .errors import Failure, InputError, JobError, as_job_error, describe_failure, storage_failure
-from .events import Done, Final, JobEvent, SynthesisEvent, typed
+from .events import Audio, ChunkEnd, Done, Final, JobEvent, SynthesisEvent
+from .outcome import Outcome
 from .references import fetched_reference, reference_audio
 from .schema import AddVoiceInput, GenerateInput, parse_input
 from .storage import S3Storage, S3Target, StorageError, generated_key
@@ -73,15 +74,17 @@ class SpeechService:
     # -- entry point ---------------------------------------------------------------------------
 
     def handle(self, raw: object, job_id: str = "local", s3_config: dict | None = None,
-               cancel: threading.Event | None = None, progress: Progress | None = None) -> dict:
+               cancel: threading.Event | None = None, progress: Progress | None = None,
+               outcome: Outcome | None = None) -> dict:
         """Run one job; always returns a response dict (never raises for a job's failure).
         Setting `cancel` stops its generation and frees its engine slot; `progress` is told
-        (chunks done, chunks in all, audio seconds so far) after each chunk."""
-        started = time.perf_counter()
-        audit = AuditRecord(job_id=job_id, raw=raw)
+        (chunks done, chunks in all, audio seconds so far) after each chunk. The job's audit line
+        (and the metrics, when the caller's `outcome` keeps them) are written when it ends."""
+        outcome = self._outcome(outcome, job_id, raw)
+        started = outcome.started
         try:
             request = parse_input(raw)
-            audit.action = request.action
+            outcome.audit.action = request.action
             if request.action == "health":
                 response = self.health()
             elif request.action == "list_voices":
@@ -100,14 +103,22 @@ class SpeechService:
                 )
             else:
                 response = self.generate(request, s3_config, started, cancel, progress)
-            audit.succeed(response)
+            outcome.succeeded(response)
             return response
         except Exception as exc:  # the worker must survive anything one job does
             failure = self.describe_failure(exc, job_id)
-            audit.fail(failure.code)
+            outcome.failed(failure)
             return failure.response()
         finally:
-            audit.emit(time.perf_counter() - started)
+            outcome.emit()
+
+    @staticmethod
+    def _outcome(outcome: Outcome | None, job_id: str, raw: object) -> Outcome:
+        """The caller's outcome (given its audit record when it has none), or one that audits only."""
+        outcome = outcome or Outcome()
+        if outcome.audit is None:
+            outcome.audit = AuditRecord(job_id=job_id, raw=raw)
+        return outcome
 
     @staticmethod
     def describe_failure(exc: BaseException, job_id: str = "") -> Failure:
@@ -260,7 +271,7 @@ class SpeechService:
         return S3Target(bucket=bucket) if bucket else None
 
     def open_stream(self, request: GenerateInput, cancel: threading.Event | None = None) -> Iterator[SynthesisEvent]:
-        """Audio events while generating, then Done with the SynthesisResult (see Synthesizer.stream).
+        """Synthesizer.stream's events: Audio and ChunkEnd while generating, then Done with the result.
 
         Every input check runs here, before the first chunk, so a bad request fails before any
         bytes are sent. Setting `cancel` (the listener is gone) ends generation at its next step.
@@ -269,9 +280,9 @@ class SpeechService:
         return self._streamed(self.synthesizer.stream(job.synthesis, cancel=cancel, plan=job.plan))
 
     @staticmethod
-    def _streamed(stream: Iterator) -> Iterator[SynthesisEvent]:
+    def _streamed(stream: Iterator[SynthesisEvent]) -> Iterator[SynthesisEvent]:
         try:
-            yield from typed(stream)
+            yield from stream
         except Exception as exc:
             raise as_job_error(exc) from None
 
@@ -372,12 +383,12 @@ class SpeechService:
     # -- streamed jobs ---------------------------------------------------------------------------
 
     def stream(self, raw: object, job_id: str = "local", s3_config: dict | None = None,
-               cancel: threading.Event | None = None) -> Iterator[JobEvent]:
-        """A `stream: true` job: Audio while generating, then Final with the response (with the S3
+               cancel: threading.Event | None = None, outcome: Outcome | None = None) -> Iterator[JobEvent]:
+        """A `stream: true` job: Audio and ChunkEnd while generating, then Final with the response (with the S3
         URL when uploading) or, on a failure, the failure response. The transport decides how each
-        goes on the wire (RunPod items: `delivery/runpod.py`)."""
-        started = time.perf_counter()
-        audit = AuditRecord(job_id=job_id, raw=raw)
+        goes on the wire (RunPod items: `delivery/runpod.py`). Audited (and counted) as `handle`."""
+        outcome = self._outcome(outcome, job_id, raw)
+        started = outcome.started
         items: Iterator | None = None
         try:
             request = parse_input(raw)
@@ -388,10 +399,11 @@ class SpeechService:
                                  "speed")
             items = self.open_stream(request, cancel)
             for event in items:
-                if isinstance(event, Done):
-                    result = event.result
-                    break
-                yield event
+                match event:
+                    case Audio() | ChunkEnd():
+                        yield event
+                    case Done(result):
+                        break
             first_audio = result.first_audio_seconds if result.first_audio_seconds is not None else 0.0
             response: dict = {"success": True}
             upload_seconds = 0.0
@@ -400,14 +412,14 @@ class SpeechService:
                 upload_seconds = self._deliver(response, request, data, formats.content_type(request.output_format),
                                                s3_config, inline=False)  # the audio already went out
             response.update(self._result_fields(request, result, started, upload_seconds, first_audio))
-            audit.succeed(response)
-            audit.facts["delivery"] = "stream" + ("+s3" if "audio_url" in response else "")
+            outcome.succeeded(response)
+            outcome.note(delivery="stream" + ("+s3" if "audio_url" in response else ""))
             yield Final(response)
         except Exception as exc:
             failure = describe_failure(exc, job_id)
-            audit.fail(failure.code)
+            outcome.failed(failure)
             yield Final(failure.response())
         finally:
             if items is not None:
                 items.close()
-            audit.emit(time.perf_counter() - started)
+            outcome.emit()  # closed before its end (the reader left): `cancelled`

@@ -21,9 +21,10 @@ class LiveSynthesis:
     """
 
     def __init__(self, synthesizer, request) -> None:
-        self._synthesizer, self.request = synthesizer, request
+        """`synthesizer` starts the session's one run; its holder decodes."""
+        self.request = request
         self.run = synthesizer.start(request)
-        synthesizer.encode_voices(self.run)  # once for the session
+        self.run.encode_voices()  # once for the session
 
     @property
     def seed(self) -> int:
@@ -42,11 +43,11 @@ class LiveSynthesis:
         return self.run.loaded.sample_rate
 
     def decode(self, frames: torch.Tensor) -> np.ndarray:
-        return self._synthesizer.decode(frames)
+        return self.run.models.decode(frames)
 
     def phrase(self, text: str) -> Iterator[torch.Tensor]:
         """The new frames of one phrase (any text; normalized here) as they are generated."""
         chunk = spoken_text(text)
         request = dataclasses.replace(self.request, text=text)  # speaker tags are counted in the phrase
-        with self._synthesizer.generator(self.run.loaded).admission():  # an idle session holds no place
-            yield from self._synthesizer.chunk_frames(self.run, chunk, request)
+        with self.run.admission():  # an idle session holds no place
+            yield from self.run.chunk_frames(chunk, request)

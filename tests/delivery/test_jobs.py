@@ -242,7 +242,7 @@ def test_a_running_job_is_never_dropped_to_keep_the_newest(monkeypatch):
     release = threading.Event()
 
     class Service:  # the store's logic alone: one job waits, the others answer at once
-        def handle(self, job_input, job_id, cancel=None):
+        def handle(self, job_input, job_id, cancel=None, outcome=None):
             if job_input.get("wait"):
                 release.wait(30)
             return {"success": True, "n": job_input["n"]}

@@ -92,4 +92,7 @@ def test_an_odd_rate_costs_what_its_duration_does_and_concurrent_ones_do_not_mul
     # codec's encoding of 60 s, the same at every rate.
     assert single < native + 100 * MB, f"+{single / MB:.0f} MB at 997 Hz, +{native / MB:.0f} MB at 24 kHz"
     # Eight at once add at most 400 MB to one (they once added 2.5 GB: eight encodings side by side).
-    assert eight < single + 400 * MB, f"+{eight / MB:.0f} MB for eight, +{single / MB:.0f} MB for one"
+    # "One" is the larger single measurement: the 997 Hz one runs second and reuses memory the 24 kHz
+    # one left to the allocator, so it alone can read low (+257 MB once, beside +346 MB).
+    one = max(single, native)
+    assert eight < one + 400 * MB, f"+{eight / MB:.0f} MB for eight, +{one / MB:.0f} MB for one"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -241,3 +242,34 @@ def test_settings_read_the_uri_and_the_languages(monkeypatch):
     monkeypatch.setenv("WYOMING_LANGUAGES", " en, de ,")
     chosen = ServerSettings.from_env()
     assert (chosen.wyoming_uri, chosen.wyoming_languages) == ("unix:///tmp/higgs.sock", ("en", "de"))
+
+
+def audit_lines(server) -> list[dict]:
+    server["log"].flush()
+    with open(server["log"].name) as log:
+        return [json.loads(line[line.index("{"):]) for line in log if '"event": "job"' in line]
+
+
+def test_every_request_has_its_audit_line(wyoming_server):
+    """A Synthesize is a generation job, a streamed request a live session: each ends with one line
+    (written by its Outcome), never with the text."""
+    before = len(audit_lines(wyoming_server))
+
+    async def go():
+        async with client(wyoming_server) as conn:
+            await conn.write_event(Synthesize(text="Audited once.", voice=SynthesizeVoice(name="belinda")).event())
+            await read_until(conn, AudioStop, Error)
+            await conn.write_event(SynthesizeStart(voice=SynthesizeVoice(name="belinda")).event())
+            await conn.write_event(SynthesizeChunk(text="Audited live. And again.").event())
+            await conn.write_event(SynthesizeStop().event())
+            await read_until(conn, SynthesizeStopped, Error)
+
+    run(go())
+    deadline = time.monotonic() + 30
+    while len(audit_lines(wyoming_server)) < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    one, live = audit_lines(wyoming_server)[before:]
+    assert (one["action"], one["status"], one["delivery"]) == ("generate", "ok", "stream")
+    assert (live["action"], live["status"], live["delivery"], live["segments"]) == ("live", "ok", "wyoming", 2)
+    assert live["ref_audio"] == one["ref_audio"] == "belinda" and live["audio_duration"] > 0
+    assert "Audited" not in json.dumps([one, live])

@@ -13,6 +13,7 @@ from higgs_tts.core.generate import transformers_generate
 from higgs_tts.core.prompt import PromptRenderer, PromptVoice, build_prompt
 from higgs_tts.core.sampling import SamplingParams
 from higgs_tts.engine.engine import Engine, EngineRequest
+from higgs_tts.synthesis.events import Audio, ChunkEnd, Done
 from higgs_tts.synthesis.synthesizer import SynthesisRequest, Synthesizer
 
 GREEDY = SamplingParams(temperature=0.0, ras_win_len=0, max_new_tokens=64)
@@ -174,14 +175,23 @@ def test_synthesizer_stream_matches_synthesize(settings, engine_name):
     import time
 
     started = time.perf_counter()
-    items, arrivals = [], []
-    for item in synthesizer.stream(request, {"first_chunk": 2, "chunk": 4, "context": 3, "crossfade": 120}):
-        items.append(item)
-        arrivals.append(time.perf_counter() - started)
-    result, chunks = items[-1], items[:-1]
-    assert len(chunks) > 2 and all(isinstance(c, np.ndarray) for c in chunks)
-    # Audio flows before the work is done: a good part of generation comes after the first chunk.
-    assert arrivals[-1] - arrivals[0] > 0.2 * result.generation_seconds
+    events = []
+    chunks, arrivals = [], []  # the audio pieces and when each came
+    for event in synthesizer.stream(request, {"first_chunk": 2, "chunk": 4, "context": 3, "crossfade": 120}):
+        events.append(event)
+        if isinstance(event, Audio):
+            chunks.append(event.samples)
+            arrivals.append(time.perf_counter() - started)
+    # typed events only: audio pieces, one ChunkEnd per text chunk in order, Done last
+    assert all(isinstance(e, Audio | ChunkEnd | Done) for e in events) and isinstance(events[-1], Done)
+    result = events[-1].result
+    ends = [e for e in events if isinstance(e, ChunkEnd)]
+    assert [(e.done, e.total) for e in ends] == [(i + 1, len(result.chunks)) for i in range(len(result.chunks))]
+    assert ends[-1].audio_seconds == pytest.approx(result.duration_seconds, abs=1e-3)
+    assert len(chunks) > 2 and all(isinstance(c, np.ndarray) and len(c) for c in chunks)
+    # Audio flows before the work is done: the first piece comes before the last chunk is generated.
+    kinds = [type(e) for e in events]
+    assert kinds.index(Audio) < len(kinds) - 1 - kinds[::-1].index(ChunkEnd)
     assert result.first_audio_seconds == pytest.approx(arrivals[0], abs=0.05)
     whole = synthesizer.synthesize(request)
     assert result.num_frames == whole.num_frames and torch.equal(result.codes, whole.codes)

@@ -8,7 +8,7 @@ import pytest
 
 from higgs_tts.core.prompt import DEFAULT_SCENE
 from higgs_tts.core.voices import VoiceError, VoiceLibrary
-from higgs_tts.service.events import Audio, Done
+from higgs_tts.service.events import Audio, ChunkEnd, Done
 from higgs_tts.service.schema import parse_input
 from higgs_tts.synthesis import plan as plan_module
 from higgs_tts.synthesis.plan import NothingToSpeak, Plan, has_speech, make_plan, spoken_text
@@ -72,8 +72,10 @@ def test_a_streamed_job_is_planned_and_chunked_once(service, counted):
     plans, chunkings = counted
     items = list(service.open_stream(parse_input({"transcript": "Streamed once. And twice.",
                                                   "chunk_method": "sentence", "chunk_max_word_num": 2, **BASE})))
-    *pieces, done = items  # typed: Audio pieces, then Done with the result
-    assert all(isinstance(p, Audio) for p in pieces) and isinstance(done, Done)
+    *events, done = items  # typed: Audio pieces and a ChunkEnd per chunk, then Done with the result
+    assert all(isinstance(e, Audio | ChunkEnd) for e in events) and isinstance(done, Done)
+    pieces = [e for e in events if isinstance(e, Audio)]
+    assert [e.done for e in events if isinstance(e, ChunkEnd)] == [1, 2]
     assert len(done.result.chunks) == 2
     assert np.array_equal(np.concatenate([p.samples for p in pieces]), done.result.audio)
     assert (plans.calls, chunkings.calls) == (1, 1)
