@@ -238,11 +238,11 @@ def streaming_worker(tiny_checkpoint, voice_prompts, s3_server, tmp_path_factory
 
 
 @contextlib.contextmanager
-def running_server(tiny_checkpoint, voice_prompts, tmp_path_factory, log_to: Path | None = None, **extra_env):
-    """`higgs-tts serve` in a subprocess on the tiny checkpoint, with its own copy of the voices;
-    yields its URL. `log_to`: a file for its output (else it is dropped)."""
+def serve_process(tiny_checkpoint, voice_prompts, folder: Path, log_to: Path | None = None, **extra_env):
+    """`higgs-tts serve` in a subprocess on the tiny checkpoint, with its own copy of the voices in
+    `folder`; yields (its URL, the process). `log_to`: a file for its output (else it is dropped)."""
     model_dir, codec_dir = tiny_checkpoint
-    voices = tmp_path_factory.mktemp("serve") / "voices"
+    voices = folder / "voices"
     shutil.copytree(voice_prompts, voices)
     port = free_port()
     env = {**os.environ, "MODEL_PATH": str(model_dir), "TOKENIZER_PATH": str(codec_dir),
@@ -253,12 +253,21 @@ def running_server(tiny_checkpoint, voice_prompts, tmp_path_factory, log_to: Pat
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(url + "/health", process)
-        yield url
+        yield url, process
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        if process.poll() is None:  # a test may have stopped it itself
+            process.terminate()
+            process.wait(timeout=20)
         if log_to is not None:
             output.close()
+
+
+@contextlib.contextmanager
+def running_server(tiny_checkpoint, voice_prompts, tmp_path_factory, log_to: Path | None = None, **extra_env):
+    """`serve_process` in a folder of its own; yields its URL."""
+    with serve_process(tiny_checkpoint, voice_prompts, tmp_path_factory.mktemp("serve"), log_to,
+                       **extra_env) as (url, _):
+        yield url
 
 
 # Containers and codecs of the recordings phones and browsers make, as PyAV names them.

@@ -3,19 +3,15 @@
 processes and real HTTP clients; each job would run for minutes if nothing stopped it."""
 
 import json
-import os
 import re
-import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
-from conftest import REPO, free_port, running_server, wait_for_http
+from conftest import running_server, serve_process
 
 pytestmark = pytest.mark.slow  # subprocesses: servers, workers, tools
 
@@ -26,22 +22,8 @@ LONG_JOB = {"transcript": " ".join(["word"] * 60), "chunk_method": "word", "chun
 
 @pytest.fixture
 def server(tiny_checkpoint, voice_prompts, tmp_path):
-    model_dir, codec_dir = tiny_checkpoint
-    voices = tmp_path / "voices"
-    shutil.copytree(voice_prompts, voices)
-    port = free_port()
-    env = {**os.environ, "MODEL_PATH": str(model_dir), "TOKENIZER_PATH": str(codec_dir),
-           "VOICE_PROMPTS_PATH": str(voices), "MAX_INLINE_AUDIO_BYTES": str(10**9)}
-    process = subprocess.Popen([sys.executable, "-m", "higgs_tts.cli", "serve", "--port", str(port)], cwd=REPO,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(url + "/health", process)
+    with serve_process(tiny_checkpoint, voice_prompts, tmp_path, MAX_INLINE_AUDIO_BYTES=str(10**9)) as (url, process):
         yield url, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=20)
 
 
 def running(url: str) -> int:

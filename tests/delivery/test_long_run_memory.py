@@ -3,16 +3,12 @@
 why). The real server process's resident memory, read from /proc after each round."""
 
 import base64
-import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, free_port, wait_for_http
+from conftest import serve_process
 
 pytestmark = pytest.mark.slow  # subprocesses, or over 10 s: not in scripts/test.sh --fast
 
@@ -23,21 +19,8 @@ MAX_GROWTH_PER_ROUND = 3 * MB  # on average over ROUNDS: what /run results kept 
 
 @pytest.fixture
 def server(tiny_checkpoint, voice_prompts, tmp_path):
-    model_dir, codec_dir = tiny_checkpoint
-    voices = tmp_path / "voices"
-    shutil.copytree(voice_prompts, voices)
-    port = free_port()
-    env = {**os.environ, "MODEL_PATH": str(model_dir), "TOKENIZER_PATH": str(codec_dir),
-           "VOICE_PROMPTS_PATH": str(voices)}
-    process = subprocess.Popen([sys.executable, "-m", "higgs_tts.cli", "serve", "--port", str(port)], cwd=REPO,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(url + "/health", process)
+    with serve_process(tiny_checkpoint, voice_prompts, tmp_path) as (url, process):
         yield url, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def resident(pid: int) -> int:

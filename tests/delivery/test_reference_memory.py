@@ -7,17 +7,13 @@ references were encoded side by side). Measured on the real server process: its 
 import base64
 import concurrent.futures
 import io
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, free_port, wait_for_http
+from conftest import serve_process
 
 pytestmark = pytest.mark.slow  # subprocesses, or over 10 s: not in scripts/test.sh --fast
 
@@ -45,21 +41,8 @@ def reset_peak(pid: int) -> None:
 
 @pytest.fixture
 def server(tiny_checkpoint, voice_prompts, tmp_path):
-    model_dir, codec_dir = tiny_checkpoint
-    voices = tmp_path / "voices"
-    shutil.copytree(voice_prompts, voices)
-    port = free_port()
-    env = {**os.environ, "MODEL_PATH": str(model_dir), "TOKENIZER_PATH": str(codec_dir),
-           "VOICE_PROMPTS_PATH": str(voices), "MAX_CONCURRENCY": "8"}
-    process = subprocess.Popen([sys.executable, "-m", "higgs_tts.cli", "serve", "--port", str(port)], cwd=REPO,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(url + "/health", process)
+    with serve_process(tiny_checkpoint, voice_prompts, tmp_path, MAX_CONCURRENCY="8") as (url, process):
         yield url, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def job(reference: str | None) -> dict:
