@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 def create_app(service: SpeechService | None = None, server: ServerSettings | None = None) -> FastAPI:
     service = service or SpeechService()
     server = server or ServerSettings()
-    metrics = Metrics(service.synthesizer.engine_load)
+    metrics = Metrics(service.synthesizer.engine_load, service.synthesizer.codec_stats)
     app = FastAPI(title="Higgs Audio V2 TTS", version=__version__)
     app.state.server = server  # for routes that need the process's settings (WEBHOOK_ALLOWLIST)
     app.state.service = service

@@ -5,13 +5,15 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
 
 class Metrics:
-    def __init__(self, engine_load=None) -> None:
-        """`engine_load()` gives (running sequences, waiting sequences, admitted requests)."""
+    def __init__(self, engine_load=None, codec_stats=None) -> None:
+        """`engine_load()` gives (running sequences, waiting sequences, admitted requests);
+        `codec_stats()` (codec calls, pieces decoded, pieces waiting)."""
         self.registry = CollectorRegistry()
         self.requests = Counter("higgs_requests_total", "Requests by endpoint, model and HTTP status",
                                 ["endpoint", "model", "status"], registry=self.registry)
@@ -35,6 +37,8 @@ class Metrics:
                            ["kind"], registry=self.registry)
             for index, kind in enumerate(("running", "waiting", "admitted")):
                 engine.labels(kind).set_function(lambda index=index: engine_load()[index])
+        if codec_stats is not None:
+            self.registry.register(_CodecCollector(codec_stats))
 
     def observe(self, endpoint: str, started: float, status: int, model: str = "", code: str | None = None) -> None:
         """One finished request: its count by endpoint, model and status, its duration, its error code."""
@@ -52,6 +56,20 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CodecCollector:
+    """The codec worker's counts, read when scraped: pieces above calls mean batched decodes."""
+
+    def __init__(self, codec_stats) -> None:
+        self.codec_stats = codec_stats
+
+    def collect(self):
+        calls, pieces, waiting = self.codec_stats()
+        yield CounterMetricFamily("higgs_codec_calls", "Codec decode calls (each decodes a batch of pieces)",
+                                  value=calls)
+        yield CounterMetricFamily("higgs_codec_pieces", "Pieces of audio decoded by the codec", value=pieces)
+        yield GaugeMetricFamily("higgs_codec_waiting", "Pieces waiting for the codec", value=waiting)
 
 
 def _cuda_memory(kind: str) -> float:

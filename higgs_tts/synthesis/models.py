@@ -3,8 +3,9 @@ stops every generation at shutdown. Runs (run.py) read it; they never load or cl
 
     model() -> (LoadedModel, loaded now)   loads on first use (the process's ModelCache)
     generator(loaded)                      the generator for that model (a new model, a new one)
-    decode(frames [T, K]) -> float32       T * hop samples
-    engine_load(), stop_all(), prepare(), unload()
+    decode(frames [T, K]) -> float32       T * hop samples, by the codec worker (codec_worker.py):
+                                           every thread's pieces batched, off the engine's stream
+    engine_load(), codec_stats(), stop_all(), prepare(), unload()
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from ..core.checkpoint import LoadedModel, ModelCache
 from ..settings import Settings
+from .codec_worker import CodecStats, CodecWorker
 from .generator import Generator, generator_kind, make_generator
 
 
@@ -29,6 +31,9 @@ class ModelHolder:
         self._generator_lock = threading.Lock()
         self._generator: Generator | None = None
         self._generator_model = None  # the model the generator was made for
+        self._codec_lock = threading.Lock()
+        self._codec: CodecWorker | None = None  # for the loaded model's codec (a new codec, a new worker)
+        self._codec_stats = CodecStats()  # kept across workers: counts since the process started
         self.stopping = threading.Event()  # set by stop_all(): every generation ends at its next step
 
     def model(self) -> tuple[LoadedModel, bool]:
@@ -74,16 +79,32 @@ class ModelHolder:
             return self._models.unload()
 
     def _close_generator(self) -> None:
+        """Close the generator and the codec worker (a new model, or unload): whatever still waits
+        on either fails with an error."""
         if self._generator is not None:
             self._generator.close()
             self._generator = self._generator_model = None
+        with self._codec_lock:
+            if self._codec is not None:
+                self._codec.close()
+                self._codec = None
 
-    @torch.inference_mode()
     def decode(self, frames: torch.Tensor) -> np.ndarray:
-        """Waveform of `[T, num_codebooks]` frames: exactly T * hop samples."""
-        loaded, _ = self.model()
+        """Waveform of `[T, num_codebooks]` frames: exactly T * hop samples. Decoded by the codec
+        worker, batched with other threads' pieces of the same length."""
         if frames.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
-        codes = frames.transpose(0, 1)[None].to(loaded.device)
-        audio = loaded.codec.decode(codes).audio_values
-        return audio.reshape(-1).float().cpu().numpy()
+        return self._codec_worker(self.model()[0]).decode(frames)
+
+    def _codec_worker(self, loaded: LoadedModel) -> CodecWorker:
+        with self._codec_lock:
+            if self._codec is None or self._codec.codec is not loaded.codec:
+                if self._codec is not None:
+                    self._codec.close()
+                self._codec = CodecWorker(loaded.codec, loaded.device, stats=self._codec_stats)
+            return self._codec
+
+    def codec_stats(self) -> tuple[int, int, int]:
+        """(codec calls, pieces decoded, pieces waiting): calls below pieces mean batched decodes."""
+        codec = self._codec
+        return self._codec_stats.calls, self._codec_stats.pieces, 0 if codec is None else codec.waiting()

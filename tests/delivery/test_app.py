@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import re
 import subprocess
 import time
 
@@ -277,6 +278,11 @@ def test_metrics(server):
     assert "higgs_real_time_factor_count" in text
     assert 'higgs_request_errors_total{code="unknown_voice",endpoint="speech"}' in text
     assert 'higgs_gpu_memory_bytes{kind="allocated"}' in text
+    # Two speeches decoded: at least one codec call, never more calls than pieces.
+    calls = float(re.search(r"^higgs_codec_calls_total (\S+)$", text, re.M).group(1))
+    pieces = float(re.search(r"^higgs_codec_pieces_total (\S+)$", text, re.M).group(1))
+    assert 1 <= calls <= pieces
+    assert re.search(r"^higgs_codec_waiting 0\.0$", text, re.M)
 
 
 def test_chunked_bodies_are_limited_and_still_readable(server):
