@@ -36,6 +36,12 @@ def _number(name: str, default: float, kind: type = int) -> float:
         raise ValueError(f"environment variable {name} must be a {kind.__name__}; got {value!r}") from None
 
 
+def _number_or_auto(name: str) -> int | None:
+    """A count that is automatic when unset or "auto" (None)."""
+    value = _optional(name)
+    return None if value is None or value.lower() == "auto" else _number(name, None)
+
+
 def _folder(name: str, default: Path) -> Path | None:
     """A folder setting: unset for `default`, "off" for none."""
     value = _optional(name)
@@ -91,9 +97,10 @@ class Settings:
     voice_cache_max_bytes: int = 512 * 2**20  # the on-disk cache's size; least recently used files go first
     # Continuous batching (fast engine): sequences decoded together, positions per sequence (prompt
     # plus max_new_tokens; the KV cache is slots x max_len, allocated once), requests allowed to wait.
-    engine_slots: int = 8
+    # None (unset or "auto"): sized when the engine starts, from the GPU's free memory (engine/sizing.py).
+    engine_slots: int | None = None
     engine_max_len: int = 4096
-    engine_queue: int = 32
+    engine_queue: int | None = None
     # Prompt prefixes (a voice's system turn, reference audio and transcript) prefilled once and kept
     # for later requests, least recently used first beyond this many bytes of KV (0 turns it off).
     prefix_cache_max_bytes: int = 2**30
@@ -106,7 +113,7 @@ class Settings:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {self.engine!r}")
         object.__setattr__(self, "engine", ENGINE_ALIASES.get(self.engine, self.engine))
         for name in ("engine_slots", "engine_max_len", "engine_queue", "max_context_frames"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1; got {getattr(self, name)}")
         if self.prefix_cache_max_bytes < 0:
             raise ValueError(f"PREFIX_CACHE_MAX_BYTES must be at least 0; got {self.prefix_cache_max_bytes}")
@@ -126,9 +133,9 @@ class Settings:
             engine=_optional("ENGINE") or cls.engine,
             voice_cache_dir=_voice_cache_dir(),
             voice_cache_max_bytes=_number("VOICE_CACHE_MAX_BYTES", cls.voice_cache_max_bytes),
-            engine_slots=_number("ENGINE_SLOTS", cls.engine_slots),
+            engine_slots=_number_or_auto("ENGINE_SLOTS"),
             engine_max_len=_number("ENGINE_MAX_LEN", cls.engine_max_len),
-            engine_queue=_number("ENGINE_QUEUE", cls.engine_queue),
+            engine_queue=_number_or_auto("ENGINE_QUEUE"),
             prefix_cache_max_bytes=_number("PREFIX_CACHE_MAX_BYTES", cls.prefix_cache_max_bytes),
             max_context_frames=_number("MAX_CONTEXT_FRAMES", cls.max_context_frames),
         )

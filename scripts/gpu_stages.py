@@ -186,10 +186,15 @@ def stage_smoke() -> None:
         guarded("smoke", f"64 greedy steps, graphs on/off, {rows} rows", lambda r=rows: _graphs_on_off(loaded, r))
     guarded("smoke", "teacher-forced vs transformers", lambda: _teacher_forced(loaded))
     guarded("smoke", "bursts: NaN and memory", lambda: _bursts(loaded))
+    from higgs_tts.engine.sizing import MAX_SLOTS, engine_size
     from higgs_tts.settings import Settings
 
     defaults = Settings()
-    for slots in (defaults.engine_slots, 64):
+    # The slots a server would choose here (from free memory on CUDA), and the most it ever chooses.
+    size = engine_size(loaded.model, defaults.engine_slots, defaults.engine_max_len, defaults.engine_queue,
+                       defaults.prefix_cache_max_bytes)
+    record("smoke", "engine size", f"{size.slots} slots, queue {size.queue} ({size.sized_by})")
+    for slots in sorted({size.slots, MAX_SLOTS}):
         guarded("smoke", f"capture, {slots} slots", lambda s=slots: _capture(loaded, s, defaults.engine_max_len))
 
 

@@ -148,6 +148,9 @@ class SpeechService:
                 # how many voices can be cloned from a clip (the others are only described)
                 "voice_prompts_available": sum(v.kind == "clone" for v in self.synthesizer.voices.list())
                 if voices_dir.is_dir() else 0,
+                # the fast engine's slots and queue, and why ("ENGINE_SLOTS", or the free memory it
+                # was sized from); null before the engine starts, or with ENGINE=generate
+                "engine": self.synthesizer.engine_size(),
             },
             "voice_suggestions": self.synthesizer.voices.suggestions(),
         }

@@ -112,7 +112,7 @@ class CodecWorker:
             torch.cuda.set_device(self.device)
             stream = torch.cuda.Stream(self.device)
         try:
-            with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
+            with torch.inference_mode(), torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                 while True:
                     with self._wake:
                         while not self._closed and not self._pending:

@@ -25,6 +25,7 @@ from ..core.sampling import SamplingParams
 from ..engine.engine import Engine, EngineRequest
 from ..engine.graphs import free_cached_memory
 from ..engine.scheduler import EngineBusy, Scheduler
+from ..engine.sizing import EngineSize, engine_size
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,15 @@ class Generator(Protocol):
     def load(self) -> tuple[int, int, int]:
         """(running sequences, waiting sequences, admitted requests)."""
 
+    size: EngineSize | None  # slots and queue, and why (None: one request at a time, no queue of its own)
+
     def close(self) -> None: ...
 
 
 class TransformersGenerator:
     """transformers' generate(), one prompt at a time."""
+
+    size = None
 
     def __init__(self, model) -> None:
         self.model = model
@@ -79,9 +84,10 @@ class TransformersGenerator:
 class FastGenerator:
     """Our engine: the continuously batched scheduler; a prompt too long for its cache runs alone, eagerly."""
 
-    def __init__(self, model, slots: int, max_len: int, queue: int, prefix_cache_bytes: int = 0) -> None:
-        self.model = model
-        self.scheduler = Scheduler(model, slots, max_len, queue, prefix_cache_bytes=prefix_cache_bytes).start()
+    def __init__(self, model, size: EngineSize, max_len: int, prefix_cache_bytes: int = 0) -> None:
+        self.model, self.size = model, size
+        self.scheduler = Scheduler(model, size.slots, max_len, size.queue,
+                                   prefix_cache_bytes=prefix_cache_bytes).start()
         # Long prompts run alone, eagerly: no second graph capture beside the scheduler's.
         self.solo = Engine(model, use_cuda_graphs=False, prefix_cache_bytes=prefix_cache_bytes)
         self._solo_lock = threading.Lock()
@@ -121,8 +127,12 @@ def generator_kind(settings: Settings, device: torch.device) -> str:
 def make_generator(settings: Settings, model) -> Generator:
     if generator_kind(settings, model.device) == "generate":
         return TransformersGenerator(model)
-    return FastGenerator(model, settings.engine_slots, settings.engine_max_len, settings.engine_queue,
-                         settings.prefix_cache_max_bytes)
+    # Sized after the model and codec are loaded, before the KV cache is allocated.
+    size = engine_size(model, settings.engine_slots, settings.engine_max_len, settings.engine_queue,
+                       settings.prefix_cache_max_bytes)
+    log.info("fast engine: %d slots of %d positions, %d requests may wait (%s)", size.slots,
+             settings.engine_max_len, size.queue, size.sized_by)
+    return FastGenerator(model, size, settings.engine_max_len, settings.prefix_cache_max_bytes)
 
 
 def free_memory() -> None:

@@ -5,7 +5,7 @@ stops every generation at shutdown. Runs (run.py) read it; they never load or cl
     generator(loaded)                      the generator for that model (a new model, a new one)
     decode(frames [T, K]) -> float32       T * hop samples, by the codec worker (codec_worker.py):
                                            every thread's pieces batched, off the engine's stream
-    engine_load(), codec_stats(), stop_all(), prepare(), unload()
+    engine_load(), engine_size(), codec_stats(), stop_all(), prepare(), unload()
 """
 
 from __future__ import annotations
@@ -60,6 +60,16 @@ class ModelHolder:
         """(running sequences, waiting sequences, admitted requests); zeros before the first request."""
         generator = self._generator
         return (0, 0, 0) if generator is None else generator.load()
+
+    def engine_size(self) -> dict | None:
+        """The fast engine's slots and queue and why ({"slots", "queue", "max_len", "sized_by"}); None
+        before the first request, or with the generate() path."""
+        generator = self._generator
+        size = None if generator is None else generator.size
+        if size is None:
+            return None
+        return {"slots": size.slots, "queue": size.queue, "max_len": self.settings.engine_max_len,
+                "sized_by": size.sized_by}
 
     def stop_all(self) -> None:
         """End every generation at its next step (Cancelled), now and from now on: the process is

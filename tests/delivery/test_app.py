@@ -40,7 +40,7 @@ def test_health_is_open_and_documented(server):
     payload = reply.json()
     assert payload["status"] == "healthy"
     assert set(payload["model_info"]) == {"model_path", "device", "models_loaded", "voice_prompts_available",
-                                           "model_source"}
+                                           "model_source", "engine"}
 
 
 def test_everything_else_needs_the_key(server):

@@ -44,6 +44,11 @@ def test_sixteen_concurrent_requests_equal_their_solo_runs(server):
     assert engine_load(server) == {"running": 0.0, "waiting": 0.0, "admitted": 0.0}
 
 
+def test_health_says_the_engine_size_and_why(server):
+    assert httpx.get(server + "/health").json()["model_info"]["engine"] == {
+        "slots": 8, "queue": 16, "max_len": 2048, "sized_by": "ENGINE_SLOTS; ENGINE_QUEUE"}
+
+
 LONG = {"transcript": " ".join(f"word{i}" for i in range(40)) + ".", "chunk_method": "word",
         "chunk_max_word_num": 1, "max_new_tokens": 30, "seed": 3}  # 40 chunks, one after another
 

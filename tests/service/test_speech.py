@@ -202,12 +202,13 @@ def test_health_and_voice_list(service):
     health = service.handle({"action": "health"})
     assert health["status"] == "healthy"
     assert set(health["model_info"]) == {"model_path", "device", "models_loaded", "voice_prompts_available",
-                                           "model_source"}
+                                           "model_source", "engine"}
     assert health["model_info"]["model_source"] == {
         "model": {"origin": "folder", "path": service.settings.model_path},
         "tokenizer": {"origin": "folder", "path": service.settings.tokenizer_path}}
     clips = {path.stem for path in service.settings.voice_prompts_path.glob("*.wav")}
     assert health["model_info"]["voice_prompts_available"] == len(clips) > 0
+    assert health["model_info"]["engine"] is None  # no engine before the first request
     assert health["timestamp"].endswith("+00:00")
     listed = service.handle({"action": "list_voices"})
     kinds = {v["name"]: v["kind"] for v in listed["voices"]}
