@@ -21,7 +21,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: automatic)")
     parser.add_argument("--engine", choices=(*ENGINES, *ENGINE_ALIASES),
                         help="decode loop: fast (ours), generate (transformers' generate(); also 'reference'); "
-                             "default $ENGINE or auto = fast on CUDA")
+                             "default $ENGINE or auto = fast")
 
 
 def _settings(args: argparse.Namespace) -> Settings:

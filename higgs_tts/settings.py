@@ -10,7 +10,7 @@ DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
 DEFAULT_TOKENIZER = "bosonai/higgs-audio-v2-tokenizer"
 DEFAULT_REVISION = "main"  # of either repo, unless MODEL_REVISION / TOKENIZER_REVISION say otherwise
 DEFAULT_VOICE_PROMPTS = "voice_prompts"
-# The decode paths: "fast", our engine (engine/); "generate", transformers' generate(); "auto", fast on CUDA.
+# The decode paths: "fast", our engine (engine/); "generate", transformers' generate(); "auto", fast (CPU and CUDA).
 ENGINES = ("auto", "fast", "generate")
 ENGINE_ALIASES = {"reference": "generate"}  # earlier names, still accepted
 # A repo id is looked for here before the Hugging Face cache (core/sources.py): the network volume's

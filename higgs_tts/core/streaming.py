@@ -31,7 +31,7 @@ class StreamingDecoder:
         self.decode, self.hop = decode, hop
         self.first_chunk, self.chunk, self.context, self.crossfade = first_chunk, chunk, context, crossfade
         self.first_context = min(first_context, context)
-        self._size = 0  # frames in the last chunk handed out
+        self._size = 0  # frames in the last chunk handed out; 0 before the first and after a finish()
         self._frames: list[torch.Tensor] = []
         self._total = 0
         self._emitted = 0  # frames whose samples have been handed out
@@ -64,8 +64,9 @@ class StreamingDecoder:
             self._total += frames.shape[0]
         chunks = []
         while True:
-            # 8 frames with 8 on their right, then 16, 32, ... up to `chunk`, each with `context`
-            first = self._emitted == 0
+            # 8 frames with 8 on their right, then 16, 32, ... up to `chunk`, each with `context`; after
+            # a pause (finish) the ramp starts again, so the next phrase's first audio is early too
+            first = self._size == 0
             size = self.first_chunk if first else min(self.chunk, 2 * self._size)
             right = self.first_context if first else self.context
             if self._total - self._emitted < size + right:
@@ -77,6 +78,7 @@ class StreamingDecoder:
     def finish(self) -> np.ndarray:
         """The remaining audio, once generation has ended (or pauses: frames pushed after it are
         decoded on, with the earlier frames as left context)."""
+        self._size = 0
         if self._total == self._emitted:
             return np.zeros(0, dtype=np.float32)
         return self._emit(self._total, self._total)

@@ -20,8 +20,10 @@ never hears "busy" halfway through its text.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +35,11 @@ from .prefix_cache import prefix_cache_for
 from .sequence import EngineRequest, Sequence
 
 log = logging.getLogger(__name__)
+
+# Engine threads still running. They are stopped at exit, before the interpreter tears down: a daemon
+# thread caught inside a torch call then aborts the process ("terminate called without an active
+# exception", exit status 134).
+_started: weakref.WeakSet[Scheduler] = weakref.WeakSet()
 
 STEPS_PER_SYNC = 16  # decode steps per burst: one host sync each
 
@@ -194,6 +201,7 @@ class Scheduler:
         """Run the loop in an engine thread (CUDA graphs for every shape are captured first)."""
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._thread.start()
+        _started.add(self)
         return self
 
     def close(self) -> None:
@@ -238,6 +246,12 @@ class Scheduler:
                 self.batch.release(slot).finish(error)
             while self._waiting:
                 self._waiting.popleft().finish(error)
+
+
+@atexit.register
+def _close_started() -> None:
+    for scheduler in list(_started):
+        scheduler.close()
 
 
 def _is_device_error(exc: BaseException) -> bool:

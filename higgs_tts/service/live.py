@@ -272,7 +272,11 @@ class LiveSession:
 
     def _audio(self, samples: np.ndarray, epoch: int) -> None:
         """Decoded samples out as audio events, cut where a phrase ends (then its segment event)."""
-        while len(samples):
+        while True:
+            while self._bounds and self._decoded >= self._bounds[0].end:  # all out (a phrase of no audio too)
+                self._segment_done(self._bounds.popleft(), epoch)
+            if not len(samples):
+                return
             take = min(len(samples), self._bounds[0].end - self._decoded) if self._bounds else len(samples)
             part, samples = samples[:take], samples[take:]
             segment = self._bounds[0].index if self._bounds else self._current  # the phrase being generated
@@ -284,8 +288,6 @@ class LiveSession:
                           epoch)
                 self._seq += 1
             self._decoded += take
-            if self._bounds and self._decoded >= self._bounds[0].end:
-                self._segment_done(self._bounds.popleft(), epoch)
 
     def _segment_done(self, bound: _Bound, epoch: int | None) -> None:
         self._segments += 1

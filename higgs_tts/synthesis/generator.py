@@ -1,7 +1,7 @@
 """The two ways to turn a prompt into audio columns, behind one protocol.
 
-    generate:  transformers' own generate(), one request at a time (the ground truth; CPU default)
-    fast:      our engine (engine/), requests decoded together by the scheduler (CUDA default)
+    fast:      our engine (engine/), requests decoded together by the scheduler (the default, "auto")
+    generate:  transformers' own generate(), one request at a time (the ground truth tests compare with)
 
 The kinds are ENGINE's values (settings.ENGINES), "auto" resolved.
 
@@ -117,15 +117,14 @@ class FastGenerator:
         self.scheduler.close()
 
 
-def generator_kind(settings: Settings, device: torch.device) -> str:
-    """'fast' or 'generate': the ENGINE setting, with 'auto' meaning fast on CUDA."""
-    if settings.engine == "auto":
-        return "fast" if device.type == "cuda" else "generate"
-    return settings.engine
+def generator_kind(settings: Settings) -> str:
+    """'fast' or 'generate': the ENGINE setting, with 'auto' meaning fast, on CPU as on CUDA (one engine,
+    so streaming and batching behave the same everywhere)."""
+    return "fast" if settings.engine == "auto" else settings.engine
 
 
 def make_generator(settings: Settings, model) -> Generator:
-    if generator_kind(settings, model.device) == "generate":
+    if generator_kind(settings) == "generate":
         return TransformersGenerator(model)
     # Sized after the model and codec are loaded, before the KV cache is allocated.
     size = engine_size(model, settings.engine_slots, settings.engine_max_len, settings.engine_queue,

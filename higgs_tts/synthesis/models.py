@@ -18,7 +18,7 @@ import torch
 from ..core.checkpoint import LoadedModel, ModelCache
 from ..settings import Settings
 from .codec_worker import CodecStats, CodecWorker
-from .generator import Generator, generator_kind, make_generator
+from .generator import Generator, make_generator
 
 
 class ModelHolder:
@@ -43,10 +43,6 @@ class ModelHolder:
     def loaded_model(self) -> LoadedModel | None:
         """The model if it is loaded; never loads."""
         return self._models.peek(self.settings)
-
-    def generator_kind(self, loaded: LoadedModel) -> str:
-        """'fast' (our engine) or 'generate' (transformers' generate())."""
-        return generator_kind(self.settings, loaded.device)
 
     def generator(self, loaded: LoadedModel) -> Generator:
         """The generator for the loaded model (made on first use; a new model gets a new one)."""

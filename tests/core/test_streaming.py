@@ -53,6 +53,26 @@ def test_default_first_audio_after_sixteen_frames_and_the_whole_still_equals_one
     assert np.abs(np.concatenate(chunks) - decode(frames)).max() < TOLERANCE
 
 
+@pytest.mark.parametrize("before_pause", [5, 13, 16, 57])
+def test_after_a_pause_the_ramp_starts_again_and_the_whole_still_equals_one_decode(decode, before_pause):
+    """A live session settles its decoder (finish) whenever no phrase waits. A first phrase shorter
+    than the first piece once left the ramp at 0 frames: the next push looped forever. The audio
+    before a pause is decoded without what comes after it, so only the frames near the pause may
+    differ from one decode of the whole (the tiny codec reaches about 4 frames)."""
+    frames = torch.randint(0, 1024, (120, 8), generator=torch.Generator().manual_seed(6))
+    streamer = StreamingDecoder(decode)
+    chunks = streamer.push(frames[:before_pause]) + [streamer.finish()]
+    after = streamer.push(frames[before_pause:])
+    assert [len(c) // 960 for c in after][:2] == [8, 16]  # first audio early again
+    chunks += after + [streamer.finish()]
+    assert sum(len(c) for c in chunks) == 120 * 960
+    difference = np.abs(np.concatenate(chunks) - decode(frames))
+    near = slice(max(0, before_pause - 8) * 960, (before_pause + 8) * 960)
+    assert difference[near].max() > 0  # the settled pause is not what the whole would decode to
+    difference[near] = 0
+    assert difference.max() < TOLERANCE
+
+
 def test_settings_are_checked(decode):
     with pytest.raises(ValueError):
         StreamingDecoder(decode, first_chunk=0)

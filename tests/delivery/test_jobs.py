@@ -207,11 +207,12 @@ def test_every_job_route_is_counted_with_what_the_job_did(client):
 def test_finished_results_are_bounded_by_bytes_and_say_so(client, monkeypatch):
     from higgs_tts.delivery import jobs
 
-    first = client.post("/run", json={"input": {"transcript": "First result.", **BASE}}).json()["id"]
+    same = {"input": {"transcript": "A result.", **BASE}}  # the same take twice: results of one size
+    first = client.post("/run", json=same).json()["id"]
     wait_for(lambda: client.get(f"/status/{first}").json()["status"] == "COMPLETED")
     size = len(json.dumps(client.get(f"/status/{first}").json()))
     monkeypatch.setattr(jobs, "MAX_RESULT_BYTES", size + size // 2)  # room for one result, not two
-    second = client.post("/run", json={"input": {"transcript": "Second result.", **BASE}}).json()["id"]
+    second = client.post("/run", json=same).json()["id"]
     wait_for(lambda: client.get(f"/status/{second}").json()["status"] == "COMPLETED")
     gone = client.get(f"/status/{first}")
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "expired"

@@ -14,7 +14,7 @@ from higgs_tts.core.voices import VoiceError
 from higgs_tts.service.errors import InputError
 from higgs_tts.service.live import LiveSession
 
-QUICK = {"ref_audio": "belinda", "seed": 7, "max_new_tokens": 100}  # phrases of at most 5 words
+QUICK = {"ref_audio": "belinda", "seed": 2, "max_new_tokens": 100}  # phrases of at most 5 words
 
 
 def events_until(session: LiveSession, kind: str, timeout: float = 120) -> list[dict]:
@@ -40,8 +40,19 @@ def test_a_pause_in_the_text_holds_no_speech_back(service):
     session.close()
     rest = events_until(session, "done")
     assert [e["text"] for e in rest if e["type"] == "segment"] == ["Second one."]
-    assert rest[-1]["segments"] == 2 and rest[-1]["seed"] == 7
+    assert rest[-1]["segments"] == 2 and rest[-1]["seed"] == QUICK["seed"]
     assert {e["segment"] for e in rest if e["type"] == "audio"} == {1}
+
+
+def test_a_phrase_of_no_audio_is_a_segment_at_once(service):
+    # Seed 7 ends this phrase at its first frame on the tiny checkpoint: its segment (of 0 s) once
+    # waited for the session's end, and a client waiting for it before sending more hung.
+    session = LiveSession(service, {**QUICK, "seed": 7})
+    session.text("First one. ")
+    segment = events_until(session, "segment", timeout=60)[-1]
+    assert segment == {"type": "segment", "segment": 0, "text": "First one.", "duration_seconds": 0.0}
+    session.close()
+    assert events_until(session, "done")[-1]["segments"] == 1
 
 
 def test_flush_speaks_a_phrase_without_its_sentence_end(service):
