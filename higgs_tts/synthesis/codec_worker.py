@@ -22,9 +22,11 @@ or in a crowd (tests/delivery/test_load.py), and the worker only orders the call
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import threading
+import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -38,6 +40,10 @@ log = logging.getLogger(__name__)
 MAX_CODEC_BATCH = 16
 CPU_CODEC_BATCH = 1  # on a CPU: bitwise the same audio alone or in a crowd (see above)
 CLOSE_SECONDS = 60.0  # close() waits this long for a decode under way before giving up on the thread
+
+# Workers still running: closed at exit, before the interpreter tears down (a daemon thread caught
+# inside a torch call then aborts the process, as the engine's would: engine/scheduler.py).
+_started: weakref.WeakSet[CodecWorker] = weakref.WeakSet()
 
 
 @dataclass
@@ -68,6 +74,7 @@ class CodecWorker:
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="codec", daemon=True)
         self._thread.start()
+        _started.add(self)
 
     # -- from any thread ------------------------------------------------------------------------
 
@@ -161,12 +168,20 @@ class CodecWorker:
         return host
 
 
+@atexit.register
+def _close_started() -> None:
+    for worker in list(_started):
+        worker.close()
+
+
 def groups(pieces: list[_Piece], max_batch: int) -> list[list[_Piece]]:
-    """Pieces of equal shape together, in the order their first piece came, at most `max_batch` a group."""
+    """Pieces of equal shape together, at most `max_batch` a group, the shortest pieces first: a stream's
+    first piece (16 frames) never waits behind a whole request's decode taken at the same time."""
     by_shape: dict[tuple[int, ...], list[_Piece]] = {}
     for piece in pieces:
         by_shape.setdefault(tuple(piece.frames.shape), []).append(piece)
-    return [same[i:i + max_batch] for same in by_shape.values() for i in range(0, len(same), max_batch)]
+    ordered = sorted(by_shape.values(), key=lambda same: same[0].frames.shape[0])  # stable: ties by arrival
+    return [same[i:i + max_batch] for same in ordered for i in range(0, len(same), max_batch)]
 
 
 def _fail(pieces: list[_Piece], error: BaseException) -> None:
