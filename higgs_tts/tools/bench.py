@@ -3,8 +3,8 @@
 Figures: decode frames/s and x-real-time per batch size, time to first audio frame, prefill time
 of a cloned-voice prompt, codec decode time per minute of audio, transformers' generate() in the
 same run, the weight-read roofline (bytes read per audio step / measured copy bandwidth), and with
-`--concurrency` the scheduler's aggregate audio seconds per second, per-stream x-real-time and
-time to first audio with N requests submitted at once.
+`--concurrency` N requests at once end to end (scheduler, streaming decoder, codec worker): aggregate
+audio seconds per second, per-stream x-real-time and p50/p95 time to first audio.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ import torch
 
 from ..core.audio import FRAMES_PER_SECOND
 from ..core.checkpoint import LoadedModel
+from ..core.codes import generated_frames
 from ..core.generate import transformers_generate
 from ..core.prompt import PromptRenderer, PromptVoice, build_prompt
 from ..core.sampling import SamplingParams
+from ..core.streaming import StreamingDecoder
 from ..engine.batch import bucket_length
 from ..engine.engine import Engine, EngineRequest
 from ..engine.scheduler import Scheduler
+from ..synthesis.codec_worker import CodecWorker
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the forest."
 
@@ -73,9 +76,10 @@ class BenchResult:
             ("fast engine / reference", f"{self.engine_over_reference:.1f}x"),
         ]
         for c in self.concurrency:
-            rows.append((f"scheduler, {c['streams']} concurrent",
+            rows.append((f"end to end, {c['streams']} concurrent",
                          f"{c['audio_seconds_per_s']:.1f} audio-s/s in all, {c['x_real_time_per_stream']:.2f}x "
-                         f"real time per stream, first audio {c['time_to_first_audio_ms']:.0f} ms (median)"))
+                         f"real time per stream (slowest {c['slowest_stream_x_real_time']:.2f}x), first audio "
+                         f"p50 {c['time_to_first_audio_ms']:.0f} ms / p95 {c['time_to_first_audio_p95_ms']:.0f} ms"))
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
 
@@ -145,27 +149,35 @@ def streamed(loaded: LoadedModel, engine: Engine, inputs: dict, steps: int) -> t
     return (first - started) * 1e3, underruns, slack if arrivals[1:] else played / loaded.sample_rate
 
 
-def concurrent(model, inputs: dict, counts: list[int], steps: int) -> list[dict]:
-    """N requests submitted at once to the continuous-batching scheduler, for each N in `counts`."""
-    import statistics
+def concurrent(loaded: LoadedModel, inputs: dict, counts: list[int], steps: int) -> list[dict]:
+    """N requests submitted at once, for each N in `counts`, end to end as the servers run them: the
+    continuous-batching scheduler generates, each stream's StreamingDecoder cuts its pieces, and the
+    codec worker decodes them (batched across streams where the device allows)."""
     import threading
 
     prompt_len = int(inputs["input_ids"].shape[1])
-    scheduler = Scheduler(model, slots=max(counts), max_len=bucket_length(prompt_len + steps + 32),
+    scheduler = Scheduler(loaded.model, slots=max(counts), max_len=bucket_length(prompt_len + steps + 32),
                           max_waiting=max(counts)).start()
+    codec = CodecWorker(loaded.codec, loaded.device)
     params = SamplingParams(temperature=0.8, max_new_tokens=steps)
     results = []
 
     def one(index: int, timings: list) -> None:
         submitted = time.perf_counter()
-        first, columns = None, 0
+        decoder = StreamingDecoder(codec.decode, hop=loaded.hop_length)
+        first, samples, columns, sent = None, 0, [], 0
         for piece in scheduler.submit(EngineRequest(inputs, params, index), ignore_eos=True).pieces():
-            first = first or time.perf_counter()
-            columns += int(piece.shape[0])
-        timings[index] = (submitted, first, time.perf_counter(), columns)
+            columns.append(piece.cpu())
+            frames = generated_frames(torch.cat(columns))  # as synthesis/run.py: delay reverted
+            for audio in decoder.push(frames[sent:]):
+                first = first or time.perf_counter()
+                samples += len(audio)
+            sent = frames.shape[0]
+        samples += len(decoder.finish())
+        timings[index] = (submitted, first or time.perf_counter(), time.perf_counter(), samples)
 
     def round_of(n: int) -> tuple[list, float]:
-        timings: list = [None] * n  # per request: submitted, first columns, end, columns
+        timings: list = [None] * n  # per request: submitted, first audio, end, samples
         started = time.perf_counter()
         threads = [threading.Thread(target=one, args=(i, timings)) for i in range(n)]
         for thread in threads:
@@ -177,21 +189,33 @@ def concurrent(model, inputs: dict, counts: list[int], steps: int) -> list[dict]
     try:
         round_of(1)  # waits for the engine's start (it captures every graph shape then) and warms up
         for n in counts:
+            calls, pieces = codec.stats.calls, codec.stats.pieces
             timings, wall = round_of(n)
-            # decode speed once a stream's audio flows (from submission when it all came in one piece)
-            per_stream = [c / FRAMES_PER_SECOND / ((end - first) if end > first else (end - s))
-                          for s, first, end, c in timings]
+            audio = [t[3] / loaded.sample_rate for t in timings]  # seconds of audio per stream
+            # a stream's real-time factor: its audio over the time from submission to its last sample
+            per_stream = [seconds / (end - s) for seconds, (s, _, end, _) in zip(audio, timings, strict=True)]
+            first_ms = [(f - s) * 1e3 for s, f, _, _ in timings]
             results.append({
                 "streams": n,
                 "steps": steps,
-                "audio_seconds_per_s": sum(t[3] for t in timings) / FRAMES_PER_SECOND / wall,
-                "x_real_time_per_stream": statistics.median(per_stream),
+                "audio_seconds_per_s": sum(audio) / wall,
+                "x_real_time_per_stream": percentile(per_stream, 50),
                 "slowest_stream_x_real_time": min(per_stream),
-                "time_to_first_audio_ms": statistics.median((f - s) * 1e3 for s, f, _, _ in timings),
+                "time_to_first_audio_ms": percentile(first_ms, 50),
+                "time_to_first_audio_p95_ms": percentile(first_ms, 95),
+                "codec_pieces_per_call": (codec.stats.pieces - pieces) / max(1, codec.stats.calls - calls),
             })
     finally:
         scheduler.close()
+        codec.close()
     return results
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile, linearly interpolated (numpy's default)."""
+    import numpy as np
+
+    return float(np.percentile(values, q))
 
 
 def run(loaded: LoadedModel, batch_sizes: list[int], steps: int, reference_steps: int,
@@ -261,7 +285,7 @@ def run(loaded: LoadedModel, batch_sizes: list[int], steps: int, reference_steps
     if result.batches and result.reference_frames_per_s:
         result.engine_over_reference = result.batches[0]["frames_per_s_per_stream"] / result.reference_frames_per_s
     if concurrency:
-        result.concurrency = concurrent(model, plain, concurrency, steps)
+        result.concurrency = concurrent(loaded, plain, concurrency, steps)
     return result
 
 

@@ -47,6 +47,9 @@ def test_bench_json_has_every_figure(tiny_checkpoint, settings):
     assert [c["streams"] for c in result["concurrency"]] == [1, 3]
     for c in result["concurrency"]:
         assert c["audio_seconds_per_s"] > 0 and c["x_real_time_per_stream"] > 0 and c["time_to_first_audio_ms"] > 0
+        assert c["time_to_first_audio_p95_ms"] >= c["time_to_first_audio_ms"]
+        assert c["slowest_stream_x_real_time"] <= c["x_real_time_per_stream"]
+        assert c["codec_pieces_per_call"] >= 1
 
 
 def test_bench_table_for_people(tiny_checkpoint, settings):
