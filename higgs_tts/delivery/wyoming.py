@@ -144,9 +144,8 @@ class SpeechHandler(AsyncEventHandler):
                         pass
                     case Final(response) if response.get("success"):
                         if not started:  # the model ended at once: a short silence, so the client has audio
-                            await self._audio_start()
+                            await self._silence()
                             started = True
-                            await self._chunk(bytes(round(EMPTY_CLIP_SECONDS * SAMPLE_RATE) * WIDTH))
                         await self.write_event(AudioStop().event())
                     case Final(response):
                         if started:
@@ -161,6 +160,11 @@ class SpeechHandler(AsyncEventHandler):
 
     async def _audio_start(self) -> None:
         await self.write_event(AudioStart(rate=SAMPLE_RATE, width=WIDTH, channels=CHANNELS).event())
+
+    async def _silence(self) -> None:
+        """AudioStart and a short silence: the clip of a sentence the model ended at once."""
+        await self._audio_start()
+        await self._chunk(bytes(round(EMPTY_CLIP_SECONDS * SAMPLE_RATE) * WIDTH))
 
     async def _chunk(self, pcm: bytes) -> None:
         await self.write_event(AudioChunk(rate=SAMPLE_RATE, width=WIDTH, channels=CHANNELS, audio=pcm).event())
@@ -204,18 +208,25 @@ class SpeechHandler(AsyncEventHandler):
             outcome.emit()
 
     async def _forward(self, session: LiveSession, outcome: Outcome) -> None:
-        open_audio = False
+        open_audio, ended = False, -1  # ended: the last sentence whose clip is closed
         while True:
             event = await asyncio.to_thread(session.next_event, POLL_SECONDS)
             if event is None:
                 continue
             kind = event["type"]
             if kind == "audio":
+                if event["segment"] <= ended:  # the session's closing silence, its sentence's clip already sent
+                    continue
                 if not open_audio:
                     await self._audio_start()
                     open_audio = True
                 await self._chunk(event["audio"])
                 continue
+            if kind == "segment":
+                ended = event["segment"]
+                if not open_audio:  # a sentence the model ended at once: its clip is a short silence, as above
+                    await self._silence()
+                    open_audio = True
             if open_audio and kind in ("segment", "done", "error"):
                 await self.write_event(AudioStop().event())
                 open_audio = False
