@@ -168,7 +168,8 @@ def concurrent(loaded: LoadedModel, inputs: dict, counts: list[int], steps: int)
         first, samples, columns, sent = None, 0, [], 0
         for piece in scheduler.submit(EngineRequest(inputs, params, index), ignore_eos=True).pieces():
             columns.append(piece.cpu())
-            frames = generated_frames(torch.cat(columns))  # as synthesis/run.py: delay reverted
+            # delay reverted as synthesis/run.py does; no EOS ends it (ignore_eos: every column is audio)
+            frames = generated_frames(torch.cat(columns), eos=-1)
             for audio in decoder.push(frames[sent:]):
                 first = first or time.perf_counter()
                 samples += len(audio)

@@ -48,7 +48,7 @@ def test_bench_json_has_every_figure(tiny_checkpoint, settings):
     for c in result["concurrency"]:
         assert c["audio_seconds_per_s"] > 0 and c["x_real_time_per_stream"] > 0 and c["time_to_first_audio_ms"] > 0
         assert c["time_to_first_audio_p95_ms"] >= c["time_to_first_audio_ms"]
-        assert c["slowest_stream_x_real_time"] <= c["x_real_time_per_stream"]
+        assert 0 < c["slowest_stream_x_real_time"] <= c["x_real_time_per_stream"]  # every stream has audio
         assert c["codec_pieces_per_call"] >= 1
 
 
