@@ -52,16 +52,26 @@ def to_mono_24k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
 
 def _swr_resample(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     """Mono float32 at any rate to 24 kHz through libswresample (a fixed-size polyphase filter),
-    as long as torchaudio's would be: ceil(len * 24000 / rate) samples."""
+    as long as torchaudio's would be: ceil(len * 24000 / rate) samples. Fed in pieces of about
+    BLOCK_FRAMES output samples, each written into the result as it comes: the resampler's own
+    buffers stay that size however long the clip (whole, they held it several times over)."""
     import av
 
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None, :]), format="flt", layout="mono")
-    frame.sample_rate = sample_rate
-    out = [f.to_ndarray()[0] for f in (*resampler.resample(frame), *resampler.resample(None))]
-    resampled = np.concatenate(out) if out else np.zeros(0, np.float32)
     length = -(-len(samples) * SAMPLE_RATE // sample_rate)
-    return np.pad(resampled[:length], (0, max(0, length - len(resampled))))
+    resampled, filled = np.zeros(length, np.float32), 0
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    step = max(1, BLOCK_FRAMES * sample_rate // SAMPLE_RATE)  # input samples per piece
+    for start in [*range(0, len(samples), step), None]:  # None: flush what the filter still holds
+        frame = None
+        if start is not None:
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None, start:start + step]),
+                                               format="flt", layout="mono")
+            frame.sample_rate = sample_rate
+        for out in resampler.resample(frame):
+            piece = out.to_ndarray()[0][:length - filled]
+            resampled[filled:filled + len(piece)] = piece
+            filled += len(piece)
+    return resampled
 
 
 # The containers a reference may come in, as FFmpeg's demuxers name them; any other (playlists,

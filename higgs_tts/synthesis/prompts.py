@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-import threading
+import concurrent.futures
 from collections.abc import Callable
 
 import numpy as np
@@ -24,9 +24,11 @@ from .plan import Plan
 class VoicePrompts:
     def __init__(self, model: Callable[[], LoadedModel], cache: VoiceCodeCache) -> None:
         self._model, self._cache = model, cache
-        self._encoding = threading.Lock()
+        # One reference at a time, always on this one thread: a long clip's encode is the memory peak, and
+        # glibc gives each thread its own heap (arena), so encodes on many request threads would each leave
+        # their peak in a heap of their own; on one thread each encode reuses the last one's memory.
+        self._encoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="higgs-encode")
 
-    @torch.inference_mode()
     def encode(self, samples: np.ndarray) -> torch.Tensor:
         """Codec frames `[T, num_codebooks]` (on CPU) of 24 kHz mono reference audio, cached by content."""
         loaded = self._model()
@@ -34,14 +36,16 @@ class VoicePrompts:
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        with self._encoding:  # one reference at a time: a long clip's encode is the memory peak
-            if (cached := self._cache.get(key)) is not None:  # encoded while this one waited
-                return cached
-            features = loaded.processor.feature_extractor(samples, sampling_rate=loaded.sample_rate,
-                                                          return_tensors="pt")
-            codes = encode_clip(loaded.codec, features["input_values"].to(loaded.device))  # padded as upstream
-            frames = codes[0].transpose(0, 1).long().cpu()
-            self._cache.put(key, frames)
+        return self._encoder.submit(self._encode, loaded, samples, key).result()
+
+    @torch.inference_mode()
+    def _encode(self, loaded: LoadedModel, samples: np.ndarray, key: str) -> torch.Tensor:
+        if (cached := self._cache.get(key)) is not None:  # encoded while this one waited
+            return cached
+        features = loaded.processor.feature_extractor(samples, sampling_rate=loaded.sample_rate, return_tensors="pt")
+        codes = encode_clip(loaded.codec, features["input_values"].to(loaded.device))  # padded as upstream
+        frames = codes[0].transpose(0, 1).long().cpu()
+        self._cache.put(key, frames)
         return frames
 
     def forget(self, samples: np.ndarray) -> int:

@@ -175,6 +175,18 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> tuple[Path, Pat
     return model_dir, codec_dir
 
 
+def full_size_codec_config():
+    """The real codec's configuration (`bosonai/higgs-audio-v2-tokenizer`): transformers' defaults (a DAC
+    acoustic encoder of width 64, HuBERT-base with its GroupNorm feature encoder) with the real down-sampling
+    ratios (hop 960) and 8 quantizers."""
+    from transformers import HiggsAudioV2TokenizerConfig
+
+    return HiggsAudioV2TokenizerConfig(
+        acoustic_model_config={"downsampling_ratios": [8, 5, 4, 2, 3], "upsampling_ratios": [8, 5, 4, 2, 3]},
+        target_bandwidths=[0.5, 1, 1.5, 2],
+    )
+
+
 def full_size_random_model(device: str | None = None, dtype: str | None = None):
     """The real model and codec shapes with random weights, built in memory on the device.
 
@@ -186,7 +198,6 @@ def full_size_random_model(device: str | None = None, dtype: str | None = None):
         HiggsAudioV2Config,
         HiggsAudioV2ForConditionalGeneration,
         HiggsAudioV2Processor,
-        HiggsAudioV2TokenizerConfig,
         HiggsAudioV2TokenizerModel,
     )
 
@@ -199,10 +210,7 @@ def full_size_random_model(device: str | None = None, dtype: str | None = None):
         model = HiggsAudioV2ForConditionalGeneration._from_config(
             HiggsAudioV2Config(codebook_size=1026), dtype=weights_dtype
         ).eval()
-        codec = HiggsAudioV2TokenizerModel(HiggsAudioV2TokenizerConfig(
-            acoustic_model_config={"downsampling_ratios": [8, 5, 4, 2, 3], "upsampling_ratios": [8, 5, 4, 2, 3]},
-            target_bandwidths=[0.5, 1, 1.5, 2],
-        )).eval()
+        codec = HiggsAudioV2TokenizerModel(full_size_codec_config()).eval()
     assert codec.config.num_quantizers == 8 and codec.config.hop_length == 960
     feature_extractor = DacFeatureExtractor(feature_size=1, hop_length=1, padding_side="right", sampling_rate=24000)
     processor = HiggsAudioV2Processor(feature_extractor=feature_extractor, tokenizer=_text_tokenizer(),

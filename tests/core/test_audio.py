@@ -96,6 +96,56 @@ def test_resampler_and_decoded_size_bombs_stay_within_100_mb(rate, channels, sec
     assert float(grown) < 100, f"peak memory grew by {grown} MB"
 
 
+DECODE_PEAK = """
+import io, sys
+from pathlib import Path
+import av, numpy as np, soundfile as sf  # libraries loaded first: what is measured is the decode
+from higgs_tts.core.audio import read_audio
+
+def status(field):
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(fields[field].split()[0]) / 1024
+
+buffer = io.BytesIO()
+sf.write(buffer, (0.3 * np.sin(2 * np.pi * 220 * np.arange(997 * 60) / 997)).astype(np.float32), 997,
+         format="WAV", subtype="PCM_16")  # 60 s, 117 KB
+Path("/proc/self/clear_refs").write_text("5")  # VmHWM back to VmRSS
+before = status("VmRSS")
+audio = read_audio(buffer.getvalue())
+print(len(audio), status("VmHWM") - before)
+"""
+
+
+@pytest.mark.slow  # a subprocess
+def test_an_odd_rate_decodes_in_a_few_times_its_own_size():
+    """60 s at 997 Hz becomes 5.5 MB at 24 kHz; libswresample, fed the whole clip, held it several times over
+    (+44 MB); fed in pieces written into the result, the decode peaks at a few times that (+11 MB)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", DECODE_PEAK], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    samples, grown = done.stdout.split()
+    assert int(samples) == 1440000 and float(grown) < 4 * 5.5, f"peak memory grew by {grown} MB"
+
+
+@pytest.mark.parametrize("rate", [997, 24001, 47999])
+def test_libswresample_in_pieces_is_libswresample_whole(rate):
+    import av
+
+    from higgs_tts.core.audio import _swr_resample
+
+    samples = (np.random.default_rng(rate).standard_normal(5 * rate) * 0.3).astype(np.float32)
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    frame = av.AudioFrame.from_ndarray(samples[None, :], format="flt", layout="mono")
+    frame.sample_rate = rate
+    whole = np.concatenate([f.to_ndarray()[0] for f in (*resampler.resample(frame), *resampler.resample(None))])
+    pieces = _swr_resample(samples, rate)
+    assert len(pieces) == -(-len(samples) * SAMPLE_RATE // rate) and len(whole) >= len(pieces)
+    # the same filter over the same samples; at 24001 Hz its phase steps round a little otherwise in pieces
+    np.testing.assert_allclose(pieces, whole[:len(pieces)], rtol=0, atol=1e-4 if rate == 24001 else 0)
+
+
 @pytest.mark.parametrize("rate", [997, 11025, 24001, 47999])
 def test_every_rate_keeps_its_pitch_and_length(rate):
     # rates whose resampler bank would be large go through libswresample: the same tone, as long
