@@ -158,17 +158,19 @@ class Anatomy:
         self._inside_fused = False
         self._inside_read = 0
         self._to_device = False
-        self._host: dict[int, weakref.ref] = {}  # storage address -> a live tensor on it
+        self._host: dict[int, list[weakref.ref]] = {}  # storage address -> tensors on it (a view outlives its base)
         self._modes = (_Calls(self), _Kernels(self))
 
     def _on_host(self, tensor: torch.Tensor) -> bool:
-        ref = self._host.get(tensor.untyped_storage().data_ptr())
-        return ref is not None and ref() is not None  # the marked tensor still holds that storage
+        refs = self._host.get(tensor.untyped_storage().data_ptr(), [])
+        return any(ref() is not None for ref in refs)  # a marked tensor still holds that storage
 
     def mark_host(self, tensor: torch.Tensor) -> None:
-        """`tensor` (and every view of its storage) lives on the host: reading it is free."""
-        if not self._on_host(tensor):  # keep the first live owner of the storage, not a passing view
-            self._host[tensor.untyped_storage().data_ptr()] = weakref.ref(tensor)
+        """`tensor` (and every view of its storage) lives on the host: reading it is free. Every
+        marked tensor is kept (weakly): a view made on the host still counts once its base is gone."""
+        address = tensor.untyped_storage().data_ptr()
+        refs = self._host.get(address, []) if self._on_host(tensor) else []  # storage reused: forget the dead
+        self._host[address] = [ref for ref in refs if ref() is not None] + [weakref.ref(tensor)]
 
     def __enter__(self) -> Anatomy:
         for mode in self._modes:
