@@ -227,6 +227,7 @@ def measure(model, plain: dict, clone: dict, batch_sizes: tuple[int, ...] = (1, 
     captured step for each batch size."""
     from ..core.sampling import SamplingParams
     from ..engine.batch import Batch, bucket_length
+    from ..engine.model_runner import PREFILL_PACK_TOKENS
     from ..engine.prefix_cache import PrefixCache
     from ..engine.scheduler import STEPS_PER_SYNC
     from ..engine.sequence import EngineRequest, Sequence
@@ -291,6 +292,13 @@ def measure(model, plain: dict, clone: dict, batch_sizes: tuple[int, ...] = (1, 
         figures[f"prefill_kernels{suffix}"] = prefill.kernels
         figures[f"prefill_syncs{suffix}"] = prefill.syncs
         figures[f"prefill_tokens{suffix}"] = batch.runner.prefilled_tokens
+    del batch
+    # Four cloned voices joining together: one packed prefill (CUDA's default, forced on any device).
+    batch = Batch(model, 4, max_len, STEPS_PER_SYNC, pack_tokens=PREFILL_PACK_TOKENS)
+    with torch.inference_mode(), Anatomy() as packed:
+        batch.admit_many([(Sequence(EngineRequest(clone, params, slot), ignore_eos=True), slot) for slot in range(4)])
+    figures["prefill_kernels_4_packed"] = packed.kernels
+    figures["prefill_syncs_4_packed"] = packed.syncs
     figures["first_audio_frames"] = first_audio_frames(model.config.num_codebooks)
     del batch
 
