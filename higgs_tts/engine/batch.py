@@ -1,6 +1,7 @@
 """The decode loop over the slots of one static KV cache.
 
-    admit(sequence, slot):  prefill the prompt with the model's own forward into the slot
+    admit_many(joining):    prefill the joining prompts into their slots, packed into one pass
+                            over the weights where packing is on (CUDA)
     launch():               `steps_per_sync` decode steps for every occupied slot, then one
                             device-to-host copy of the burst's columns (an event marks it)
     collect(burst):         wait for that copy (the only host sync of a burst) and hand out
@@ -27,7 +28,7 @@ import torch
 
 from ..core.codes import STREAM_BOS, STREAM_EOS
 from .graphs import StepGraphs
-from .model_runner import ModelRunner
+from .model_runner import CPU_PREFILL_PACK, PREFILL_PACK_TOKENS, ModelRunner
 from .prefix_cache import PrefixCache
 from .sampler import SamplingTensors, forced_codes, gumbel_noise, sample
 from .sequence import Sequence
@@ -64,8 +65,12 @@ class Burst:
 
 class Batch:
     def __init__(self, model, capacity: int, max_len: int, steps_per_sync: int = 16, use_cuda_graphs: bool = False,
-                 pad_rows: bool = False, prefix_cache: PrefixCache | None = None) -> None:
+                 pad_rows: bool = False, prefix_cache: PrefixCache | None = None,
+                 pack_tokens: int | None = None) -> None:
         self.runner = runner = ModelRunner(model, max_len, prefix_cache)
+        # New tokens a packed prefill runs at once; 1 prefills each sequence alone (a CPU's default:
+        # a GEMM over more rows may round otherwise, and a request's audio is the same alone or in a crowd).
+        self.pack_tokens = pack_tokens or (PREFILL_PACK_TOKENS if runner.device.type == "cuda" else CPU_PREFILL_PACK)
         self.capacity, self.max_len, self.steps_per_sync = capacity, max_len, steps_per_sync
         self.pad_rows = pad_rows
         self.device = device = runner.device
@@ -104,15 +109,30 @@ class Batch:
     def free_slots(self) -> list[int]:
         return [s for s in range(self.capacity) if s not in self.sequences]
 
-    @torch.inference_mode()
     def admit(self, sequence: Sequence, slot: int) -> None:
         """Prefill `sequence` into `slot`; it samples its first column in the next burst."""
-        if sequence.needed_len > self.max_len:
-            raise ValueError(f"a prompt of {sequence.prompt_len} positions plus max_new_tokens "
-                             f"{sequence.max_new_tokens} does not fit a cache of {self.max_len}")
+        self.admit_many([(sequence, slot)])
+
+    @torch.inference_mode()
+    def admit_many(self, joining: list[tuple[Sequence, int]]) -> None:
+        """Prefill every sequence into its slot, packed (`pack_tokens` new tokens a pass) where
+        packing is on, else one by one; they sample their first columns in the next burst."""
+        for sequence, _ in joining:
+            if sequence.needed_len > self.max_len:
+                raise ValueError(f"a prompt of {sequence.prompt_len} positions plus max_new_tokens "
+                                 f"{sequence.max_new_tokens} does not fit a cache of {self.max_len}")
+        self._fit_window(max(sequence.request.params.ras_win_len for sequence, _ in joining))
+        packs = [joining] if self.pack_tokens > 1 else [[item] for item in joining]
+        for pack in packs:
+            logits = self.runner.prefill_many([(s.request.inputs, slot) for s, slot in pack], self.cache,
+                                              self.pack_tokens)
+            for (sequence, slot), row in zip(pack, logits, strict=True):
+                self.logits[slot] = row
+                self._start_row(sequence, slot)
+
+    def _start_row(self, sequence: Sequence, slot: int) -> None:
+        """The row's settings and state for a prefilled `sequence`."""
         request = sequence.request
-        self._fit_window(request.params.ras_win_len)
-        self.logits[slot] = self.runner.prefill(request.inputs, self.cache, slot)
         row = slice(slot, slot + 1)  # a one-element slice: fill_ takes the value as an argument, no copy
         self.positions[row].fill_(sequence.prompt_len)
         self.steps[row].fill_(0)

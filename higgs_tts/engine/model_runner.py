@@ -1,5 +1,5 @@
-"""The model on the engine's terms: prefill with the model's own forward, and the audio decode step
-written out as few kernels as torch's own operators allow.
+"""The model on the engine's terms: prefill with the model's own layers (several prompts packed
+into one pass), and the audio decode step written out as few kernels as torch's own operators allow.
 
 An audio step only needs attention, the audio-side norms and MLPs ("DualFFN") and the audio head.
 Per layer (13 kernels on CPU and CUDA, counted by `higgs-tts bench --anatomy`):
@@ -27,6 +27,9 @@ from .prefix_cache import BLOCK, PrefixCache, prompt_blocks
 
 log = logging.getLogger(__name__)
 
+PREFILL_PACK_TOKENS = 4096  # new prompt tokens one packed prefill runs at most (a longer prompt runs alone)
+CPU_PREFILL_PACK = 1  # on a CPU: each prompt alone (a GEMM over more rows may round otherwise)
+
 
 @dataclass
 class FusedLayer:
@@ -41,6 +44,23 @@ class FusedLayer:
     gate_up: torch.Tensor  # [2 I, H]: a view source of audio_mlp gate_proj and up_proj weights
     down: torch.Tensor  # [H, I]
     eps: float
+
+
+@dataclass
+class _Prompt:
+    """A prompt's host-side plan: positions hit..length-1 are run into `slot`."""
+
+    slot: int
+    hit: int  # positions its prefix from the prefix cache holds
+    length: int
+    new_ids: torch.Tensor  # [S'] host
+    new_audio: torch.Tensor  # [S'] bool host: which new positions are audio
+    frames: torch.Tensor | None  # [A', K] on the device: the new audio positions' codes
+    blocks: list[bytes]  # its prefix-cache keys
+
+    @property
+    def count(self) -> int:
+        return self.length - self.hit
 
 
 _FUSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its fused layers
@@ -140,17 +160,56 @@ class ModelRunner:
 
     @torch.inference_mode()
     def prefill(self, inputs: dict[str, torch.Tensor], cache: StaticKVCache, slot: int) -> torch.Tensor:
-        """Run the prompt into `slot`, after its longest prefix in the prefix cache; returns the last
-        logits `[K, V]`.
+        """One prompt into `slot`: `prefill_many` with a list of one; the last logits `[K, V]`."""
+        return self.prefill_many([(inputs, slot)], cache)[0]
 
-        Static shapes throughout: what depends on the prompt's content (which positions are audio,
-        how many tokens the cache already holds) is worked out on the host from one copy of the ids
-        and codes, and sent back in one copy; the forward itself never waits for the device.
+    @torch.inference_mode()
+    def prefill_many(self, items: list[tuple[dict[str, torch.Tensor], int]], cache: StaticKVCache,
+                     pack_tokens: int = PREFILL_PACK_TOKENS) -> list[torch.Tensor]:
+        """Run each prompt into its slot, after its longest prefix in the prefix cache; returns each
+        prompt's last logits `[K, V]`.
+
+        The prompts' new tokens run packed, up to `pack_tokens` of them a pass (a longer prompt runs
+        alone): one pass over the weights serves them all. Static shapes throughout: what depends on
+        the prompts' content (which positions are audio, how many tokens the cache already holds)
+        is worked out on the host from one copy of every prompt's ids and codes, and sent back in
+        one copy per pack; the forward itself never waits for the device.
         """
-        ids = inputs["input_ids"][0].to("cpu", copy=True)  # [S] (a host sync: the prompt's ids)
-        audio = inputs.get("audio_input_ids")  # [1, A, K] on the device
-        codes = audio[0].to("cpu", copy=True) if audio is not None else \
-            torch.zeros((0, self.num_codebooks), dtype=torch.long)
+        prompts = self._host_prompts(items)
+        plans = [self._plan(inputs, slot, ids, codes, cache) for (inputs, slot), (ids, codes) in
+                 zip(items, prompts, strict=True)]
+        packs: list[list[_Prompt]] = [[]]
+        for plan in plans:
+            if packs[-1] and sum(p.count for p in packs[-1]) + plan.count > pack_tokens:
+                packs.append([])
+            packs[-1].append(plan)
+        logits = [row for pack in packs for row in self._prefill_pack(pack, cache)]
+        self.prefilled_tokens = sum(p.count for p in plans)
+        return logits
+
+    def _host_prompts(self, items) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every prompt's ids `[S]` and audio codes `[A, K]` on the host, in one copy (a host sync)."""
+        parts = []
+        for inputs, _ in items:
+            parts.append(inputs["input_ids"][0])
+            audio = inputs.get("audio_input_ids")
+            if audio is not None:
+                parts.append(audio[0].reshape(-1))
+        host = torch.cat(parts).to("cpu", copy=True)
+        prompts, offset = [], 0
+        for inputs, _ in items:
+            length = inputs["input_ids"].shape[1]
+            ids, offset = host[offset:offset + length], offset + length
+            audio = inputs.get("audio_input_ids")
+            frames = 0 if audio is None else audio.shape[1]
+            codes = host[offset:offset + frames * self.num_codebooks].view(frames, self.num_codebooks)
+            prompts.append((ids, codes))
+            offset += frames * self.num_codebooks
+        return prompts
+
+    def _plan(self, inputs, slot: int, ids: torch.Tensor, codes: torch.Tensor, cache: StaticKVCache) -> _Prompt:
+        """A prompt's host-side work: its prefix from the prefix cache (copied into its slot), and
+        which of its new positions are audio."""
         length = ids.shape[0]
         is_audio = torch.isin(ids, torch.tensor(self.audio_ids))  # [S] host
         blocks, hit = [], 0
@@ -160,56 +219,85 @@ class ModelRunner:
             hit, cached = self.prefix_cache.lookup(blocks, limit=(length - 1) // BLOCK)
             for layer, kv in zip(cache.layers, cached, strict=False):
                 layer[slot, :hit] = kv
-        # The host's plan for positions hit..S-1: their ids, which are audio, where each path's rows are.
-        new_audio = is_audio[hit:]
-        audio_rows, text_rows = new_audio.nonzero()[:, 0], (~new_audio).nonzero()[:, 0]
-        plan = torch.cat([ids[hit:], new_audio.long(), audio_rows, text_rows]).to(self.device, copy=True)  # one copy
-        count, audio_count = length - hit, audio_rows.shape[0]
-        new_ids, audio_mask = plan[:count], plan[count:2 * count].bool()
-        audio_rows, text_rows = plan[2 * count:2 * count + audio_count], plan[2 * count + audio_count:]
         skipped = int(is_audio[:hit].sum())  # audio positions in the cached prefix (host)
+        new_audio = is_audio[hit:]
+        audio = inputs.get("audio_input_ids")
+        frames = audio[0, skipped:skipped + int(new_audio.sum())] if audio is not None else None  # [A', K]
+        return _Prompt(slot, hit, length, ids[hit:], new_audio, frames, blocks)
 
-        hidden = self.decoder.embed_tokens(new_ids)  # [S', H]
+    def _prefill_pack(self, pack: list[_Prompt], cache: StaticKVCache) -> list[torch.Tensor]:
+        """One pass over the weights for the packed new tokens of `pack` (`[sum S', H]`)."""
+        starts, start = [], 0
+        for p in pack:
+            starts.append(start)
+            start += p.count
+        total = start
+        # The host's plan for the packed tokens: ids, which are audio, where each path's rows are,
+        # each token's position, each prompt's last row: one copy to the device.
+        new_audio = torch.cat([p.new_audio for p in pack])
+        audio_rows, text_rows = new_audio.nonzero()[:, 0], (~new_audio).nonzero()[:, 0]
+        positions = torch.cat([torch.arange(p.hit, p.length) for p in pack])
+        lasts = torch.tensor([s + p.count - 1 for s, p in zip(starts, pack, strict=True)])
+        plan = torch.cat([torch.cat([p.new_ids for p in pack]), new_audio.long(), audio_rows, text_rows, positions,
+                          lasts]).to(self.device, copy=True)  # one copy
+        audio_count = audio_rows.shape[0]
+        new_ids, audio_mask = plan[:total], plan[total:2 * total].bool()
+        audio_rows = plan[2 * total:2 * total + audio_count]
+        text_rows = plan[2 * total + audio_count:3 * total]
+        positions, lasts = plan[3 * total:4 * total], plan[4 * total:]
+
+        hidden = self.decoder.embed_tokens(new_ids)  # [T, H]
         if audio_count:
-            frames = audio[0, skipped:skipped + audio_count]  # [A', K]
+            frames = torch.cat([p.frames for p in pack if p.frames is not None])  # [A', K]
             hidden.index_copy_(0, audio_rows, F.embedding_bag(frames + self.offsets, self.embedding, mode="sum"))
-        cos, sin = self.cos[hit:length][:, None, :], self.sin[hit:length][:, None, :]
-        visible = torch.arange(length, device=self.device) <= torch.arange(hit, length, device=self.device)[:, None]
+        rope = self.cos[positions][:, None, :], self.sin[positions][:, None, :]  # [T, 1, D]
+        # Each prompt's causal mask over its slot's positions 0..S-1: [S', S]
+        spans = [(start, p.slot, p.hit, p.length, torch.arange(p.length, device=self.device) <=
+                  torch.arange(p.hit, p.length, device=self.device)[:, None])
+                 for start, p in zip(starts, pack, strict=True)]
         for index, (layer, w) in enumerate(zip(self.decoder.layers, self.layers, strict=True)):
-            hidden = self._prefill_layer(layer, w, hidden, cache.layers[index][slot], hit, length, (cos, sin),
-                                         visible, audio_mask, audio_rows, text_rows)
+            hidden = self._prefill_layer(layer, w, hidden, cache.layers[index], spans, rope, audio_mask, audio_rows,
+                                         text_rows)
         if self.prefix_cache is not None:
-            self.prefix_cache.store(blocks, [layer[slot, :length] for layer in cache.layers])
-        self.prefilled_tokens = count
-        last = F.rms_norm(hidden[-1:], (self.hidden_size,), self.final_norm, self.final_eps)
-        return F.linear(last, self.head).float().view(self.num_codebooks, self.codebook_size)
+            for p in pack:
+                self.prefix_cache.store(p.blocks, [layer[p.slot, :p.length] for layer in cache.layers])
+        last = F.rms_norm(hidden.index_select(0, lasts), (self.hidden_size,), self.final_norm, self.final_eps)
+        return list(F.linear(last, self.head).float().view(len(pack), self.num_codebooks, self.codebook_size))
 
-    def _prefill_layer(self, layer, w: FusedLayer, hidden: torch.Tensor, kv: torch.Tensor, start: int, end: int,
-                       rope: tuple[torch.Tensor, torch.Tensor], visible: torch.Tensor, audio_mask: torch.Tensor,
+    def _prefill_layer(self, layer, w: FusedLayer, hidden: torch.Tensor, kv: torch.Tensor, spans: list,
+                       rope: tuple[torch.Tensor, torch.Tensor], audio_mask: torch.Tensor,
                        audio_rows: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
-        """One decoder layer over a prompt's tokens start..end-1 (hidden `[S', H]`), text tokens through
-        the text norms and MLP, audio positions through the audio ones, as the model's forward does;
-        keys and values go into `kv` (the slot's `[L, 2, Hkv, D]`)."""
+        """One decoder layer over packed prompt tokens (hidden `[T, H]`), text tokens through the
+        text norms and MLP, audio positions through the audio ones, as the model's forward does.
+        Per prompt (`spans`: its first packed row, slot, positions hit..S-1 and causal mask), keys
+        and values go into its slot of `kv` (`[B, L, 2, Hkv, D]`) and attention reads that slot."""
         count, size = hidden.shape
         audio_mask = audio_mask[:, None]
         x = torch.where(audio_mask, F.rms_norm(hidden, (size,), w.input_norm, w.eps),
                         layer.input_layernorm(hidden))
-        qkv = _linear(x, w.qkv, w.qkv_bias).view(count, -1, self.head_dim)  # [S', Hq + 2 Hkv, D]
+        qkv = _linear(x, w.qkv, w.qkv_bias).view(count, -1, self.head_dim)  # [T, Hq + 2 Hkv, D]
         q = qkv[:, :self.q_heads]
         k = qkv[:, self.q_heads:self.q_heads + self.kv_heads]
+        v = qkv[:, self.q_heads + self.kv_heads:]
         cos, sin = rope
-        kv[start:end, 0] = k * cos + k.roll(self.head_dim // 2, dims=-1) * sin
-        kv[start:end, 1] = qkv[:, self.q_heads + self.kv_heads:]
+        k = k * cos + k.roll(self.head_dim // 2, dims=-1) * sin
         q = q * cos + q.roll(self.head_dim // 2, dims=-1) * sin
-        keys, values = kv[:end, 0].transpose(0, 1), kv[:end, 1].transpose(0, 1)  # [Hkv, T, D]
-        # The query heads that share a KV head become that head's rows ([Hkv, G S', D], the mask
-        # repeated per group): GQA without repeating K/V, and a mask the fused kernels take.
         groups = self.q_heads // self.kv_heads
-        grouped = q.view(count, self.kv_heads, groups, self.head_dim).permute(1, 2, 0, 3)
-        out = F.scaled_dot_product_attention(grouped.reshape(1, self.kv_heads, groups * count, self.head_dim),
-                                             keys[None], values[None], attn_mask=visible.repeat(groups, 1),
-                                             scale=self.scaling)  # [1, Hkv, G S', D]
-        out = out.view(self.kv_heads, groups, count, self.head_dim).permute(2, 0, 1, 3).reshape(count, -1)
+        outs = []
+        for first, slot, start, end, visible in spans:
+            rows = slice(first, first + end - start)
+            kv[slot, start:end, 0] = k[rows]
+            kv[slot, start:end, 1] = v[rows]
+            keys, values = kv[slot, :end, 0].transpose(0, 1), kv[slot, :end, 1].transpose(0, 1)  # [Hkv, S, D]
+            # The query heads that share a KV head become that head's rows ([Hkv, G S', D], the mask
+            # repeated per group): GQA without repeating K/V, and a mask the fused kernels take.
+            n = end - start
+            grouped = q[rows].view(n, self.kv_heads, groups, self.head_dim).permute(1, 2, 0, 3)
+            out = F.scaled_dot_product_attention(grouped.reshape(1, self.kv_heads, groups * n, self.head_dim),
+                                                 keys[None], values[None], attn_mask=visible.repeat(groups, 1),
+                                                 scale=self.scaling)  # [1, Hkv, G S', D]
+            outs.append(out.view(self.kv_heads, groups, n, self.head_dim).permute(2, 0, 1, 3).reshape(n, -1))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
         hidden = _linear(out, w.o_proj, w.o_bias, residual=hidden)
         x = torch.where(audio_mask, F.rms_norm(hidden, (size,), w.post_norm, w.eps),
                         layer.post_attention_layernorm(hidden))

@@ -1,7 +1,8 @@
 """Continuous batching, and the engine's one loop: `step()` = schedule -> run -> postprocess.
 
     submit(request) -> Sequence   from any thread; `sequence.pieces()` yields its columns
-    step():                       admit waiting sequences into free slots (prefill), launch one
+    step():                       admit waiting sequences into free slots (one packed prefill on
+                                  CUDA, each alone on a CPU), launch one
                                   burst for every occupied slot, hand out the columns of the last
                                   burst and retire ended or cancelled sequences
     start():                      run `step()` in an engine thread of its own (the servers);
@@ -51,13 +52,14 @@ class EngineBusy(RuntimeError):
 class Scheduler:
     def __init__(self, model, slots: int = 8, max_len: int = 4096, max_waiting: int = 32,
                  steps_per_sync: int = STEPS_PER_SYNC, use_cuda_graphs: bool | None = None,
-                 pad_rows: bool | None = None, pipelined: bool | None = None, prefix_cache_bytes: int = 0) -> None:
+                 pad_rows: bool | None = None, pipelined: bool | None = None, prefix_cache_bytes: int = 0,
+                 prefill_pack_tokens: int | None = None) -> None:
         on_cuda = model.device.type == "cuda"
         graphs = on_cuda if use_cuda_graphs is None else use_cuda_graphs
         # Padding rows to bucket sizes bounds the graphs captured; eager steps gain nothing by it.
         self.batch = Batch(model, slots, max_len, steps_per_sync, use_cuda_graphs=graphs,
                            pad_rows=graphs if pad_rows is None else pad_rows,
-                           prefix_cache=prefix_cache_for(model, prefix_cache_bytes))
+                           prefix_cache=prefix_cache_for(model, prefix_cache_bytes), pack_tokens=prefill_pack_tokens)
         # On a CPU the copy is done at once: nothing to overlap, and hand-outs would come a burst late.
         self.pipelined = on_cuda if pipelined is None else pipelined
         self.slots, self.max_len, self.max_requests = slots, max_len, slots + max_waiting
@@ -136,7 +138,22 @@ class Scheduler:
         if joining and self.batch.device.type == "cuda":
             # Requests were put on the device by their own threads, on the default stream.
             torch.cuda.current_stream(self.batch.device).wait_stream(torch.cuda.default_stream(self.batch.device))
+        if not joining:
+            return
+        try:
+            self.batch.admit_many(joining)  # one packed prefill where packing is on
+            return
+        except Exception as exc:
+            if _is_device_error(exc):
+                raise
+            if len(joining) == 1:
+                log.warning("prefill failed: %s", exc)
+                joining[0][0].finish(exc)
+                return
+            log.warning("packed prefill failed (%s): each sequence is prefilled alone", exc)
         for sequence, slot in joining:
+            if self.batch.sequences.get(slot) is sequence:  # admitted before the failure
+                continue
             try:
                 self.batch.admit(sequence, slot)
             except Exception as exc:  # e.g. out of memory in one prefill: that request fails alone

@@ -158,17 +158,19 @@ class Anatomy:
         self._inside_fused = False
         self._inside_read = 0
         self._to_device = False
-        self._host: dict[int, weakref.ref] = {}  # storage address -> a live tensor on it
+        self._host: dict[int, list[weakref.ref]] = {}  # storage address -> tensors on it (a view outlives its base)
         self._modes = (_Calls(self), _Kernels(self))
 
     def _on_host(self, tensor: torch.Tensor) -> bool:
-        ref = self._host.get(tensor.untyped_storage().data_ptr())
-        return ref is not None and ref() is not None  # the marked tensor still holds that storage
+        refs = self._host.get(tensor.untyped_storage().data_ptr(), [])
+        return any(ref() is not None for ref in refs)  # a marked tensor still holds that storage
 
     def mark_host(self, tensor: torch.Tensor) -> None:
-        """`tensor` (and every view of its storage) lives on the host: reading it is free."""
-        if not self._on_host(tensor):  # keep the first live owner of the storage, not a passing view
-            self._host[tensor.untyped_storage().data_ptr()] = weakref.ref(tensor)
+        """`tensor` (and every view of its storage) lives on the host: reading it is free. Every
+        marked tensor is kept (weakly): a view made on the host still counts once its base is gone."""
+        address = tensor.untyped_storage().data_ptr()
+        refs = self._host.get(address, []) if self._on_host(tensor) else []  # storage reused: forget the dead
+        self._host[address] = [ref for ref in refs if ref() is not None] + [weakref.ref(tensor)]
 
     def __enter__(self) -> Anatomy:
         for mode in self._modes:
@@ -225,6 +227,7 @@ def measure(model, plain: dict, clone: dict, batch_sizes: tuple[int, ...] = (1, 
     captured step for each batch size."""
     from ..core.sampling import SamplingParams
     from ..engine.batch import Batch, bucket_length
+    from ..engine.model_runner import PREFILL_PACK_TOKENS
     from ..engine.prefix_cache import PrefixCache
     from ..engine.scheduler import STEPS_PER_SYNC
     from ..engine.sequence import EngineRequest, Sequence
@@ -289,6 +292,13 @@ def measure(model, plain: dict, clone: dict, batch_sizes: tuple[int, ...] = (1, 
         figures[f"prefill_kernels{suffix}"] = prefill.kernels
         figures[f"prefill_syncs{suffix}"] = prefill.syncs
         figures[f"prefill_tokens{suffix}"] = batch.runner.prefilled_tokens
+    del batch
+    # Four cloned voices joining together: one packed prefill (CUDA's default, forced on any device).
+    batch = Batch(model, 4, max_len, STEPS_PER_SYNC, pack_tokens=PREFILL_PACK_TOKENS)
+    with torch.inference_mode(), Anatomy() as packed:
+        batch.admit_many([(Sequence(EngineRequest(clone, params, slot), ignore_eos=True), slot) for slot in range(4)])
+    figures["prefill_kernels_4_packed"] = packed.kernels
+    figures["prefill_syncs_4_packed"] = packed.syncs
     figures["first_audio_frames"] = first_audio_frames(model.config.num_codebooks)
     del batch
 

@@ -99,3 +99,72 @@ def test_flash_attention_over_the_padded_cache_equals_sdpa(settings):
     runner.use_flash = True
     got = runner.attention(q, cache, 0, (positions + 1).to(torch.int32), None)
     assert torch.allclose(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+
+
+def packed_prompts(loaded):
+    """Three prompts of different lengths: plain text, a cloned voice (audio positions), and one
+    whose voice's prefix the prefix cache holds (after `warm`)."""
+    from higgs_tts.core.prompt import PromptRenderer, PromptVoice, build_prompt
+
+    renderer = PromptRenderer(loaded.processor)
+
+    def voice(seed: int) -> PromptVoice:
+        codes = torch.randint(0, 1024, (150, 8), generator=torch.Generator().manual_seed(seed))
+        return PromptVoice(description="d", transcript="Twas the night before.", frames=codes, is_clone=True)
+
+    def prompt(text, voices):
+        return renderer.inputs(build_prompt(text, transcript=text, voices=voices, scene=""))
+
+    warm = prompt("An earlier request.", [voice(1)])
+    return warm, [prompt("Hello there.", []), prompt("A cloned voice speaks.", [voice(0)]),
+                  prompt("The cached voice again, with other words.", [voice(1)])]
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("pack_tokens", [4096, 200], ids=["one-pack", "split"])
+def test_a_packed_prefill_equals_each_prompt_alone(loaded, pack_tokens):
+    from higgs_tts.engine.prefix_cache import PrefixCache
+
+    warm, prompts = packed_prompts(loaded)
+    lengths = [int(p["input_ids"].shape[1]) for p in prompts]
+    runs = []
+    for packed in (False, True):
+        runner = ModelRunner(loaded.model, 1024, PrefixCache(2**30))
+        cache = runner.allocate_cache(4)
+        runner.prefill(warm, cache, 3)  # the third prompt's voice is cached from here on
+        items = [(p, slot) for slot, p in enumerate(prompts)]
+        if packed:
+            logits = runner.prefill_many(items, cache, pack_tokens)
+            assert runner.prefilled_tokens < sum(lengths) - 64  # the cached voice's prefix was not run again
+        else:
+            logits = [runner.prefill(p, cache, slot) for p, slot in items]
+        runs.append((logits, cache))
+    (alone, alone_cache), (packed, packed_cache) = runs
+    for slot, length in enumerate(lengths):
+        assert torch.allclose(packed[slot], alone[slot], atol=1e-5, rtol=1e-5), (packed[slot] - alone[slot]).abs().max()
+        for want, got in zip(alone_cache.layers, packed_cache.layers, strict=True):
+            assert torch.allclose(got[slot, :length], want[slot, :length], atol=1e-5, rtol=1e-5)
+
+
+@torch.inference_mode()
+def test_a_packed_admission_costs_one_host_copy_each_way_and_the_settings(loaded):
+    from higgs_tts.core.sampling import SamplingParams
+    from higgs_tts.engine.batch import Batch
+    from higgs_tts.engine.prefix_cache import PrefixCache
+    from higgs_tts.engine.sequence import EngineRequest, Sequence
+    from higgs_tts.tools.anatomy import Anatomy
+
+    warm, prompts = packed_prompts(loaded)
+    prompts = [*prompts, warm]
+    params = SamplingParams(max_new_tokens=16)
+    syncs = {}
+    for count in (1, 4):
+        batch = Batch(loaded.model, 4, 1024, prefix_cache=PrefixCache(2**30), pack_tokens=4096)
+        with Anatomy() as counted:
+            batch.admit_many([(Sequence(EngineRequest(p, params, slot)), slot) for slot, p in
+                              enumerate(prompts[:count])])
+        syncs[count] = counted.syncs
+        assert sorted(batch.sequences) == list(range(count))
+    print(syncs)
+    # every prompt's ids and codes to the host in one copy, one plan back, each row's settings
+    assert all(syncs[count] <= count + 2 for count in syncs), (syncs, counted.sync_kinds)

@@ -145,3 +145,42 @@ def test_double_buffered_bursts_hand_out_the_same_codes(loaded, requests, pipeli
         scheduler.close()
     for got, want in zip(outputs, alone, strict=True):
         assert_codes_agree(got, want, loaded.device)
+
+
+def drive(scheduler: Scheduler, sequences: list) -> list[torch.Tensor]:
+    """Run the scheduler in this thread until every sequence has ended; their columns."""
+    pieces: list[list[torch.Tensor]] = [[] for _ in sequences]
+    while not scheduler.idle:
+        scheduler.step()
+        for index, sequence in enumerate(sequences):
+            pieces[index].extend(sequence.ready())
+    return [torch.cat(p) for p in pieces]
+
+
+def test_a_packed_prefill_gives_greedy_codes_equal_to_each_alone(loaded, requests):
+    greedy = [dataclasses.replace(r, params=GREEDY) for r in requests]
+    alone = [Engine(loaded.model).generate([r])[0] for r in greedy]
+    scheduler = Scheduler(loaded.model, slots=4, max_len=1024, prefill_pack_tokens=4096)  # packing on, any device
+    sequences = [scheduler.submit(r) for r in greedy]
+    scheduler.admit()
+    assert len(scheduler.batch.sequences) == 4
+    assert scheduler.batch.runner.prefilled_tokens == sum(s.prompt_len for s in sequences)  # one prefill for all
+    for got, want in zip(drive(scheduler, sequences), alone, strict=True):
+        assert_codes_agree(got, want, loaded.device)
+
+
+def test_a_pack_whose_one_prompt_fails_admits_the_others(loaded, requests):
+    broken = dict(requests[1].inputs)
+    broken["input_ids"] = broken["input_ids"].clone()
+    broken["input_ids"][0, 3] = loaded.model.model.embed_tokens.num_embeddings + 7  # no such token: the embedding fails
+    jobs = [requests[0], dataclasses.replace(requests[1], inputs=broken), requests[2]]
+    alone = [Engine(loaded.model).generate([r])[0] for r in (jobs[0], jobs[2])]
+    scheduler = Scheduler(loaded.model, slots=3, max_len=1024, prefill_pack_tokens=4096)
+    sequences = [scheduler.submit(r) for r in jobs]
+    scheduler.admit()
+    assert sorted(s.request.seed for s in scheduler.batch.sequences.values()) == [0, 2]
+    with pytest.raises(IndexError):
+        list(sequences[1].pieces())
+    outputs = drive(scheduler, [sequences[0], sequences[2]])
+    for got, want in zip(outputs, alone, strict=True):
+        assert_codes_agree(got, want, loaded.device)
