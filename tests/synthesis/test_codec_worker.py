@@ -12,7 +12,7 @@ import torch
 from conftest import wait_until
 
 from higgs_tts.core.checkpoint import ModelCache
-from higgs_tts.synthesis.codec_worker import CodecWorker
+from higgs_tts.synthesis.codec_worker import CodecStats, CodecWorker
 from higgs_tts.synthesis.models import ModelHolder
 
 # A piece in a batch equals itself alone within float rounding: the tiny codec's peak is about
@@ -60,52 +60,43 @@ def submit_behind_gate(worker: CodecWorker, gated: GatedCodec, pieces: list[torc
     return first, futures
 
 
-def test_pieces_from_many_threads_are_batched_and_equal_their_decode_alone(loaded):
+def decode_queued(loaded, pieces: list[torch.Tensor], max_batch: int | None = BATCH) -> tuple[list, list, CodecStats]:
+    """`pieces` queued behind a held first piece, then the gate opened: (each call's shape, each
+    piece's audio, the worker's counts). `max_batch` None is the worker's default for the device."""
     gated = GatedCodec(loaded.codec)
-    worker = CodecWorker(gated, loaded.device, BATCH)
-    pieces = random_frames(6, 104, seed=1)
+    worker = CodecWorker(gated, loaded.device) if max_batch is None else CodecWorker(gated, loaded.device, max_batch)
     try:
-        with ThreadPoolExecutor(8) as pool:
+        with ThreadPoolExecutor(len(pieces) + 2) as pool:
             first, futures = submit_behind_gate(worker, gated, pieces, pool)
             gated.open.set()
             first.result(60)
             results = [future.result(60) for future in futures]
     finally:
         worker.close()
+    assert (worker.stats.calls, worker.stats.pieces) == (len(gated.shapes), len(pieces) + 1)
+    return gated.shapes, results, worker.stats
+
+
+def test_pieces_from_many_threads_are_batched_and_equal_their_decode_alone(loaded):
+    pieces = random_frames(6, 104, seed=1)
+    shapes, results, stats = decode_queued(loaded, pieces)
     for piece, got in zip(pieces, results, strict=True):
         want = alone(loaded, piece)
         assert got.dtype == np.float32 and got.shape == want.shape == (104 * 960,)
         assert np.abs(got - want).max() <= TOLERANCE
-    assert gated.shapes == [(1, 8, 4), (6, 8, 104)]  # one call for the six queued pieces
-    assert (worker.stats.calls, worker.stats.pieces, worker.stats.largest_batch) == (2, 7, 6)
+    assert shapes == [(1, 8, 4), (6, 8, 104)]  # one call for the six queued pieces
+    assert stats.largest_batch == 6
 
 
 def test_the_batch_is_capped(loaded):
-    gated = GatedCodec(loaded.codec)
-    worker = CodecWorker(gated, loaded.device, max_batch=4)
-    try:
-        with ThreadPoolExecutor(12) as pool:
-            first, futures = submit_behind_gate(worker, gated, random_frames(10, 16, seed=2), pool)
-            gated.open.set()
-            [future.result(60) for future in [first, *futures]]
-    finally:
-        worker.close()
-    assert gated.shapes[1:] == [(4, 8, 16), (4, 8, 16), (2, 8, 16)]
+    shapes, _, _ = decode_queued(loaded, random_frames(10, 16, seed=2), max_batch=4)
+    assert shapes[1:] == [(4, 8, 16), (4, 8, 16), (2, 8, 16)]
 
 
 def test_unequal_lengths_are_never_decoded_together_and_the_shortest_go_first(loaded):
-    gated = GatedCodec(loaded.codec)
-    worker = CodecWorker(gated, loaded.device, BATCH)
     pieces = [*random_frames(1, 20, seed=4), *random_frames(2, 16, seed=3), *random_frames(1, 16, seed=5)]
-    try:
-        with ThreadPoolExecutor(6) as pool:
-            first, futures = submit_behind_gate(worker, gated, pieces, pool)
-            gated.open.set()
-            first.result(60)
-            results = [future.result(60) for future in futures]
-    finally:
-        worker.close()
-    assert gated.shapes[1:] == [(3, 8, 16), (1, 8, 20)]  # the longer piece came first, and waits
+    shapes, results, _ = decode_queued(loaded, pieces)
+    assert shapes[1:] == [(3, 8, 16), (1, 8, 20)]  # the longer piece came first, and waits
     for piece, got in zip(pieces, results, strict=True):
         assert got.shape == (piece.shape[0] * 960,)
         assert np.abs(got - alone(loaded, piece)).max() <= TOLERANCE
@@ -134,18 +125,9 @@ def test_a_codec_error_reaches_its_caller_and_the_others_in_its_batch_still_deco
 def test_on_a_cpu_pieces_are_decoded_one_a_call_and_bitwise_equal_alone(loaded):
     if loaded.device.type != "cpu":
         pytest.skip("the CPU's default batch")
-    gated = GatedCodec(loaded.codec)
-    worker = CodecWorker(gated, loaded.device)
     pieces = random_frames(3, 56, seed=11)
-    try:
-        with ThreadPoolExecutor(4) as pool:
-            first, futures = submit_behind_gate(worker, gated, pieces, pool)
-            gated.open.set()
-            first.result(60)
-            results = [future.result(60) for future in futures]
-    finally:
-        worker.close()
-    assert gated.shapes[1:] == [(1, 8, 56)] * 3
+    shapes, results, _ = decode_queued(loaded, pieces, max_batch=None)
+    assert shapes[1:] == [(1, 8, 56)] * 3
     for piece, got in zip(pieces, results, strict=True):
         assert np.array_equal(got, alone(loaded, piece))
 
