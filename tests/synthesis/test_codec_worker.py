@@ -171,17 +171,8 @@ def test_batched_on_its_own_cuda_stream_equals_alone(settings):
     import dataclasses
 
     loaded = ModelCache().get(dataclasses.replace(settings, device="cuda"))[0]
-    gated = GatedCodec(loaded.codec)
-    worker = CodecWorker(gated, loaded.device)
     pieces = [piece.to("cuda") for piece in random_frames(4, 56, seed=10)]  # frames written on the caller's stream
-    try:
-        with ThreadPoolExecutor(6) as pool:
-            first, futures = submit_behind_gate(worker, gated, pieces, pool)
-            gated.open.set()
-            first.result(60)
-            results = [future.result(60) for future in futures]
-    finally:
-        worker.close()
-    assert gated.shapes[1:] == [(4, 8, 56)]
+    shapes, results, _ = decode_queued(loaded, pieces, max_batch=None)
+    assert shapes[1:] == [(4, 8, 56)]
     for piece, got in zip(pieces, results, strict=True):
         assert np.abs(got - alone(loaded, piece)).max() <= 1e-4
