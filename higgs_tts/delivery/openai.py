@@ -8,12 +8,12 @@ import logging
 import threading
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, create_model
 
 from ..core.audio import MAX_SPEED, MIN_SPEED, SAMPLE_RATE
 from ..core.sampling import SamplingParams
@@ -52,13 +52,35 @@ CLIENT_EXTRAS = {
 }
 
 
+VOICE_HELP = "a library voice, OpenAI's name (alias) or several: 'a,b'; or OpenAI's object form {\"id\": name}"
+
+
+def _voice_by_id(value):
+    """OpenAI's object form of `voice` (`{"id": "voice_1234"}`, for its custom voices) is taken as the
+    name in `id`, which the string form would give."""
+    if isinstance(value, dict):
+        if set(value) != {"id"} or not isinstance(value["id"], str):
+            raise ValueError('an object voice is {"id": "<voice name>"} and nothing else')
+        return value["id"]
+    return value
+
+
+Voice = Annotated[
+    str | None,
+    BeforeValidator(_voice_by_id),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "null"}, {
+        "type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"],
+        "additionalProperties": False}], "description": VOICE_HELP}),
+]
+
+
 class _OpenAIFields(BaseModel):
     """OpenAI's `POST /v1/audio/speech` body; the job's generation fields are added as extensions."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     model: str = Field("higgs-audio-v2", max_length=100)
     input: str = Field(description="the text to speak (long texts are chunked by sentences)")
-    voice: str | None = Field(None, description="a library voice, OpenAI's name (alias) or several: 'a,b'")
+    voice: Voice = None
     response_format: OutputFormat = "mp3"
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     instructions: str | None = Field(None, description="the scene prompt")

@@ -103,6 +103,9 @@ def test_openai_client(server, tmp_path):
     audio = client.audio.speech.create(model="higgs-audio-v2", voice="chadwick", input="From the OpenAI client.",
                                        response_format="wav", instructions="A small studio.")
     assert sf.read(io.BytesIO(audio.content))[1] == 24000
+    by_id = client.audio.speech.create(model="higgs-audio-v2", voice={"id": "chadwick"}, response_format="wav",
+                                       input="From the OpenAI client.", instructions="A small studio.")
+    assert sf.read(io.BytesIO(by_id.content))[1] == 24000  # OpenAI's object form of a voice
     target = tmp_path / "streamed.mp3"
     with client.audio.speech.with_streaming_response.create(model="higgs-audio-v2", voice="belinda",
                                                             input="Streaming response.") as response:

@@ -68,8 +68,9 @@ def test_default_aliases_name_voices_of_the_shared_library(voice_prompts):
 def test_alias_speaks_its_target_and_a_library_voice_wins(client, service):
     via_alias = speech(client, input="Alias check.", voice="onyx", response_format="pcm")
     direct = speech(client, input="Alias check.", voice=VoiceAliases.load().mapping["onyx"], response_format="pcm")
-    assert via_alias.status_code == 200, via_alias.text
-    assert via_alias.content == direct.content
+    by_id = speech(client, input="Alias check.", voice={"id": "onyx"}, response_format="pcm")  # OpenAI's object form
+    assert via_alias.status_code == by_id.status_code == 200, via_alias.text
+    assert via_alias.content == direct.content == by_id.content
     service.synthesizer.voices.add("onyx", np.zeros(24000, dtype=np.float32) + 0.01, "A quiet test clip.")
     own = speech(client, input="Alias check.", voice="onyx", response_format="pcm")
     assert own.status_code == 200 and own.content != via_alias.content
@@ -90,6 +91,9 @@ def test_alias_override_file(service, tmp_path):
     ("body", "param", "says"),
     [
         ({"voice": "nobody"}, "voice", "unknown voice 'nobody'"),
+        ({"voice": {"id": "nobody"}}, "voice", "unknown voice 'nobody'"),
+        ({"voice": {"name": "belinda"}}, "voice", 'an object voice is {"id": "<voice name>"}'),
+        ({"voice": ["belinda"]}, "voice", "valid string"),
         ({"input": ""}, "input", "input: must not be empty"),
         ({"input": "x" * 20_001}, "input", "input: 20001 characters"),
         ({"colour": "red"}, "colour", "colour"),
