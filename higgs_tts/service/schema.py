@@ -73,7 +73,21 @@ def sampling_fields() -> dict:
             for k in (*sampling_knobs(), *chunk_knobs())}
 
 
-class _GenerateFields(_Input):
+class _ReferenceFields(_Input):
+    """A reference clip sent with the job, inline or by URL (at most one of the two)."""
+
+    ref_audio_base64: str | None = None
+    ref_audio_url: str | None = Field(None, max_length=4096)  # fetched: https, public addresses (service/fetch.py)
+
+    @field_validator("ref_audio_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().startswith(("https://", "http://")):
+            raise ValueError("must be an https:// URL (http:// only for a host in REF_AUDIO_URL_ALLOWLIST)")
+        return value
+
+
+class _GenerateFields(_ReferenceFields):
     """Generation fields besides the sampling and chunking knobs (those come from core.sampling)."""
 
     action: Literal["generate"] = "generate"
@@ -87,8 +101,6 @@ class _GenerateFields(_Input):
     # Extensions.
     output_format: OutputFormat = "wav"
     ref_audio_in_system_message: bool = False
-    ref_audio_base64: str | None = None
-    ref_audio_url: str | None = Field(None, max_length=4096)  # fetched: https, public addresses (service/fetch.py)
     ref_audio_transcript: str | None = Field(None, max_length=5000)
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)  # playback speed, pitch kept
     stream: bool = False  # RunPod /stream: audio items while generating (a streaming worker only)
@@ -123,13 +135,6 @@ class _GenerateFields(_Input):
                 raise ValueError(f"voice name {name!r} is invalid: use 1 to 64 letters, digits, '_' or '-'")
         return ",".join(names)
 
-    @field_validator("ref_audio_url")
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        if value is not None and not value.lower().startswith(("https://", "http://")):
-            raise ValueError("must be an https:// URL (http:// only for a host in REF_AUDIO_URL_ALLOWLIST)")
-        return value
-
     @field_validator("s3_bucket")
     @classmethod
     def _bucket(cls, value: str | None) -> str | None:
@@ -163,9 +168,8 @@ class _NamedVoice(_Input):
         return value
 
 
-class AddVoiceInput(_NamedVoice):
+class AddVoiceInput(_NamedVoice, _ReferenceFields):
     action: Literal["add_voice"]
-    ref_audio_base64: str
     ref_audio_transcript: str = Field(min_length=1, max_length=5000)
     overwrite: bool = False
     description: str | None = Field(None, max_length=500)  # shown in voice lists; default "Voice cloned from ..."

@@ -172,8 +172,24 @@ class SpeechService:
     def _reference_audio(self, encoded: str, field: str) -> np.ndarray:
         return reference_audio(encoded, field, self.service.max_reference_bytes, self.service.max_reference_seconds)
 
+    def _sent_reference(self, request: GenerateInput | AddVoiceInput) -> np.ndarray | None:
+        """The job's own reference clip at 24 kHz, from `ref_audio_base64` or `ref_audio_url`; None without one."""
+        if request.ref_audio_base64 and request.ref_audio_url:
+            raise InputError("ref_audio_url: send either ref_audio_base64 or ref_audio_url, not both", "ref_audio_url")
+        if request.ref_audio_base64:
+            return self._reference_audio(request.ref_audio_base64, "ref_audio_base64")
+        if request.ref_audio_url:
+            return fetched_reference(request.ref_audio_url, "ref_audio_url", self.service.ref_audio_url_allowlist,
+                                     self.service.max_reference_bytes, self.service.max_reference_seconds,
+                                     self.service.ref_audio_url_timeout)
+        return None
+
     def add_voice(self, request: AddVoiceInput) -> dict:
-        audio = self._reference_audio(request.ref_audio_base64, "ref_audio_base64")
+        if request.ref_audio_base64 is None and not request.ref_audio_url:
+            raise InputError("ref_audio_base64: add_voice needs the voice's clip, in ref_audio_base64 or by "
+                             "ref_audio_url", "ref_audio_base64")
+        audio = (self._sent_reference(request) if request.ref_audio_url  # an empty upload is an empty clip
+                 else self._reference_audio(request.ref_audio_base64, "ref_audio_base64"))
         return self.store_voice(request.voice_name, audio, request.ref_audio_transcript, request.overwrite,
                                 request.description)
 
@@ -236,17 +252,8 @@ class SpeechService:
             )
         if request.ref_audio_transcript and not (request.ref_audio_base64 or request.ref_audio_url):
             raise InputError("ref_audio_transcript: needs ref_audio_base64 or ref_audio_url", "ref_audio_transcript")
-        if request.ref_audio_base64 and request.ref_audio_url:
-            raise InputError("ref_audio_url: send either ref_audio_base64 or ref_audio_url, not both", "ref_audio_url")
-        reference = None
-        if request.ref_audio_base64:
-            audio = self._reference_audio(request.ref_audio_base64, "ref_audio_base64")
-            reference = ReferenceClip(audio=audio, transcript=request.ref_audio_transcript)
-        elif request.ref_audio_url:
-            audio = fetched_reference(request.ref_audio_url, "ref_audio_url", self.service.ref_audio_url_allowlist,
-                                      self.service.max_reference_bytes, self.service.max_reference_seconds,
-                                      self.service.ref_audio_url_timeout)
-            reference = ReferenceClip(audio=audio, transcript=request.ref_audio_transcript)
+        audio = self._sent_reference(request)
+        reference = None if audio is None else ReferenceClip(audio=audio, transcript=request.ref_audio_transcript)
         synthesis = SynthesisRequest(
             text=request.transcript, voices=request.ref_audio, scene=request.scene_prompt,
             chunk_method=request.chunk_method, ref_audio_in_system_message=request.ref_audio_in_system_message,

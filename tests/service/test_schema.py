@@ -54,7 +54,9 @@ BAD_INPUTS = [
     ({"transcript": "x", "top_k": "50"}, "top_k", "valid integer"),
     ({"transcript": "x", "ref_audio_in_system_message": "yes"}, "ref_audio_in_system_message", "valid boolean"),
     ({"transcript": "x", "s3_key": "a/..b"}, "s3_key", "'..'"),
-    ({"action": "add_voice", "voice_name": "ok"}, "ref_audio_base64", "required"),
+    ({"action": "add_voice", "voice_name": "ok"}, "ref_audio_transcript", "required"),  # the clip: service's rule
+    ({"action": "add_voice", "voice_name": "ok", "ref_audio_url": "file:///etc/passwd", "ref_audio_transcript": "t"},
+     "ref_audio_url", "https://"),
 ]
 
 

@@ -390,5 +390,23 @@ def test_ref_audio_url_is_refused_unless_allow_listed(service, voice_prompts, tm
         assert both["error_field"] == "ref_audio_url" and "not both" in both["error"]
         assert service.handle({**job, "ref_audio_url": "ftp://x/y"})["error"].startswith(
             "ref_audio_url: must be an https:// URL")
+
+        # add_voice by URL, under the same rules
+        add = {"action": "add_voice", "voice_name": "from_url", "ref_audio_url": url,
+               "ref_audio_transcript": "Maintaining."}
+        added = service.handle(add)
+        assert added["success"], added
+        assert added["voice"]["kind"] == "clone" and added["duration_seconds"] == pytest.approx(3.0, abs=0.1)
+        assert service.handle({"transcript": "By name.", "ref_audio": "from_url", **BASE})["success"]
+        both = service.handle({**add, "voice_name": "both", "ref_audio_base64": b64_audio(1.0)})
+        assert both["error_field"] == "ref_audio_url" and "not both" in both["error"]
+        neither = service.handle({k: v for k, v in add.items() if k != "ref_audio_url"} | {"voice_name": "none"})
+        assert neither["error_field"] == "ref_audio_base64" and "ref_audio_url" in neither["error"], neither
+        service.service = dataclasses.replace(service.service, ref_audio_url_allowlist=())
+        refused = service.handle({**add, "voice_name": "refused"})
+        assert refused["error_field"] == "ref_audio_url"
+        assert refused["error"].startswith("ref_audio_url: must use https")
+        names = {v["name"] for v in service.handle({"action": "list_voices"})["voices"]}
+        assert "from_url" in names and not {"both", "none", "refused"} & names
     finally:
         web.shutdown()
