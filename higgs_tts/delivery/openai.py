@@ -16,8 +16,6 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, create_model
 
 from ..core.audio import MAX_SPEED, MIN_SPEED, SAMPLE_RATE
-from ..core.sampling import SamplingParams
-from ..core.text import speaker_tags, word_count, words_per_chunk
 from ..service import formats
 from ..service.audit import AuditRecord
 from ..service.errors import Failure
@@ -155,7 +153,6 @@ def router(service: SpeechService, metrics: Metrics, aliases: VoiceAliases | Non
             raw["scene_prompt"], names["scene_prompt"] = body.instructions, "instructions"
         if body.voice is not None and body.voice.strip():
             raw["ref_audio"] = aliases.resolve(body.voice, set(library()))
-        _chunk_long_input(raw, body.model_fields_set)
         streamable = body.speed == 1.0 and body.stream is not False and formats.streams(body.response_format)
         audit = AuditRecord(job_id=f"http-{uuid.uuid4().hex[:12]}", raw=raw)
         outcome = Outcome(audit, metrics, "speech", started, model_label(body.model))
@@ -201,18 +198,6 @@ RESULT_HEADERS = {
 
 def result_headers(result) -> dict[str, str]:
     return {name: value(result) for name, value in RESULT_HEADERS.items()}
-
-
-def _chunk_long_input(raw: dict, given: set[str]) -> None:
-    """Without a chunk_method, a text longer than one chunk can speak within max_new_tokens is
-    chunked: by speaker turns when it has speaker tags, else by sentences of at most that many words."""
-    if "chunk_method" in given:
-        return
-    limit = words_per_chunk(raw.get("max_new_tokens", SamplingParams.max_new_tokens))
-    if not isinstance(raw["transcript"], str) or word_count(raw["transcript"]) <= limit:
-        return
-    raw["chunk_method"] = "speaker" if speaker_tags(raw["transcript"]) else "sentence"
-    raw.setdefault("chunk_max_word_num", limit)
 
 
 def _next_item(items):

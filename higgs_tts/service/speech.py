@@ -33,7 +33,7 @@ from .errors import Failure, InputError, JobError, as_job_error, describe_failur
 from .events import Audio, ChunkEnd, Done, Final, JobEvent, SynthesisEvent
 from .outcome import Outcome
 from .references import fetched_reference, reference_audio
-from .schema import AddVoiceInput, GenerateInput, parse_input
+from .schema import AddVoiceInput, GenerateInput, chunked_when_long, parse_input
 from .storage import S3Storage, S3Target, StorageError, generated_key
 
 log = logging.getLogger(__name__)
@@ -254,6 +254,7 @@ class SpeechService:
             raise InputError("ref_audio_transcript: needs ref_audio_base64 or ref_audio_url", "ref_audio_transcript")
         audio = self._sent_reference(request)
         reference = None if audio is None else ReferenceClip(audio=audio, transcript=request.ref_audio_transcript)
+        request = chunked_when_long(request)
         synthesis = SynthesisRequest(
             text=request.transcript, voices=request.ref_audio, scene=request.scene_prompt,
             chunk_method=request.chunk_method, ref_audio_in_system_message=request.ref_audio_in_system_message,

@@ -410,3 +410,35 @@ def test_ref_audio_url_is_refused_unless_allow_listed(service, voice_prompts, tm
         assert "from_url" in names and not {"both", "none", "refused"} & names
     finally:
         web.shutdown()
+
+
+def test_a_long_text_without_a_chunk_method_is_chunked_for_every_api(service):
+    """The rule is the service's, so RunPod jobs, /v1/audio/speech and Wyoming all apply it: a text longer
+    than one chunk can speak within max_new_tokens is chunked instead of cut short."""
+    from higgs_tts.core.text import word_count, words_per_chunk
+    from higgs_tts.service.schema import parse_input
+
+    text = " ".join(f"Sentence number {i} is here." for i in range(40))  # 40 sentences of 5 words
+    limit = words_per_chunk(200)
+    assert word_count(text) > limit
+
+    def planned(**fields):
+        job = service.plan(parse_input({"transcript": text, "max_new_tokens": 200, **fields}))
+        return job.synthesis.chunk_method, len(job.plan.chunks)
+
+    assert planned() == ("sentence", 40 // (limit // 5))  # whole sentences, `limit` words a chunk
+    assert planned(chunk_max_word_num=5) == ("sentence", 40)  # a given size is kept
+    assert planned(chunk_method=None) == (None, 1)  # an explicit null keeps one chunk
+    assert planned(chunk_method="word", chunk_max_word_num=50) == ("word", 4)
+    assert word_count(text) <= words_per_chunk(8192) and planned(max_new_tokens=8192) == (None, 1)  # it fits
+    dialogue = "\n".join(f"[SPEAKER{i % 2}] Turn number {i} is spoken here." for i in range(30))
+    job = service.plan(parse_input({"transcript": dialogue, "max_new_tokens": 200}))
+    assert job.synthesis.chunk_method == "speaker" and len(job.plan.chunks) == 30
+    short = service.plan(parse_input({"transcript": "Only a few words.", "max_new_tokens": 200}))
+    assert short.synthesis.chunk_method is None and len(short.plan.chunks) == 1
+
+    # end to end through a job: three sentences of three words, max_new_tokens 60 speaks three words
+    done = service.handle({"transcript": "One two three. Four five six. Seven eight nine.", "max_new_tokens": 60,
+                           "seed": 3})
+    assert done["success"], done
+    assert done["generation_metrics"]["chunks_processed"] == 3
