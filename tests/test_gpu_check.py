@@ -66,3 +66,44 @@ def test_dry_run_goes_through_every_stage(tmp_path):
     assert "ok   env    transformers in use: 5.23" in summary  # the carried wheel shadows the 5.17 there
     assert "skipped: no CUDA" in summary
     assert " passed" in summary
+
+
+# What scripts/gpu-check.sh's tests stage runs, and the project's dependencies a GPU host's image may lack
+# (it has torch, transformers, numpy, httpx and what .gpu/ carries: no pydantic, no web or S3 stack).
+GPU_TESTS = ("tests/engine", "tests/synthesis", "tests/tools/test_bench.py")
+ABSENT_ON_GPU_HOST = ("pydantic", "fastapi", "starlette", "uvicorn", "boto3", "botocore", "av", "runpod", "websockets",
+                      "wyoming", "moto")
+SERVICE_FIXTURES = {"service", "worker", "streaming_worker", "s3_server", "s3_env"}
+COLLECT_WITHOUT = """
+import sys
+absent, needs_service, args = set(sys.argv[1].split(",")), set(sys.argv[2].split(",")), sys.argv[3:]
+
+class Absent:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in absent:
+            raise ModuleNotFoundError(f"No module named {name!r} (absent on the GPU host)", name=name)
+
+class NoServiceFixtures:
+    def pytest_collection_modifyitems(self, items):
+        self.bad = [item.nodeid for item in items if needs_service & set(item.fixturenames)]
+
+sys.meta_path.insert(0, Absent())
+import pytest
+check = NoServiceFixtures()
+code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", *args], plugins=[check])
+print("needs the service layer:", check.bad)
+sys.exit(int(code) or bool(check.bad))
+"""
+
+
+def test_the_gpu_stage_tests_need_nothing_a_gpu_host_lacks():
+    """The tests stage of gpu-check imports neither the service layer nor its dependencies, in the tests or
+    their fixtures (a lent GPU's minutes are not spent on an ImportError)."""
+    script = (REPO / "scripts" / "gpu-check.sh").read_text()
+    assert " ".join(GPU_TESTS).replace(" tests/tools", " \\\n    tests/tools") in script
+    done = subprocess.run([sys.executable, "-c", COLLECT_WITHOUT, ",".join(ABSENT_ON_GPU_HOST),
+                           ",".join(SERVICE_FIXTURES), *GPU_TESTS], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "needs the service layer: []" in done.stdout
+    assert "tests collected" in done.stdout
