@@ -68,9 +68,12 @@ class PrefixCache:
             self.misses += min(len(blocks), limit) - len(found)
         if not found:
             return 0, []
-        for _, _, copied in found:  # a block copied on another thread's stream is read after its copy
+        for kv, _, copied in found:  # a block copied on another thread's stream is read after its copy
             if copied is not None:
-                torch.cuda.current_stream(copied.device).wait_event(copied)
+                stream = torch.cuda.current_stream(copied.device)
+                stream.wait_event(copied)
+                for tensor in kv:  # and, evicted meanwhile, its memory is not reused before this stream read it
+                    tensor.record_stream(stream)
         layers = len(found[0][0])
         return len(found) * BLOCK, [torch.cat([f[0][i] for f in found]) for i in range(layers)]
 

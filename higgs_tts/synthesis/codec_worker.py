@@ -35,9 +35,12 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# Pieces decoded in one codec call at most, on CUDA: 16 streaming windows of 104 frames are about
-# 70 s of audio, as much as one long request's whole decode, so a batch needs no more memory than that.
+# Pieces decoded in one codec call at most, on CUDA, and frames in one call at most: 16 streaming
+# windows of 104 frames are about 70 s of audio, as much as one long request's whole decode, so a batch
+# needs no more memory than that. Whole requests of equal length (same text, voice and seed) are
+# therefore decoded a few at a time, never 16 long ones at once.
 MAX_CODEC_BATCH = 16
+MAX_CODEC_BATCH_FRAMES = 16 * 104
 CPU_CODEC_BATCH = 1  # on a CPU: bitwise the same audio alone or in a crowd (see above)
 CLOSE_SECONDS = 60.0  # close() waits this long for a decode under way before giving up on the thread
 
@@ -67,6 +70,8 @@ class CodecWorker:
                  stats: CodecStats | None = None) -> None:
         """`max_batch`: pieces a call at most (None: the device's, MAX_CODEC_BATCH or CPU_CODEC_BATCH)."""
         self.codec, self.device = codec, torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # "cuda": the current card, by number
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.max_batch = max_batch or (MAX_CODEC_BATCH if self.device.type == "cuda" else CPU_CODEC_BATCH)
         self.stats = stats or CodecStats()
         self._pending: list[_Piece] = []
@@ -114,11 +119,12 @@ class CodecWorker:
     # -- the worker thread ----------------------------------------------------------------------
 
     def _loop(self) -> None:
-        stream = None
-        if self.device.type == "cuda":  # its own stream: never queued behind the engine's bursts, nor they behind it
-            torch.cuda.set_device(self.device)
-            stream = torch.cuda.Stream(self.device)
+        taken: list[_Piece] = []
         try:
+            stream = None
+            if self.device.type == "cuda":  # its own stream: never behind the engine's bursts, nor they behind it
+                torch.cuda.set_device(self.device)
+                stream = torch.cuda.Stream(self.device)
             with torch.inference_mode(), torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                 while True:
                     with self._wake:
@@ -127,14 +133,14 @@ class CodecWorker:
                         if self._closed:
                             return
                         taken, self._pending = self._pending, []
-                    for group in groups(taken, self.max_batch):
+                    for group in groups(taken, self.max_batch, MAX_CODEC_BATCH_FRAMES):
                         self._run(group)
-        except Exception as exc:  # the loop itself broke: nobody may wait forever
+        except Exception as exc:  # the loop itself broke (or never started): nobody may wait forever
             log.exception("the codec worker stopped")
             with self._wake:
                 self._closed = True
                 queued, self._pending = self._pending, []
-            _fail(queued, exc)
+            _fail([piece for piece in (*taken, *queued) if not piece.result.done()], exc)
 
     def _run(self, group: list[_Piece]) -> None:
         """One codec call for pieces of one length; if it fails with several, each alone (only the
@@ -149,8 +155,8 @@ class CodecWorker:
             for piece in group:
                 self._run([piece])
             return
-        for piece, samples in zip(group, audio, strict=True):
-            piece.result.set_result(samples)
+        for piece, samples in zip(group, audio, strict=True):  # a copy each: a row would hold the whole batch
+            piece.result.set_result(samples.copy() if len(group) > 1 else samples)
 
     def _decode(self, group: list[_Piece]) -> np.ndarray:
         """`[B, T * hop]` float32 on the host for B pieces of T frames each."""
@@ -174,14 +180,19 @@ def _close_started() -> None:
         worker.close()
 
 
-def groups(pieces: list[_Piece], max_batch: int) -> list[list[_Piece]]:
-    """Pieces of equal shape together, at most `max_batch` a group, the shortest pieces first: a stream's
-    first piece (16 frames) never waits behind a whole request's decode taken at the same time."""
+def groups(pieces: list[_Piece], max_batch: int, max_frames: int = MAX_CODEC_BATCH_FRAMES) -> list[list[_Piece]]:
+    """Pieces of equal shape together, at most `max_batch` and `max_frames` frames a group (a piece longer
+    than that alone), the shortest pieces first: a stream's first piece (16 frames) never waits behind a
+    whole request's decode taken at the same time."""
     by_shape: dict[tuple[int, ...], list[_Piece]] = {}
     for piece in pieces:
         by_shape.setdefault(tuple(piece.frames.shape), []).append(piece)
     ordered = sorted(by_shape.values(), key=lambda same: same[0].frames.shape[0])  # stable: ties by arrival
-    return [same[i:i + max_batch] for same in ordered for i in range(0, len(same), max_batch)]
+    out = []
+    for same in ordered:
+        size = max(1, min(max_batch, max_frames // max(1, same[0].frames.shape[0])))
+        out += [same[i:i + size] for i in range(0, len(same), size)]
+    return out
 
 
 def _fail(pieces: list[_Piece], error: BaseException) -> None:

@@ -104,8 +104,8 @@ class ModelHolder:
 
     def _codec_worker(self, loaded: LoadedModel) -> CodecWorker:
         with self._codec_lock:
-            if self._codec is None or self._codec.codec is not loaded.codec:
-                if self._codec is not None:
+            if self._codec is None or self._codec.codec is not loaded.codec or not self._codec.alive:
+                if self._codec is not None:  # another model's, or one whose thread stopped: a new one
                     self._codec.close()
                 self._codec = CodecWorker(loaded.codec, loaded.device, stats=self._codec_stats)
             return self._codec

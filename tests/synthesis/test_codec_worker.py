@@ -12,7 +12,14 @@ import torch
 from conftest import wait_until
 
 from higgs_tts.core.checkpoint import ModelCache
-from higgs_tts.synthesis.codec_worker import CodecStats, CodecWorker
+from higgs_tts.synthesis.codec_worker import (
+    MAX_CODEC_BATCH,
+    MAX_CODEC_BATCH_FRAMES,
+    CodecStats,
+    CodecWorker,
+    _Piece,
+    groups,
+)
 from higgs_tts.synthesis.models import ModelHolder
 
 # A piece in a batch equals itself alone within float rounding: the tiny codec's peak is about
@@ -86,11 +93,25 @@ def test_pieces_from_many_threads_are_batched_and_equal_their_decode_alone(loade
         assert np.abs(got - want).max() <= TOLERANCE
     assert shapes == [(1, 8, 4), (6, 8, 104)]  # one call for the six queued pieces
     assert stats.largest_batch == 6
+    assert all(got.flags.owndata for got in results)  # no row holds the whole batch's array
 
 
 def test_the_batch_is_capped(loaded):
     shapes, _, _ = decode_queued(loaded, random_frames(10, 16, seed=2), max_batch=4)
     assert shapes[1:] == [(4, 8, 16), (4, 8, 16), (2, 8, 16)]
+
+
+def test_long_pieces_are_batched_by_frames_not_only_by_count():
+    def pieces(count, length):
+        return [_Piece(torch.zeros(length, 8, dtype=torch.long), None) for _ in range(count)]
+
+    sizes = [len(group) for group in groups(pieces(16, 104), MAX_CODEC_BATCH)]
+    assert sizes == [16]  # streaming windows: the whole batch
+    sizes = [len(group) for group in groups(pieces(5, 500), MAX_CODEC_BATCH)]
+    assert sizes == [3, 2]  # 3 x 500 frames fit in MAX_CODEC_BATCH_FRAMES, 4 would not
+    assert 3 * 500 <= MAX_CODEC_BATCH_FRAMES < 4 * 500
+    sizes = [len(group) for group in groups(pieces(3, 2000), MAX_CODEC_BATCH)]
+    assert sizes == [1, 1, 1]  # whole long requests of equal length: one a call
 
 
 def test_unequal_lengths_are_never_decoded_together_and_the_shortest_go_first(loaded):
@@ -150,6 +171,27 @@ def test_close_with_callers_waiting_does_not_hang(loaded):
         worker.decode(random_frames(1, 16, seed=8)[0])
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a device the worker cannot start on")
+def test_a_worker_that_cannot_start_fails_its_callers_instead_of_leaving_them_waiting(loaded):
+    worker = CodecWorker(loaded.codec, torch.device("cuda", 0))  # no CUDA here: its thread fails at once
+    with ThreadPoolExecutor(1) as pool:
+        decoding = pool.submit(worker.decode, random_frames(1, 16, seed=12)[0])
+        with pytest.raises((RuntimeError, AssertionError)):
+            decoding.result(60)
+    wait_until(lambda: not worker.alive)
+
+
+def test_the_model_holder_replaces_a_worker_that_stopped(settings):
+    holder = ModelHolder(settings, ModelCache())
+    frames = random_frames(1, 24, seed=13)[0]
+    holder.decode(frames)
+    stopped = holder._codec
+    stopped.close()  # as a worker whose loop broke is: closed, its thread ended
+    assert holder.decode(frames).shape == (24 * 960,)
+    assert holder._codec is not stopped and holder._codec.alive
+    holder.unload()
+
+
 def test_the_model_holder_decodes_through_one_worker_and_unload_ends_it(settings):
     holder = ModelHolder(settings, ModelCache())
     frames = random_frames(1, 24, seed=9)[0]
@@ -164,6 +206,21 @@ def test_the_model_holder_decodes_through_one_worker_and_unload_ends_it(settings
     assert holder.decode(frames).shape == (24 * 960,)  # loads again, with a new worker
     assert holder.codec_stats() == (2, 2, 0)
     holder.unload()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the worker's own CUDA stream needs a GPU")
+def test_a_worker_on_cuda_without_an_index_decodes(settings):
+    """DEVICE unset picks torch.device("cuda"), with no index: the worker's thread must still start."""
+    import dataclasses
+
+    loaded = ModelCache().get(dataclasses.replace(settings, device="cuda"))[0]
+    worker = CodecWorker(loaded.codec, torch.device("cuda"))
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            got = pool.submit(worker.decode, random_frames(1, 16, seed=14)[0]).result(120)
+        assert got.shape == (16 * 960,) and worker.alive
+    finally:
+        worker.close()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the worker's own CUDA stream needs a GPU")
