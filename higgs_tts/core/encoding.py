@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from .windowed import Reach, feature_encoder_in_windows, in_windows
 
 ENCODING = "upstream-pad-trim"  # part of the code cache key: codes made otherwise are not reused
-# Audio per window of a long clip's encode; shorter clips are encoded whole. Each window also reads the
-# acoustic encoder's receptive field (1.9 s), so 5 s costs about a tenth more compute than one pass, and
-# holds about 40 MB at its peak with the tiny codec on a CPU (10 s windows: about 60 MB).
+# Audio per window of a long clip's encode; shorter clips are encoded whole, and so is a stack whose one
+# window would read the whole clip anyway (the acoustic encoder up to 6.9 s: 5 s plus its 1.9 s receptive
+# field). Past that, the acoustic encoder computes about 37% more than one pass (each window also reads the
+# receptive field), and a window holds about 40 MB at its peak with the tiny codec on a CPU (10 s: about 60 MB).
 WINDOW_SECONDS = 5
 
 

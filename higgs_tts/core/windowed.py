@@ -68,6 +68,10 @@ class Reach:
         """The receptive field: input samples one frame reads (each layer widens it by its dilated kernel)."""
         return 1 + sum((k - 1) * d * jump for (k, _, d, _), jump in zip(self.layers, self._jumps, strict=True))
 
+    def window_samples(self, window: int) -> int:
+        """Input samples a full window of `window` samples reads: its frames' samples plus the overlap."""
+        return (max(1, window // self.stride) - 1) * self.stride + self.span
+
     def frames(self, samples: int) -> int:
         """Output frames for `samples` input samples (Conv1d's length rule, layer by layer)."""
         for kernel, stride, dilation, padding in self.layers:
@@ -85,7 +89,10 @@ def windows(stack: Callable[[torch.Tensor], torch.Tensor], reach: Reach, signal:
     # Every window is as long as a full one (or the whole signal), the first and last too: PyTorch picks some
     # kernels by input size (its CPU convolution takes oneDNN only above 20480 values), and windows round as
     # the whole signal does only where they take its kernels.
-    full = (per_window - 1) * stride + reach.span
+    full = reach.window_samples(window)
+    if samples <= full:  # every window would be the whole signal: one run of it
+        yield stack(signal)
+        return
     for first in range(0, total, per_window):
         last = min(total, first + per_window)  # this window yields frames [first, last)
         # From frame `first`'s first sample (or earlier), on the stride grid, to frame `last - 1`'s last (or later)
@@ -120,16 +127,20 @@ class _WindowedFeatureEncoder(nn.Module):
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
         signal = input_values[:, None]  # [B, 1, samples], as the encoder's own forward makes it
+        if signal.shape[-1] <= Reach.of(self.encoder).window_samples(self.window):
+            return self.encoder(input_values)  # one window would be the whole clip: the encoder as it is
         first, *rest = self.encoder.conv_layers
         norm = getattr(first, "layer_norm", None)
         if any(isinstance(getattr(layer, "layer_norm", None), nn.GroupNorm) for layer in rest):
             raise ValueError("only the first feature encoder layer may normalize over time")
         if not isinstance(norm, nn.GroupNorm):
             return in_windows(self._layers, Reach.of(self.encoder), signal, self.window)
-        scale, shift = self._group_norm_affine(first.conv, norm, signal)
+        mean, scale, bias = self._group_norm_statistics(first.conv, norm, signal)
 
         def layers(window: torch.Tensor) -> torch.Tensor:
-            hidden = first.activation(first.conv(window) * scale + shift)  # the GroupNorm, whole-clip statistics
+            # the GroupNorm with the whole clip's statistics; the mean taken off first, as GroupNorm does (folded
+            # into one shift, a large mean beside a small spread would cancel digits away)
+            hidden = first.activation((first.conv(window) - mean) * scale + bias)
             for layer in rest:
                 hidden = layer(hidden)
             return hidden
@@ -141,9 +152,9 @@ class _WindowedFeatureEncoder(nn.Module):
             window = layer(window)
         return window
 
-    def _group_norm_affine(self, conv: nn.Conv1d, norm: nn.GroupNorm,
-                           signal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`norm` over all of `conv(signal)` as `x * scale + shift`, scale and shift [B, channels, 1]."""
+    def _group_norm_statistics(self, conv: nn.Conv1d, norm: nn.GroupNorm,
+                               signal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`norm` over all of `conv(signal)` as `(x - mean) * scale + bias`, each [B, channels, 1]."""
         count, mean, m2 = 0, torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)  # on the CPU
         for piece in windows(conv, Reach.of(conv), signal, self.window):
             grouped = piece.unflatten(1, (norm.num_groups, -1)).flatten(2)  # [B, groups, channels/group * frames]
@@ -157,8 +168,8 @@ class _WindowedFeatureEncoder(nn.Module):
         per_group = norm.num_channels // norm.num_groups
         rstd, mean = rstd.repeat_interleave(per_group, dim=1), mean.repeat_interleave(per_group, dim=1)
         scale = rstd * norm.weight.double().cpu() if norm.affine else rstd
-        shift = (norm.bias.double().cpu() if norm.affine else 0.0) - mean * scale
-        return (scale[..., None].to(signal.device, signal.dtype), shift[..., None].to(signal.device, signal.dtype))
+        bias = norm.bias.double().cpu().expand_as(scale) if norm.affine else torch.zeros_like(scale)
+        return tuple(t[..., None].to(signal.device, signal.dtype) for t in (mean, scale, bias))
 
 
 _SWAPPING = threading.Lock()  # the stand-in is set on the shared model: one encode at a time wears it

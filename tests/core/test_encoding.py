@@ -121,11 +121,12 @@ def windows_keep_the_codes(codec, samples, window_seconds) -> dict:
 
 
 @pytest.mark.parametrize(("over", "acoustic", "semantic"),
-                         [(1, 1, 1), (480, 1 + 2, 2), (WINDOW_SECONDS * 24000 + 700, 3, 3)])
+                         [(1, 1, 1), (480, 1 + 1, 2), (WINDOW_SECONDS * 24000 + 700, 3, 3)])
 def test_a_clip_over_the_window_has_the_whole_clips_codes(codec, over, acoustic, semantic):
     """Windows of each stack (WINDOW_SECONDS = 5: 125 acoustic, 250 semantic frames a window): just over it,
     every frame fits one (the windows' own arithmetic); 125 acoustic frames, then 126 for upstream's padded
-    pass, and 251 semantic ones; 251 and 502, on two windows' worth of audio plus 700 samples."""
+    pass, each within one window and its receptive field (so each stack runs once a pass), and 251 semantic
+    ones in two windows; 251 and 502, on two windows' worth of audio plus 700 samples."""
     runs = windows_keep_the_codes(codec, WINDOW_SECONDS * 24000 + over, WINDOW_SECONDS)
     assert (runs["acoustic"], runs["semantic"]) == (acoustic, semantic)
 

@@ -141,6 +141,32 @@ def test_a_group_norm_feature_encoder_in_windows_normalizes_over_the_whole_clip(
     assert owner.feature_extractor is encoder  # put back
 
 
+def test_a_group_norm_over_a_large_mean_and_a_small_spread_keeps_its_digits():
+    """A clip with a DC offset: the channels' mean is thousands of times their spread. The mean is taken off
+    before scaling, as GroupNorm does (folded into one shift, float32 lost about 2e-3 of the result here)."""
+    encoder = hubert_encoder("group", seed=3)
+    signal = 0.9 + 1e-5 * torch.randn(1, 123457, generator=torch.Generator().manual_seed(3))
+    owner = Owner(encoder)
+    with torch.no_grad():
+        whole = encoder(signal)
+        with feature_encoder_in_windows(owner, 16000):
+            windowed = owner.feature_extractor(signal)
+    assert (windowed - whole).abs().max() <= 1e-4 * whole.abs().max()
+
+
+@pytest.mark.parametrize("samples", [960, 45636, 94596])
+def test_a_signal_one_window_would_read_whole_runs_once(codec, samples):
+    """Up to a full window's samples (the window plus the receptive field), every window would be the whole
+    signal: it runs once, as it is, with no window at all."""
+    reach, window, seen = Reach.of(codec.acoustic_encoder), 50000, []
+    assert reach.window_samples(window) == 94596  # 51 strides of 960 to the 52nd frame, then its 45636
+    signal = torch.randn(1, 1, samples, generator=torch.Generator().manual_seed(samples))
+    with torch.no_grad():
+        windowed = in_windows(lambda w: seen.append(w.shape[-1]) or codec.acoustic_encoder(w), reach, signal, window)
+        assert torch.equal(windowed, codec.acoustic_encoder(signal))
+    assert seen == [samples]
+
+
 def test_the_feature_encoder_is_put_back_after_an_error():
     encoder = hubert_encoder("group")
     owner = Owner(encoder)
