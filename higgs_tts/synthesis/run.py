@@ -83,7 +83,7 @@ class Run:
     def encode_voices(self) -> None:
         """The run's voices as prompt voices (clones encoded, once a run)."""
         if self.prompt_voices is None:
-            self.prompt_voices = self.prompts.voices(self.plan, self.request.reference)
+            self.prompt_voices = self.prompts.voices(self.plan, self.request.reference, self.stop)
 
     def frames(self) -> Iterator[torch.Tensor]:
         """Generate every chunk in order, with earlier chunks as context; yields new frames as they
