@@ -42,7 +42,6 @@ from ..service.outcome import Outcome
 from ..service.speech import SpeechService
 from ..settings import ServerSettings
 from .middleware import in_request_names
-from .openai import _chunk_long_input
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,6 @@ class SpeechHandler(AsyncEventHandler):
 
     async def _synthesize(self, request: Synthesize) -> None:
         raw = {"transcript": request.text, "output_format": "pcm", **_voice_field(request.voice)}
-        _chunk_long_input(raw, set())
         items = self.service.stream(raw, f"wyoming-{uuid.uuid4().hex[:12]}", cancel=self.cancel)
         loop = asyncio.get_running_loop()
         started, step = False, None
