@@ -203,6 +203,12 @@ def skipped(stage: str, name: str, ran: str) -> None:
     record(stage, name, f"{NO_CUDA} (its code ran eagerly: {ran})", NO_CUDA)
 
 
+def captured(batch) -> bool:
+    """The batch runs its step from CUDA graphs: a failed capture falls back to eager steps by itself (a
+    warning in the log), which a graph-versus-eager comparison would then pass without comparing anything."""
+    return batch.graphs is not None and len(batch.graphs) > 0
+
+
 def _graph_vs_eager(loaded, rows: int) -> None:
     """One whole step (sampler, bookkeeping, layers) replayed from its graph, against the same step
     run eagerly from the same state: the logits it leaves for the next step."""
@@ -221,6 +227,8 @@ def _graph_vs_eager(loaded, rows: int) -> None:
     delta = (graphed - eager).abs().max().item()
     if not CUDA:
         return skipped("smoke", name, f"max |d logits| {delta:.3g}")
+    if not captured(batch):
+        return record("smoke", name, "the capture failed: the step fell back to eager (see the log)", "FAIL")
     record("smoke", name, f"max |d logits| {delta:.3g} (logits max {eager.abs().max().item():.3g})",
            "ok" if delta <= 1e-2 * max(eager.abs().max().item(), 1.0) and torch.isfinite(graphed).all() else "FAIL")
 
@@ -232,12 +240,15 @@ def _graphs_on_off(loaded, rows: int) -> None:
     name = f"64 greedy steps, graphs on vs off, {rows} rows"
     greedy = SamplingParams(temperature=0.0, ras_win_len=0, max_new_tokens=64 if CUDA else 16)
     requests = [EngineRequest(prompt_inputs(loaded), greedy, seed) for seed in range(rows)]
-    on = Engine(loaded.model, use_cuda_graphs=CUDA, pad_batches=True).generate(requests, ignore_eos=True)
+    graphed = Engine(loaded.model, use_cuda_graphs=CUDA, pad_batches=True)
+    on = graphed.generate(requests, ignore_eos=True)
     off = Engine(loaded.model, use_cuda_graphs=False, pad_batches=True).generate(requests, ignore_eos=True)
     same = sum(int((a == b).all(dim=1).sum()) for a, b in zip(on, off, strict=True))
     total = sum(a.shape[0] for a in on)
     if not CUDA:
         return skipped("smoke", name, f"{same}/{total} columns identical")
+    if not all(captured(scheduler.batch) for scheduler in graphed._schedulers.values()):
+        return record("smoke", name, "the capture failed: the steps fell back to eager (see the log)", "FAIL")
     record("smoke", name, f"{same}/{total} columns identical", "ok" if same == total else "FAIL")
 
 
@@ -356,6 +367,8 @@ def _split(loaded, rows: int) -> None:
     batch.collect(batch.launch())  # captures this shape
     rows_run, length = batch.shape()
     step = batch._step_fn(rows_run, length)
+    if CUDA and not captured(batch):
+        return record("timing", name, "the capture failed: the step fell back to eager (see the log)", "FAIL")
     every = batch.steps_per_sync
     replay = _events_ms(step, REPEATS)  # one whole step: sampler, bookkeeping, layers
 

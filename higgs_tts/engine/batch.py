@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.codes import STREAM_BOS, STREAM_EOS
-from .graphs import StepGraphs
+from .graphs import StepGraphs, is_device_error
 from .model_runner import CPU_PREFILL_PACK, PREFILL_PACK_TOKENS, ModelRunner
 from .prefix_cache import PrefixCache
 from .sampler import SamplingTensors, forced_codes, gumbel_noise, sample
@@ -222,6 +222,8 @@ class Batch:
             try:
                 return self.graphs.step(rows, length)
             except RuntimeError as exc:  # a capture failure costs speed, not the request
+                if is_device_error(exc):  # but a lost CUDA context is no capture failure
+                    raise
                 log.warning("CUDA graph capture failed (%s); running the decode step eagerly, with SDPA", exc)
                 self.graphs = None
                 self.runner.use_flash = False  # in case flash attention was what failed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -21,6 +22,11 @@ log = logging.getLogger(__name__)
 CAPTURE_LOCK = threading.Lock()
 
 
+def is_device_error(exc: BaseException) -> bool:
+    """An error that leaves the CUDA context unusable (a device-side assert, an illegal address)."""
+    return isinstance(exc, torch.AcceleratorError) and "out of memory" not in str(exc).lower()
+
+
 def free_cached_memory() -> None:
     """torch.cuda.empty_cache(), never in the middle of a graph capture."""
     if torch.cuda.is_available():
@@ -30,7 +36,9 @@ def free_cached_memory() -> None:
 
 class StepGraphs:
     def __init__(self, batch) -> None:
-        self.batch = batch
+        # A proxy: the batch owns its graphs, and a strong reference back would make a cycle that keeps a
+        # dropped batch's KV cache and graph pool on the card until the garbage collector's next full pass.
+        self.batch = weakref.proxy(batch)
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._pool = None  # one memory pool for all graphs: they never run at the same time
         self._stream = torch.cuda.Stream(device=batch.device)  # warm-up and capture on the same stream

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 import torch
 
 from .batch import Batch, Burst
+from .graphs import is_device_error
 from .prefix_cache import prefix_cache_for
 from .sequence import EngineRequest, Sequence
 
@@ -121,12 +122,13 @@ class Scheduler:
 
     def step(self) -> None:
         """One round: schedule -> run -> postprocess."""
-        if self._in_flight is not None and self._can_admit():
-            # Hand the running burst out before a prefill, which would keep every stream waiting.
-            burst, self._in_flight = self._in_flight, None
-            self._postprocess(burst, self.batch.collect(burst))
         self.admit()
         self.run()
+
+    def _hand_out(self) -> None:
+        """Wait for the burst in flight and hand its columns out."""
+        burst, self._in_flight = self._in_flight, None
+        self._postprocess(burst, self.batch.collect(burst))
 
     def _can_admit(self) -> bool:
         with self._wake:
@@ -134,7 +136,12 @@ class Scheduler:
 
     def admit(self) -> None:
         """Schedule: prefill waiting sequences into free slots."""
+        if self._in_flight is not None and self._can_admit():
+            self._hand_out()  # before a prefill, which would keep every stream waiting (and frees slots first)
         joining = self._schedule()
+        if joining and self._in_flight is not None:
+            # one arrived after that look: a prefill never overlaps a burst (a wider RAS window captures anew)
+            self._hand_out()
         if joining and self.batch.device.type == "cuda":
             # Requests were put on the device by their own threads, on the default stream.
             torch.cuda.current_stream(self.batch.device).wait_stream(torch.cuda.default_stream(self.batch.device))
@@ -144,7 +151,7 @@ class Scheduler:
             self.batch.admit_many(joining)  # one packed prefill where packing is on
             return
         except Exception as exc:
-            if _is_device_error(exc):
+            if is_device_error(exc):
                 raise
             if len(joining) == 1:
                 log.warning("prefill failed: %s", exc)
@@ -157,7 +164,7 @@ class Scheduler:
             try:
                 self.batch.admit(sequence, slot)
             except Exception as exc:  # e.g. out of memory in one prefill: that request fails alone
-                if _is_device_error(exc):
+                if is_device_error(exc):
                     raise
                 log.warning("prefill failed: %s", exc)
                 sequence.finish(exc)
@@ -171,7 +178,7 @@ class Scheduler:
             if launched is not None:
                 self._postprocess(launched, self.batch.collect(launched))
         except Exception as exc:  # the step failed for the whole batch: every running request fails
-            if _is_device_error(exc):
+            if is_device_error(exc):
                 raise
             log.exception("decode step failed")
             self._in_flight = None
@@ -195,8 +202,7 @@ class Scheduler:
         """Release cancelled sequences now, without running a burst for them (a caller that drives
         `step()` itself and stops early)."""
         if self._in_flight is not None:
-            burst, self._in_flight = self._in_flight, None
-            self._postprocess(burst, self.batch.collect(burst))
+            self._hand_out()
         for slot, sequence in list(self.batch.sequences.items()):
             if sequence.cancelled.is_set():
                 self.batch.release(slot).finish()
@@ -232,10 +238,10 @@ class Scheduler:
             self._fail_all(RuntimeError("the engine has stopped"))
 
     def _loop(self) -> None:
-        if self.batch.device.type == "cuda":  # the engine's own stream: codec work elsewhere never queues behind it
-            torch.cuda.set_device(self.batch.device)
-            torch.cuda.set_stream(torch.cuda.Stream(self.batch.device))
         try:
+            if self.batch.device.type == "cuda":  # its own stream: codec work elsewhere never queues behind it
+                torch.cuda.set_device(self.batch.device)
+                torch.cuda.set_stream(torch.cuda.Stream(self.batch.device))
             captured = self.batch.capture_all()
             if captured:
                 log.info("engine ready: %d CUDA graphs for %d slots x %d positions", captured, self.slots,
@@ -250,7 +256,7 @@ class Scheduler:
         except Exception as exc:  # the loop itself broke: nobody may wait forever
             log.exception("the engine stopped")
             self._fail_all(exc)
-            if _is_device_error(exc):
+            if is_device_error(exc):
                 _exit_for_device_error()
             return
         self._fail_all(RuntimeError("the engine has stopped"))
@@ -269,11 +275,6 @@ class Scheduler:
 def _close_started() -> None:
     for scheduler in list(_started):
         scheduler.close()
-
-
-def _is_device_error(exc: BaseException) -> bool:
-    """An error that leaves the CUDA context unusable (a device-side assert, an illegal address)."""
-    return isinstance(exc, torch.AcceleratorError) and "out of memory" not in str(exc).lower()
 
 
 def _exit_for_device_error() -> None:

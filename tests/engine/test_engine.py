@@ -209,3 +209,25 @@ def test_captured_step_equals_the_eager_step(loaded, renderer, voice_frames):
     eager = Engine(loaded.model, use_cuda_graphs=False, pad_batches=True).generate(requests)
     for got, want in zip(graphed, eager, strict=True):
         assert_codes_agree(got, want, loaded.device)
+
+
+@pytest.mark.parametrize("graphs", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device: CUDA graphs"))])
+def test_a_dropped_batch_frees_its_cache_and_graphs_at_once(loaded, graphs):
+    """Nothing it owns (its graphs, its runner) holds a strong reference back to it: no cycle, so its KV cache
+    and graph pool go when the last reference does (an engine drops its least recently used batches), not at
+    a later full pass of the garbage collector."""
+    import gc
+    import weakref
+
+    from higgs_tts.engine.batch import Batch
+
+    gc.disable()
+    try:
+        batch = Batch(loaded.model, 2, 256, use_cuda_graphs=graphs, pad_rows=graphs)
+        assert (batch.capture_all() > 0) == graphs
+        dropped = weakref.ref(batch)
+        del batch
+        assert dropped() is None
+    finally:
+        gc.enable()
