@@ -142,7 +142,8 @@ def router(service: SpeechService, metrics: Metrics, aliases: VoiceAliases | Non
             error = exc.errors()[0]
             field = ".".join(str(p) for p in error["loc"]) or "body"
             Outcome(metrics=metrics, endpoint="speech", started=started).counted(400, "invalid_input")
-            return openai_error(400, f"{field}: {error['msg']}", "invalid_input", field)
+            message = error["msg"].removeprefix("Value error, ")  # a validator's own words, as the job's errors
+            return openai_error(400, f"{field}: {message}", "invalid_input", field)
         names = dict(OPENAI_NAMES)
         raw = {"transcript": body.input, "output_format": body.response_format, "speed": body.speed}
         raw.update({name: getattr(body, name) for name in EXTENSIONS if name in body.model_fields_set})

@@ -32,9 +32,13 @@ class Work:
         return int(seconds * formats.bytes_per_second(output_format))
 
 
-def check_work(chunks: list[str], max_new_tokens: int, chunk_method: str | None, limits: ServiceSettings) -> Work:
-    """The request's Work, or InputError (`too_long`) naming the fields when it is above a limit."""
+def check_work(chunks: list[str], max_new_tokens: int, chunk_method: str | None, limits: ServiceSettings,
+               automatic: bool = False) -> Work:
+    """The request's Work, or InputError (`too_long`) naming the fields when it is above a limit.
+    `automatic`: the service chose the chunk_method (a text too long for one chunk; schema.chunked_when_long)."""
     how = f"chunk_method {chunk_method!r}" if chunk_method else "no chunk_method"
+    if automatic:
+        how += ", chosen because the text is longer than one chunk can speak; chunk_method null keeps one chunk"
     if len(chunks) > limits.max_chunks:
         raise InputError(
             f"transcript: makes {len(chunks)} chunks ({how}), above the limit of {limits.max_chunks} chunks a "
@@ -43,10 +47,11 @@ def check_work(chunks: list[str], max_new_tokens: int, chunk_method: str | None,
         )
     max_frames = len(chunks) * max_new_tokens
     if max_frames > limits.max_total_frames:
+        bigger = "chunk_max_num_turns" if chunk_method == "speaker" else "chunk_max_word_num"
         raise InputError(
-            f"max_new_tokens: {len(chunks)} chunks x max_new_tokens {max_new_tokens} = {max_frames} frames, "
-            f"above the limit of {limits.max_total_frames} frames a request (MAX_TOTAL_FRAMES); lower "
-            "max_new_tokens, raise chunk_max_word_num, or split the text",
+            f"max_new_tokens: {len(chunks)} chunks ({how}) x max_new_tokens {max_new_tokens} = {max_frames} "
+            f"frames, above the limit of {limits.max_total_frames} frames a request (MAX_TOTAL_FRAMES); lower "
+            f"max_new_tokens, raise {bigger}, or split the text",
             "max_new_tokens", "too_long",
         )
     expected = min(max_frames, sum(word_count(c) for c in chunks) * SPEECH_WORD_FRAMES)

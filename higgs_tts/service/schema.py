@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ..core.audio import MAX_SPEED, MIN_SPEED
 from ..core.sampling import MAX_SEED, chunk_knobs, sampling_knobs
-from ..core.text import CHUNK_METHODS, speaker_tags, word_count, words_per_chunk
+from ..core.text import CHUNK_METHODS, chunk_by_speaker, speaker_tags, word_count, words_per_chunk
 from ..core.voices import NAME_PATTERN
 from .errors import InputError
 from .formats import FORMATS
@@ -151,16 +151,18 @@ GenerateInput = create_model("GenerateInput", __base__=_GenerateFields, __module
 
 def chunked_when_long(request: GenerateInput) -> GenerateInput:
     """A request that names no chunk_method, with more words than one chunk can speak within its
-    max_new_tokens, chunked: by speaker turns when it has speaker tags, else by sentences of at most
-    that many words (unless it gives chunk_max_word_num). `chunk_method: null` keeps one chunk."""
-    limit = words_per_chunk(request.max_new_tokens)
-    if "chunk_method" in request.model_fields_set or word_count(request.transcript) <= limit:
+    max_new_tokens, chunked: by speaker turns when it has speaker tags, as many whole turns a chunk as
+    surely fit (the longest turn decides), else by sentences of at most that many words (unless it gives
+    chunk_max_num_turns or chunk_max_word_num). `chunk_method: null` keeps one chunk."""
+    limit, given = words_per_chunk(request.max_new_tokens), request.model_fields_set
+    if "chunk_method" in given or word_count(request.transcript) <= limit:
         return request
-    given = "chunk_max_word_num" in request.model_fields_set
-    return request.model_copy(update={
-        "chunk_method": "speaker" if speaker_tags(request.transcript) else "sentence",
-        "chunk_max_word_num": request.chunk_max_word_num if given else limit,
-    })
+    if not speaker_tags(request.transcript):
+        words = request.chunk_max_word_num if "chunk_max_word_num" in given else limit
+        return request.model_copy(update={"chunk_method": "sentence", "chunk_max_word_num": words})
+    longest = max(word_count(turn) for turn in chunk_by_speaker(request.transcript))
+    turns = request.chunk_max_num_turns if "chunk_max_num_turns" in given else max(1, limit // max(1, longest))
+    return request.model_copy(update={"chunk_method": "speaker", "chunk_max_num_turns": turns})
 
 
 class HealthInput(_Input):

@@ -254,7 +254,8 @@ class SpeechService:
             raise InputError("ref_audio_transcript: needs ref_audio_base64 or ref_audio_url", "ref_audio_transcript")
         audio = self._sent_reference(request)
         reference = None if audio is None else ReferenceClip(audio=audio, transcript=request.ref_audio_transcript)
-        request = chunked_when_long(request)
+        chunked = chunked_when_long(request)
+        automatic, request = chunked is not request, chunked
         synthesis = SynthesisRequest(
             text=request.transcript, voices=request.ref_audio, scene=request.scene_prompt,
             chunk_method=request.chunk_method, ref_audio_in_system_message=request.ref_audio_in_system_message,
@@ -265,7 +266,7 @@ class SpeechService:
             plan = self.synthesizer.plan(synthesis)  # unknown voices fail here, before any work
         except NothingToSpeak:
             raise InputError("transcript: has nothing to speak after normalization", "transcript") from None
-        work = check_work(list(plan.chunks), request.max_new_tokens, request.chunk_method, self.service)
+        work = check_work(list(plan.chunks), request.max_new_tokens, request.chunk_method, self.service, automatic)
         return PlannedJob(synthesis, plan, work)
 
     def _synthesize(self, job: PlannedJob, cancel: threading.Event | None = None,

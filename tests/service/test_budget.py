@@ -5,8 +5,9 @@ import dataclasses
 
 from higgs_tts.core.checkpoint import ModelCache
 from higgs_tts.core.sampling import SamplingParams
-from higgs_tts.core.text import chunk_text, words_per_chunk
+from higgs_tts.core.text import chunk_text, word_count, words_per_chunk
 from higgs_tts.service.budget import Work, check_work
+from higgs_tts.service.schema import parse_input
 from higgs_tts.service.speech import SpeechService
 from higgs_tts.settings import ServiceSettings
 from higgs_tts.synthesis.synthesizer import Synthesizer
@@ -32,8 +33,26 @@ def test_a_hundred_chunks_at_8192_frames_are_refused_by_their_frames(service, tm
     response = unloadable(service, tmp_path).handle(
         {"transcript": text, "chunk_method": "word", "chunk_max_word_num": 1, "max_new_tokens": 8192})
     assert response["error_code"] == "too_long" and response["error_field"] == "max_new_tokens"
-    assert "100 chunks x max_new_tokens 8192 = 819200 frames" in response["error"]
+    assert "100 chunks (chunk_method 'word') x max_new_tokens 8192 = 819200 frames" in response["error"]
     assert "250000" in response["error"] and "MAX_TOTAL_FRAMES" in response["error"]
+    assert "raise chunk_max_word_num" in response["error"] and "chosen because" not in response["error"]
+
+
+def test_a_long_dialogue_without_a_chunk_method_packs_whole_turns_and_says_the_choice_was_automatic(service,
+                                                                                                   tmp_path):
+    """130 turns of 7 words (the tag counts) at max_new_tokens 2048 (102 words a chunk): 14 whole turns a chunk,
+    10 chunks (one a turn would be 130 x 2048 frames, refused). When even that is too much, the refusal says
+    the method was chosen for the caller, and how to keep one chunk."""
+    dialogue = "\n".join(f"[SPEAKER{i % 2}] This is turn number {i} here." for i in range(130))
+    assert words_per_chunk(2048) == 102 and word_count("[SPEAKER1] This is turn number 129 here.") == 7
+    planned = service.plan(parse_input({"transcript": dialogue}))
+    assert planned.synthesis.chunk_method == "speaker" and planned.synthesis.chunk_max_num_turns == 14
+    assert len(planned.plan.chunks) == 10 and all(c.startswith("[SPEAKER") for c in planned.plan.chunks)
+    assert max(word_count(c) for c in planned.plan.chunks) <= 102
+    refused = unloadable(service, tmp_path, max_total_frames=4096).handle({"transcript": dialogue})
+    assert refused["error_code"] == "too_long" and refused["error_field"] == "max_new_tokens", refused
+    assert "chunk_method 'speaker', chosen because the text is longer than one chunk" in refused["error"]
+    assert "chunk_method null keeps one chunk" in refused["error"] and "raise chunk_max_num_turns" in refused["error"]
 
 
 def test_the_limits_come_from_the_settings(service, tmp_path):
