@@ -149,13 +149,19 @@ class _GenerateFields(_ReferenceFields):
 GenerateInput = create_model("GenerateInput", __base__=_GenerateFields, __module__=__name__, **sampling_fields())
 
 
+# Below this many words a chunk (max_new_tokens 200, 8 s), max_new_tokens is taken as a cap on a short clip
+# (a preview), not as a chunk size: such a request is never chunked on its own.
+MIN_AUTO_CHUNK_WORDS = 10
+
+
 def chunked_when_long(request: GenerateInput) -> GenerateInput:
     """A request that names no chunk_method, with more words than one chunk can speak within its
     max_new_tokens, chunked: by speaker turns when it has speaker tags, as many whole turns a chunk as
     surely fit (the longest turn decides), else by sentences of at most that many words (unless it gives
-    chunk_max_num_turns or chunk_max_word_num). `chunk_method: null` keeps one chunk."""
+    chunk_max_num_turns or chunk_max_word_num). `chunk_method: null` keeps one chunk, and so does a
+    max_new_tokens under MIN_AUTO_CHUNK_WORDS words."""
     limit, given = words_per_chunk(request.max_new_tokens), request.model_fields_set
-    if "chunk_method" in given or word_count(request.transcript) <= limit:
+    if "chunk_method" in given or limit < MIN_AUTO_CHUNK_WORDS or word_count(request.transcript) <= limit:
         return request
     if not speaker_tags(request.transcript):
         words = request.chunk_max_word_num if "chunk_max_word_num" in given else limit

@@ -416,7 +416,7 @@ def test_a_long_text_without_a_chunk_method_is_chunked_for_every_api(service):
     """The rule is the service's, so RunPod jobs, /v1/audio/speech and Wyoming all apply it: a text longer
     than one chunk can speak within max_new_tokens is chunked instead of cut short."""
     from higgs_tts.core.text import word_count, words_per_chunk
-    from higgs_tts.service.schema import parse_input
+    from higgs_tts.service.schema import MIN_AUTO_CHUNK_WORDS, parse_input
 
     text = " ".join(f"Sentence number {i} is here." for i in range(40))  # 40 sentences of 5 words
     limit = words_per_chunk(200)
@@ -437,8 +437,12 @@ def test_a_long_text_without_a_chunk_method_is_chunked_for_every_api(service):
     short = service.plan(parse_input({"transcript": "Only a few words.", "max_new_tokens": 200}))
     assert short.synthesis.chunk_method is None and len(short.plan.chunks) == 1
 
-    # end to end through a job: three sentences of three words, max_new_tokens 60 speaks three words
-    done = service.handle({"transcript": "One two three. Four five six. Seven eight nine.", "max_new_tokens": 60,
-                           "seed": 3})
+    # a small max_new_tokens is a cap on a short clip (a preview), not a chunk size
+    assert words_per_chunk(199) < MIN_AUTO_CHUNK_WORDS <= words_per_chunk(200)
+    assert planned(max_new_tokens=199) == (None, 1)
+
+    # end to end through a job: two sentences of 7 and 8 words, max_new_tokens 200 speaks 10 words a chunk
+    done = service.handle({"transcript": "One two three four five six seven. Eight nine ten eleven twelve thirteen "
+                                         "fourteen fifteen.", "max_new_tokens": 200, "seed": 3})
     assert done["success"], done
-    assert done["generation_metrics"]["chunks_processed"] == 3
+    assert done["generation_metrics"]["chunks_processed"] == 2
