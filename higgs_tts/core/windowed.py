@@ -126,15 +126,15 @@ class _WindowedFeatureEncoder(nn.Module):
         self.encoder, self.window = encoder, window
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
-        signal = input_values[:, None]  # [B, 1, samples], as the encoder's own forward makes it
-        if signal.shape[-1] <= Reach.of(self.encoder).window_samples(self.window):
+        signal, reach = input_values[:, None], Reach.of(self.encoder)  # [B, 1, samples], as the encoder makes it
+        if signal.shape[-1] <= reach.window_samples(self.window):
             return self.encoder(input_values)  # one window would be the whole clip: the encoder as it is
         first, *rest = self.encoder.conv_layers
         norm = getattr(first, "layer_norm", None)
         if any(isinstance(getattr(layer, "layer_norm", None), nn.GroupNorm) for layer in rest):
             raise ValueError("only the first feature encoder layer may normalize over time")
         if not isinstance(norm, nn.GroupNorm):
-            return in_windows(self._layers, Reach.of(self.encoder), signal, self.window)
+            return in_windows(self._layers, reach, signal, self.window)
         mean, scale, bias = self._group_norm_statistics(first.conv, norm, signal)
 
         def layers(window: torch.Tensor) -> torch.Tensor:
@@ -145,7 +145,7 @@ class _WindowedFeatureEncoder(nn.Module):
                 hidden = layer(hidden)
             return hidden
 
-        return in_windows(layers, Reach.of(self.encoder), signal, self.window)
+        return in_windows(layers, reach, signal, self.window)
 
     def _layers(self, window: torch.Tensor) -> torch.Tensor:
         for layer in self.encoder.conv_layers:

@@ -22,11 +22,6 @@ log = logging.getLogger(__name__)
 CAPTURE_LOCK = threading.Lock()
 
 
-def is_device_error(exc: BaseException) -> bool:
-    """An error that leaves the CUDA context unusable (a device-side assert, an illegal address)."""
-    return isinstance(exc, torch.AcceleratorError) and "out of memory" not in str(exc).lower()
-
-
 def free_cached_memory() -> None:
     """torch.cuda.empty_cache(), never in the middle of a graph capture."""
     if torch.cuda.is_available():

@@ -32,7 +32,6 @@ from contextlib import contextmanager
 import torch
 
 from .batch import Batch, Burst
-from .graphs import is_device_error
 from .prefix_cache import prefix_cache_for
 from .sequence import EngineRequest, Sequence
 
@@ -151,7 +150,7 @@ class Scheduler:
             self.batch.admit_many(joining)  # one packed prefill where packing is on
             return
         except Exception as exc:
-            if is_device_error(exc):
+            if _is_device_error(exc):
                 raise
             if len(joining) == 1:
                 log.warning("prefill failed: %s", exc)
@@ -164,7 +163,7 @@ class Scheduler:
             try:
                 self.batch.admit(sequence, slot)
             except Exception as exc:  # e.g. out of memory in one prefill: that request fails alone
-                if is_device_error(exc):
+                if _is_device_error(exc):
                     raise
                 log.warning("prefill failed: %s", exc)
                 sequence.finish(exc)
@@ -178,7 +177,7 @@ class Scheduler:
             if launched is not None:
                 self._postprocess(launched, self.batch.collect(launched))
         except Exception as exc:  # the step failed for the whole batch: every running request fails
-            if is_device_error(exc):
+            if _is_device_error(exc):
                 raise
             log.exception("decode step failed")
             self._in_flight = None
@@ -256,7 +255,7 @@ class Scheduler:
         except Exception as exc:  # the loop itself broke: nobody may wait forever
             log.exception("the engine stopped")
             self._fail_all(exc)
-            if is_device_error(exc):
+            if _is_device_error(exc):
                 _exit_for_device_error()
             return
         self._fail_all(RuntimeError("the engine has stopped"))
@@ -275,6 +274,11 @@ class Scheduler:
 def _close_started() -> None:
     for scheduler in list(_started):
         scheduler.close()
+
+
+def _is_device_error(exc: BaseException) -> bool:
+    """An error that leaves the CUDA context unusable (a device-side assert, an illegal address)."""
+    return isinstance(exc, torch.AcceleratorError) and "out of memory" not in str(exc).lower()
 
 
 def _exit_for_device_error() -> None:

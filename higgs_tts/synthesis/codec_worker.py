@@ -133,7 +133,7 @@ class CodecWorker:
                         if self._closed:
                             return
                         taken, self._pending = self._pending, []
-                    for group in groups(taken, self.max_batch, MAX_CODEC_BATCH_FRAMES):
+                    for group in groups(taken, self.max_batch):
                         self._run(group)
         except Exception as exc:  # the loop itself broke (or never started): nobody may wait forever
             log.exception("the codec worker stopped")
