@@ -21,9 +21,10 @@ import runpod  # noqa: E402
 from runpod.http_client import AsyncClientSession  # noqa: E402
 from runpod.serverless.modules import rp_fastapi, rp_http, rp_scale, worker_state  # noqa: E402
 
+from higgs_tts.core.memory import fix_mmap_threshold  # noqa: E402
 from higgs_tts.delivery import shutdown  # noqa: E402
 from higgs_tts.delivery.runpod import Platform, Worker  # noqa: E402
-from higgs_tts.settings import ServerSettings  # noqa: E402
+from higgs_tts.settings import ServerSettings, Settings  # noqa: E402
 
 
 async def send_stream_item(job: dict, item: dict) -> None:
@@ -65,6 +66,7 @@ rp_fastapi.WorkerAPI.start_uvicorn = start_uvicorn
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fix_mmap_threshold(Settings.from_env().malloc_mmap_threshold)  # before any large allocation
     server = ServerSettings.from_env()
     if server.preload_model:
         threading.Thread(target=worker.preload, name="preload", daemon=True).start()

@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .core.memory import fix_mmap_threshold
 from .core.sampling import MAX_SEED, chunk_knobs, sampling_knobs
 from .core.text import CHUNK_METHODS
 from .settings import ENGINE_ALIASES, ENGINES, Settings
@@ -214,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        fix_mmap_threshold(Settings.from_env().malloc_mmap_threshold)  # before any large allocation
         return args.run(args)
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"higgs-tts: error: {exc}", file=sys.stderr)

@@ -107,6 +107,11 @@ class Settings:
     # Earlier chunks' frames a chunk's prompt carries as context, at most: the oldest are dropped
     # beyond it, so a long text's prompts stop growing (about 5.5 minutes of speech).
     max_context_frames: int = 8192
+    # glibc's threshold above which an allocation is its own mapping, returned to the system when freed
+    # (core/memory.py). Fixed here: glibc raises it by itself after each large free (up to 32 MiB), and then
+    # a long reference's tensors land in per-thread heaps, so the same request peaked anywhere from +65 to
+    # +156 MB. 0 keeps glibc's own.
+    malloc_mmap_threshold: int = 4 * 2**20
 
     def __post_init__(self) -> None:
         if self.engine not in (*ENGINES, *ENGINE_ALIASES):
@@ -115,6 +120,8 @@ class Settings:
         for name in ("engine_slots", "engine_max_len", "engine_queue", "max_context_frames"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1; got {getattr(self, name)}")
+        if self.malloc_mmap_threshold < 0:
+            raise ValueError(f"MALLOC_MMAP_THRESHOLD must be at least 0; got {self.malloc_mmap_threshold}")
         if self.prefix_cache_max_bytes < 0:
             raise ValueError(f"PREFIX_CACHE_MAX_BYTES must be at least 0; got {self.prefix_cache_max_bytes}")
 
@@ -138,6 +145,7 @@ class Settings:
             engine_queue=_number_or_auto("ENGINE_QUEUE"),
             prefix_cache_max_bytes=_number("PREFIX_CACHE_MAX_BYTES", cls.prefix_cache_max_bytes),
             max_context_frames=_number("MAX_CONTEXT_FRAMES", cls.max_context_frames),
+            malloc_mmap_threshold=_number("MALLOC_MMAP_THRESHOLD", cls.malloc_mmap_threshold),
         )
 
 
