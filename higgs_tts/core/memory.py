@@ -5,8 +5,8 @@ when freed; smaller ones come from a heap per thread (an arena), which keeps wha
 starts at 128 KiB and rises after every large free, up to 32 MiB, so which of a request's large tensors
 land in an arena depends on what the process freed before: a 60 s reference peaked anywhere from +65 to
 +156 MB on one server (tests/delivery/test_reference_memory.py). A fixed threshold keeps tensors above it
-out of the arenas: the same request then peaks at the same +78 MB every time at 4 MiB. Lower thresholds
-cost speed on a CPU (at 1 MiB the decode step's own buffers are mapped and unmapped each step).
+out of the arenas: the same request then peaks at the same +84 MB every time at 4 MiB. It costs speed
+where large tensors are made and freed on the host, on a CPU (docs/operations.md has the figures).
 """
 
 from __future__ import annotations
